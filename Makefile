@@ -1,0 +1,31 @@
+# `make train`: fresh clone -> .venv, install, prepare the built-in corpus, train the default model, sample.
+# `make test`:  fresh clone -> .venv, install, run the whole test suite (offline).
+PY ?= python3
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
+
+.PHONY: install train test lint clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	@# On Linux install torch first: the requirement `torch>=2.5` would otherwise pull whatever pip resolves.
+	if [ "$$(uname -s)" = "Linux" ]; then $(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q torch==2.13.0; fi
+	$(PYTHON) -m pip install -q -r requirements.txt
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+train: install
+	$(PYTHON) train.py --config config.yaml
+
+test: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PYTHON) -m pytest -q
+
+lint: install
+	$(PYTHON) -m ruff check .
+
+clean:
+	rm -rf $(VENV) data_cache checkpoints logs

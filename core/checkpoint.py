@@ -1,0 +1,280 @@
+"""The checkpoint directory: a Hugging Face Llama model directory plus what exact resume needs.
+
+    step-000500.ckpt/
+      config.json, generation_config.json       HF LlamaConfig (what transformers / mlx_lm read)
+      model.safetensors                         HF names, metadata {"format": "pt"}
+      tokenizer.json, tokenizer_config.json ... when a tokenizer directory is given
+      optimizer.safetensors                     "<param>.exp_avg", "<param>.exp_avg_sq" (fp32)
+      trainer_state.json                        step, tokens, lr, seeds, loss, backend, versions
+      train_config.yaml                         the resolved run config
+
+Tensors are numpy arrays; bf16 is `ml_dtypes.bfloat16`, which safetensors' numpy API writes and
+reads bit-exactly (numpy itself has no bf16, and a cast through fp32 would not be a round trip).
+Writes go to `<name>.tmp`, are fsynced and renamed, so a `*.ckpt` directory is always complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes  # noqa: F401  (registers numpy's "bfloat16" dtype, used by safetensors.numpy)
+import numpy as np
+import yaml
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+from core.config import Config, ConfigError, ModelConfig, from_hf_config, to_hf_config
+from core.weights import check_weights
+
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
+LATEST = "latest"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or written, phrased as one line with the fix."""
+
+
+# ------------------------------------------------------------------------------------------ write
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _dtype_name(weights: dict[str, np.ndarray]) -> str:
+    dtype = next(iter(weights.values())).dtype
+    return {BFLOAT16: "bfloat16", np.dtype(np.float16): "float16"}.get(dtype, "float32")
+
+
+def save_checkpoint(
+    path: str | Path,
+    weights: dict[str, np.ndarray],
+    model_cfg: ModelConfig,
+    *,
+    optimizer: dict[str, np.ndarray] | None = None,
+    trainer_state: dict[str, Any] | None = None,
+    train_config: Config | None = None,
+    tokenizer_dir: str | Path | None = None,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+) -> Path:
+    """Write a complete checkpoint directory atomically; an existing one at `path` is replaced."""
+    path = Path(path)
+    check_weights(model_cfg, weights, source=str(path))
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+
+    hf = to_hf_config(model_cfg, bos_token_id, eos_token_id, dtype=_dtype_name(weights))
+    files = {
+        "config.json": json.dumps(hf, indent=2) + "\n",
+        "generation_config.json": json.dumps(
+            {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "do_sample": False}, indent=2
+        )
+        + "\n",
+    }
+    state = dict(trainer_state or {})
+    state.setdefault("format_version", FORMAT_VERSION)
+    state.setdefault("saved_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    state.setdefault("versions", {"python": platform.python_version(), "numpy": np.__version__})
+    files["trainer_state.json"] = json.dumps(state, indent=2, default=float) + "\n"
+    if train_config is not None:
+        files["train_config.yaml"] = yaml.safe_dump(train_config.to_dict(), sort_keys=False)
+    for name, text in files.items():
+        (tmp / name).write_text(text)
+
+    contiguous = {k: np.ascontiguousarray(v) for k, v in weights.items()}
+    save_file(contiguous, tmp / "model.safetensors", metadata={"format": "pt"})
+    if optimizer:
+        moments = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in optimizer.items()}
+        save_file(moments, tmp / "optimizer.safetensors", metadata={"format": "pt"})
+    if tokenizer_dir is not None:
+        for name in TOKENIZER_FILES:
+            if (Path(tokenizer_dir) / name).is_file():
+                shutil.copyfile(Path(tokenizer_dir) / name, tmp / name)
+
+    for file in tmp.iterdir():
+        _fsync(file)
+    _fsync(tmp)
+    if path.exists():
+        old = path.with_name(path.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(path)
+    _fsync(path.parent)
+    return path
+
+
+def write_latest(directory: str | Path, checkpoint: str | Path) -> None:
+    """Point `directory/latest` at a checkpoint (a one-line text file: works on every filesystem)."""
+    directory = Path(directory)
+    tmp = directory / (LATEST + ".tmp")
+    tmp.write_text(Path(checkpoint).name + "\n")
+    os.replace(tmp, directory / LATEST)
+
+
+def prune_checkpoints(directory: str | Path, keep_last: int, protect: tuple[str, ...] = ("final.ckpt",)) -> list[Path]:
+    """Delete all but the newest `keep_last` step checkpoints; `final.ckpt` and `latest`'s target stay."""
+    directory = Path(directory)
+    latest = directory / LATEST
+    protected = set(protect)
+    if latest.is_file():
+        protected.add(latest.read_text().strip())
+    candidates = [p for p in list_checkpoints(directory) if p.name not in protected]
+    removed = candidates[: max(0, len(candidates) - keep_last)]
+    for path in removed:
+        shutil.rmtree(path)
+    return removed
+
+
+# ------------------------------------------------------------------------------------------- read
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """A finished model directory: config.json plus weights (never a `*.tmp` left by a crash)."""
+    path = Path(path)
+    return (
+        path.is_dir()
+        and not path.name.endswith((".tmp", ".old"))
+        and (path / "config.json").is_file()
+        and ((path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file())
+    )
+
+
+def checkpoint_step(path: str | Path) -> int:
+    state = Path(path) / "trainer_state.json"
+    try:
+        return int(json.loads(state.read_text()).get("step", -1)) if state.is_file() else -1
+    except (ValueError, json.JSONDecodeError):
+        return -1
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """Finished `*.ckpt` directories under `directory`, oldest step first (final.ckpt last on ties)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.glob("*.ckpt") if is_checkpoint(p)]
+    return sorted(found, key=lambda p: (checkpoint_step(p), p.name == "final.ckpt", p.name))
+
+
+def resolve_resume(spec: str, directory: str | Path) -> Path | None:
+    """`auto` -> the `latest` pointer (or newest finished checkpoint), None when there is none;
+    anything else must be a finished checkpoint directory."""
+    directory = Path(directory)
+    if spec == "auto":
+        latest = directory / LATEST
+        if latest.is_file():
+            target = directory / latest.read_text().strip()
+            if is_checkpoint(target):
+                return target
+        found = list_checkpoints(directory)
+        return found[-1] if found else None
+    path = Path(spec)
+    if not is_checkpoint(path):
+        raise CheckpointError(
+            f"cannot resume from {path}: not a finished checkpoint directory (config.json + model.safetensors)"
+        )
+    return path
+
+
+def _require_dir(path: Path) -> None:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path} (pass a *.ckpt directory written by training)")
+    if not is_checkpoint(path):
+        raise CheckpointError(f"{path} is not a model directory: it needs config.json and model.safetensors")
+
+
+def read_hf_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    _require_dir(path)
+    try:
+        return json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(
+            f"{path}/config.json is not valid JSON (line {exc.lineno}); re-export the checkpoint"
+        ) from None
+
+
+def read_model_config(path: str | Path) -> ModelConfig:
+    try:
+        return from_hf_config(read_hf_config(path))
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise CheckpointError(f"{Path(path)}/config.json: {detail}") from None
+
+
+def _read_safetensors(file: Path) -> dict[str, np.ndarray]:
+    try:
+        with safe_open(file, framework="numpy") as f:
+            return {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, TypeError) as exc:
+        raise CheckpointError(f"{file} is corrupt or truncated ({exc}); delete it and use another checkpoint") from None
+
+
+def load_weights(path: str | Path, model_cfg: ModelConfig | None = None) -> dict[str, np.ndarray]:
+    """All model tensors by HF name (sharded `model.safetensors.index.json` too), checked against the config."""
+    path = Path(path)
+    _require_dir(path)
+    model_cfg = model_cfg or read_model_config(path)
+    index = path / "model.safetensors.index.json"
+    if (path / "model.safetensors").is_file():
+        weights = _read_safetensors(path / "model.safetensors")
+    else:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weights = {}
+        for shard in shards:
+            weights.update(_read_safetensors(path / shard))
+    if model_cfg.tie_embeddings:
+        weights.pop("lm_head.weight", None)  # some exporters store the tied head twice
+    try:
+        check_weights(model_cfg, weights, source=str(path))
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    return weights
+
+
+def load_optimizer(path: str | Path) -> dict[str, np.ndarray] | None:
+    file = Path(path) / "optimizer.safetensors"
+    return _read_safetensors(file) if file.is_file() else None
+
+
+def read_trainer_state(path: str | Path) -> dict[str, Any]:
+    file = Path(path) / "trainer_state.json"
+    if not file.is_file():
+        return {}
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{file} is not valid JSON; the checkpoint is damaged, resume from another") from None
+
+
+def read_train_config(path: str | Path) -> dict[str, Any] | None:
+    file = Path(path) / "train_config.yaml"
+    return yaml.safe_load(file.read_text()) if file.is_file() else None

@@ -1,0 +1,89 @@
+"""Parameter names, shapes and the initial weights, shared by both backends.
+
+The names are exactly Hugging Face Llama names, so a state dict is the HF state dict. The
+initial weights are drawn here, in numpy, so MLX and torch start a run from the very same
+numbers for the same seed (and a cross-backend test needs no conversion to agree).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from core.config import ModelConfig
+
+
+def parameter_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter of the model, in the order both model files create them."""
+    hd = cfg.resolved_head_dim
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (cfg.vocab_size, cfg.d_model)}
+    for i in range(cfg.n_layers):
+        p = f"model.layers.{i}."
+        shapes[p + "input_layernorm.weight"] = (cfg.d_model,)
+        shapes[p + "self_attn.q_proj.weight"] = (cfg.n_heads * hd, cfg.d_model)
+        shapes[p + "self_attn.k_proj.weight"] = (cfg.n_kv_heads * hd, cfg.d_model)
+        shapes[p + "self_attn.v_proj.weight"] = (cfg.n_kv_heads * hd, cfg.d_model)
+        shapes[p + "self_attn.o_proj.weight"] = (cfg.d_model, cfg.n_heads * hd)
+        shapes[p + "post_attention_layernorm.weight"] = (cfg.d_model,)
+        shapes[p + "mlp.gate_proj.weight"] = (cfg.d_ff, cfg.d_model)
+        shapes[p + "mlp.up_proj.weight"] = (cfg.d_ff, cfg.d_model)
+        shapes[p + "mlp.down_proj.weight"] = (cfg.d_model, cfg.d_ff)
+    shapes["model.norm.weight"] = (cfg.d_model,)
+    if not cfg.tie_embeddings:
+        shapes["lm_head.weight"] = (cfg.vocab_size, cfg.d_model)
+    return shapes
+
+
+def count_parameters(cfg: ModelConfig, include_embeddings: bool = True) -> int:
+    total = sum(math.prod(s) for s in parameter_shapes(cfg).values())
+    if not include_embeddings:
+        total -= cfg.vocab_size * cfg.d_model
+    return total
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward), as in PaLM / nanoGPT: 6 x matmul weights + attention.
+
+    The LM head counts as a matmul whether or not it is tied; the embedding lookup does not."""
+    hd = cfg.resolved_head_dim
+    per_layer = cfg.d_model * hd * (2 * cfg.n_heads + 2 * cfg.n_kv_heads) + 3 * cfg.d_model * cfg.d_ff
+    matmul_weights = cfg.n_layers * per_layer + cfg.vocab_size * cfg.d_model
+    attention = 12 * cfg.n_layers * cfg.n_heads * hd * seq_len
+    return 6 * matmul_weights + attention
+
+
+def is_decayed(name: str, ndim: int) -> bool:
+    """Weight decay applies to 2-D weights only (matrices and embeddings), never to norms."""
+    return ndim >= 2
+
+
+def init_weights(cfg: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """GPT-2 style init: N(0, init_std) everywhere, output projections (o_proj, down_proj) scaled by
+    1/sqrt(2 * n_layers) so the residual stream's variance does not grow with depth; norms at 1."""
+    rng = np.random.default_rng(seed)
+    residual_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+    weights: dict[str, np.ndarray] = {}
+    for name, shape in parameter_shapes(cfg).items():
+        if name.endswith("layernorm.weight") or name == "model.norm.weight":
+            weights[name] = np.ones(shape, dtype=np.float32)
+            continue
+        std = residual_std if name.endswith(("o_proj.weight", "down_proj.weight")) else cfg.init_std
+        weights[name] = (rng.standard_normal(shape, dtype=np.float32) * std).astype(np.float32)
+    return weights
+
+
+def check_weights(cfg: ModelConfig, weights: dict[str, np.ndarray], source: str = "weights") -> None:
+    """Raise ValueError naming the first missing, unexpected or mis-shaped tensor."""
+    expected = parameter_shapes(cfg)
+    missing = [k for k in expected if k not in weights]
+    if missing:
+        raise ValueError(f"{source}: missing tensor '{missing[0]}' ({len(missing)} missing); is this a Llama model?")
+    extra = [k for k in weights if k not in expected]
+    if extra:
+        raise ValueError(f"{source}: unexpected tensor '{extra[0]}' ({len(extra)} unexpected) for this config")
+    for name, shape in expected.items():
+        if tuple(weights[name].shape) != shape:
+            raise ValueError(
+                f"{source}: tensor '{name}' has shape {tuple(weights[name].shape)}, config expects {shape}"
+            )

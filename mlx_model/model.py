@@ -1,0 +1,161 @@
+"""A Llama decoder in MLX: RMSNorm, rotate-half RoPE, grouped-query attention, SwiGLU.
+
+Line-for-line twin of torch_model/model.py (same classes, attributes and order; `diff` shows only
+idiom). Parameter names are Hugging Face Llama names, so the flattened parameters are an HF state
+dict. `mx.fast` kernels compute norms, RoPE and softmax in fp32 whatever the weight dtype.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from core.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dims: int, eps: float):
+        super().__init__()
+        self.weight = mx.ones((dims,))
+        self.eps = eps
+
+    def __call__(self, x: mx.array) -> mx.array:
+        # mx.fast.rms_norm accumulates in fp32
+        return mx.fast.rms_norm(x, self.weight, self.eps)
+
+
+class RoPE(nn.Module):
+    """Rotate-half rotary embedding (HF / `traditional=False`) via mx.fast.rope, in fp32."""
+
+    def __init__(self, head_dim: int, base: float, max_seq_len: int):
+        super().__init__()
+        self.head_dim = head_dim
+        self.base = base
+        self.max_seq_len = max_seq_len
+
+    def __call__(self, x: mx.array, offset: int = 0) -> mx.array:
+        T = x.shape[-2]  # x: (B, H, T, hd)
+        if offset + T > self.max_seq_len:
+            raise ValueError(f"sequence position {offset + T} exceeds max_seq_len {self.max_seq_len}")
+        return mx.fast.rope(x, self.head_dim, traditional=False, base=self.base, scale=1.0, offset=offset)
+
+
+class KVCache:
+    """Keys/values of past positions, grown in steps of 256; `offset` is the number filled."""
+
+    step = 256
+
+    def __init__(self):
+        self.keys: mx.array | None = None
+        self.values: mx.array | None = None
+        self.offset = 0
+
+    def update(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        B, n_kv_heads, T, head_dim = keys.shape  # (B, n_kv_heads, T, head_dim)
+        start = self.offset
+        if self.keys is None or start + T > self.keys.shape[2]:
+            n_new = (T + self.step - 1) // self.step * self.step
+            new_k = mx.zeros((B, n_kv_heads, n_new, head_dim), keys.dtype)
+            new_v = mx.zeros((B, n_kv_heads, n_new, head_dim), values.dtype)
+            if self.keys is None:
+                self.keys, self.values = new_k, new_v
+            else:
+                self.keys = mx.concatenate([self.keys[:, :, :start], new_k], axis=2)
+                self.values = mx.concatenate([self.values[:, :, :start], new_v], axis=2)
+        self.offset += T
+        self.keys[:, :, start : self.offset] = keys
+        self.values[:, :, start : self.offset] = values
+        return self.keys[:, :, : self.offset], self.values[:, :, : self.offset]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.n_kv_heads = cfg.n_kv_heads
+        self.head_dim = cfg.resolved_head_dim
+        self.scale = self.head_dim**-0.5
+        self.q_proj = nn.Linear(cfg.d_model, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=False)
+        self.rope = RoPE(self.head_dim, cfg.rope_theta, cfg.max_seq_len)
+
+    def __call__(self, x: mx.array, cache: KVCache | None = None) -> mx.array:
+        B, T, _ = x.shape
+        q = self.q_proj(x).reshape(B, T, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)  # (B, H, T, hd)
+        k = self.k_proj(x).reshape(B, T, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)  # (B, KV, T, hd)
+        v = self.v_proj(x).reshape(B, T, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)  # (B, KV, T, hd)
+        offset = cache.offset if cache is not None else 0
+        q, k = self.rope(q, offset), self.rope(k, offset)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, KV, S, hd), S = offset + T
+        out = attend(q, k, v, self.scale)  # (B, H, T, hd)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, -1))
+
+
+def attend(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
+    """Causal SDPA; MLX's "causal" mask is aligned bottom-right and takes GQA's fewer KV heads as is."""
+    mask = "causal" if q.shape[2] > 1 else None
+    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def __call__(self, x: mx.array, cache: KVCache | None = None) -> mx.array:
+        h = x + self.self_attn(self.input_layernorm(x), cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = [TransformerBlock(cfg) for _ in range(cfg.n_layers)]
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+
+    def __call__(self, tokens: mx.array, cache: list[KVCache] | None = None) -> mx.array:
+        h = self.embed_tokens(tokens)  # (B, T, d_model)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cache[i] if cache is not None else None)
+        return self.norm(h)
+
+
+class Model(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = LlamaModel(cfg)
+        if not cfg.tie_embeddings:
+            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+
+    def __call__(self, tokens: mx.array, cache: list[KVCache] | None = None) -> mx.array:
+        h = self.model(tokens, cache)  # (B, T, d_model)
+        if self.cfg.tie_embeddings:
+            return self.model.embed_tokens.as_linear(h)  # (B, T, vocab)
+        return self.lm_head(h)
+
+    def make_cache(self) -> list[KVCache]:
+        return [KVCache() for _ in self.model.layers]
+
+
+def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
+    """Mean next-token loss, computed in fp32 whatever the logits dtype."""
+    return nn.losses.cross_entropy(logits.astype(mx.float32), targets, reduction="mean")

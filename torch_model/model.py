@@ -1,0 +1,184 @@
+"""A Llama decoder in PyTorch: RMSNorm, rotate-half RoPE, grouped-query attention, SwiGLU.
+
+Line-for-line twin of mlx_model/model.py (same classes, attributes and order; `diff` shows only
+idiom). Parameter names are Hugging Face Llama names, so `state_dict()` is an HF state dict.
+Norms, softmax and RoPE run in fp32 whatever the weight dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from core.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dims: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dims))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # normalise in fp32, scale in the weight dtype (as HF's LlamaRMSNorm)
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        return self.weight * normed.to(self.weight.dtype)
+
+
+class RoPE(nn.Module):
+    """Rotate-half rotary embedding (HF / `traditional=False`), cos/sin tables in fp32."""
+
+    def __init__(self, head_dim: int, base: float, max_seq_len: int):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)  # (S, hd/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (S, hd)
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        # keep the tables in fp32 when the model is cast to bf16; device moves still apply
+        cos, sin = self.cos, self.sin
+        super()._apply(fn, recurse)
+        self.cos, self.sin = cos.to(self.cos.device), sin.to(self.sin.device)
+        return self
+
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        T = x.shape[-2]  # x: (B, H, T, hd)
+        if offset + T > self.cos.shape[0]:
+            raise ValueError(f"sequence position {offset + T} exceeds max_seq_len {self.cos.shape[0]}")
+        cos, sin = self.cos[offset : offset + T], self.sin[offset : offset + T]  # (T, hd)
+        x1, x2 = x.float().chunk(2, dim=-1)
+        rotated = torch.cat([-x2, x1], dim=-1)
+        return (x.float() * cos + rotated * sin).to(x.dtype)
+
+
+class KVCache:
+    """Keys/values of past positions, grown in steps of 256; `offset` is the number filled."""
+
+    step = 256
+
+    def __init__(self):
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+        self.offset = 0
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, n_kv_heads, T, head_dim = keys.shape  # (B, n_kv_heads, T, head_dim)
+        start = self.offset
+        if self.keys is None or start + T > self.keys.shape[2]:
+            n_new = (T + self.step - 1) // self.step * self.step
+            new_k = keys.new_zeros(B, n_kv_heads, n_new, head_dim)
+            new_v = values.new_zeros(B, n_kv_heads, n_new, head_dim)
+            if self.keys is None:
+                self.keys, self.values = new_k, new_v
+            else:
+                self.keys = torch.cat([self.keys[:, :, :start], new_k], dim=2)
+                self.values = torch.cat([self.values[:, :, :start], new_v], dim=2)
+        self.offset += T
+        self.keys[:, :, start : self.offset] = keys
+        self.values[:, :, start : self.offset] = values
+        return self.keys[:, :, : self.offset], self.values[:, :, : self.offset]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.n_kv_heads = cfg.n_kv_heads
+        self.head_dim = cfg.resolved_head_dim
+        self.scale = self.head_dim**-0.5
+        self.q_proj = nn.Linear(cfg.d_model, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=False)
+        self.rope = RoPE(self.head_dim, cfg.rope_theta, cfg.max_seq_len)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
+        offset = cache.offset if cache is not None else 0
+        q, k = self.rope(q, offset), self.rope(k, offset)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, KV, S, hd), S = offset + T
+        out = attend(q, k, v, self.scale)  # (B, H, T, hd)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal SDPA with the mask aligned bottom-right, so queries at an offset see all past keys."""
+    T, S = q.shape[2], k.shape[2]
+    n_rep = q.shape[1] // k.shape[1]
+    if n_rep > 1:  # GQA: share each KV head across n_rep query heads (works with every SDPA backend)
+        k = k.repeat_interleave(n_rep, dim=1)  # (B, H, S, hd)
+        v = v.repeat_interleave(n_rep, dim=1)
+    if T == S:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, scale=scale)
+    if T == 1:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)  # bottom-right
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        h = x + self.self_attn(self.input_layernorm(x), cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.n_layers)])
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+
+    def forward(self, tokens: torch.Tensor, cache: list[KVCache] | None = None) -> torch.Tensor:
+        h = self.embed_tokens(tokens)  # (B, T, d_model)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cache[i] if cache is not None else None)
+        return self.norm(h)
+
+
+class Model(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = LlamaModel(cfg)
+        if not cfg.tie_embeddings:
+            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+
+    def forward(self, tokens: torch.Tensor, cache: list[KVCache] | None = None) -> torch.Tensor:
+        h = self.model(tokens, cache)  # (B, T, d_model)
+        if self.cfg.tie_embeddings:
+            return F.linear(h, self.model.embed_tokens.weight)  # (B, T, vocab)
+        return self.lm_head(h)
+
+    def make_cache(self) -> list[KVCache]:
+        return [KVCache() for _ in self.model.layers]
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss, computed in fp32 whatever the logits dtype."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))

@@ -1,0 +1,69 @@
+"""Our torch model <-> numpy state dicts (HF names), and loading any Llama model directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.checkpoint import BFLOAT16, load_weights, read_model_config
+from core.config import ModelConfig
+from core.weights import init_weights
+from torch_model.model import Model
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def to_torch(array: np.ndarray) -> torch.Tensor:
+    """numpy -> torch, bit-exact for bf16 (ml_dtypes) too."""
+    if array.dtype == BFLOAT16:
+        return torch.from_numpy(np.ascontiguousarray(array).view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(np.array(array))
+
+
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().copy().view(BFLOAT16)
+    return tensor.numpy().copy()
+
+
+def unwrap(model: torch.nn.Module) -> Model:
+    """The plain Model inside torch.compile / DDP / FSDP wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def model_state(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {name: to_numpy(p) for name, p in unwrap(model).state_dict().items()}
+
+
+def load_state(model: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
+    """Copy numpy weights into the model (cast to its parameter dtype); names must match exactly."""
+    unwrap(model).load_state_dict({k: to_torch(v) for k, v in weights.items()}, strict=True)
+
+
+def build_model(
+    cfg: ModelConfig,
+    weights: dict[str, np.ndarray] | None = None,
+    seed: int = 0,
+    dtype: str = "float32",
+    device: str | torch.device = "cpu",
+) -> Model:
+    """A model on `device` in `dtype`, from `weights` or from the shared numpy init (core.weights)."""
+    model = Model(cfg)
+    load_state(model, weights if weights is not None else init_weights(cfg, seed))
+    return model.to(device=device, dtype=DTYPES[dtype])
+
+
+def load_model(
+    path: str | Path, dtype: str | None = None, device: str | torch.device = "cpu"
+) -> tuple[Model, ModelConfig]:
+    """Load any Llama model directory (ours, transformers', mlx_lm's) with its own dtype unless given."""
+    cfg = read_model_config(path)
+    weights = load_weights(path, cfg)
+    if dtype is None:
+        dtype = "bfloat16" if next(iter(weights.values())).dtype == BFLOAT16 else "float32"
+    return build_model(cfg, weights, dtype=dtype, device=device), cfg

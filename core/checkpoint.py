@@ -29,6 +29,7 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from core.cli import UserError
 from core.config import Config, ConfigError, ModelConfig, from_hf_config, to_hf_config
 from core.weights import check_weights
 
@@ -45,7 +46,7 @@ LATEST = "latest"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be read or written, phrased as one line with the fix."""
 
 

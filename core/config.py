@@ -15,8 +15,10 @@ from typing import Any
 
 import yaml
 
+from core.cli import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config problem, phrased as one line that names the key and the fix."""
 
 

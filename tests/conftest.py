@@ -66,3 +66,9 @@ def write_word_tokenizer(directory: Path, vocab_size: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> Path:
+    """One prepared-data cache for every training test in the session (prepared on first use)."""
+    return tmp_path_factory.mktemp("data_cache")

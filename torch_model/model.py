@@ -94,6 +94,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=False)
         self.rope = RoPE(self.head_dim, cfg.rope_theta, cfg.max_seq_len)
+        self.attend = attend  # swappable kernel (e.g. flash_attn), same signature
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -104,7 +105,7 @@ class Attention(nn.Module):
         q, k = self.rope(q, offset), self.rope(k, offset)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, KV, S, hd), S = offset + T
-        out = attend(q, k, v, self.scale)  # (B, H, T, hd)
+        out = self.attend(q, k, v, self.scale)  # (B, H, T, hd)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -181,4 +182,4 @@ class Model(nn.Module):
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token loss, computed in fp32 whatever the logits dtype."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1).long())

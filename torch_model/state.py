@@ -23,6 +23,8 @@ def to_torch(array: np.ndarray) -> torch.Tensor:
 
 
 def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    if hasattr(tensor, "full_tensor"):  # a DTensor shard (FSDP2): gather the whole tensor
+        tensor = tensor.full_tensor()
     tensor = tensor.detach().cpu().contiguous()
     if tensor.dtype == torch.bfloat16:
         return tensor.view(torch.int16).numpy().copy().view(BFLOAT16)

@@ -1,0 +1,87 @@
+"""What the machine can do: peak FLOP/s for MFU, memory for --dry-run. Framework-free."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+
+# Dense peak TFLOP/s by device-name fragment (most specific first). Apple GPUs: fp32 ~= fp16 rate.
+# Figures are vendors' published numbers (approximate for Apple); MFU is only as good as them.
+PEAK_TFLOPS_BF16 = {
+    "H200": 989.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "A10G": 70.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "RTX 4090": 165.2,
+    "RTX 4080": 97.5,
+    "RTX 3090": 71.0,
+    "A6000": 154.8,
+    "V100": 125.0,
+    "T4": 65.0,
+    "M4 Max": 18.4,
+    "M4 Pro": 9.2,
+    "M4": 4.3,
+    "M3 Ultra": 28.0,
+    "M3 Max": 16.4,
+    "M3 Pro": 7.4,
+    "M3": 4.1,
+    "M2 Ultra": 27.2,
+    "M2 Max": 13.6,
+    "M2 Pro": 6.8,
+    "M2": 3.6,
+    "M1 Ultra": 21.2,
+    "M1 Max": 10.6,
+    "M1 Pro": 5.3,
+    "M1": 2.6,
+}
+# fp32 without tensor cores / TF32 on NVIDIA; Apple's GPU runs fp32 at about its fp16 rate.
+FP32_FRACTION = {"H200": 0.068, "H100": 0.068, "A100": 0.0625, "RTX": 0.5, "A6000": 0.25, "V100": 0.125, "T4": 0.125}
+
+
+def peak_flops(device_name: str, dtype: str) -> float | None:
+    """Peak FLOP/s of a named device for `dtype`, or None when unknown (MFU is then not shown)."""
+    for fragment, tflops in PEAK_TFLOPS_BF16.items():
+        if fragment in device_name:
+            if dtype == "float32" and not fragment.startswith("M"):
+                fraction = next((f for k, f in FP32_FRACTION.items() if k in fragment), 0.5)
+                return tflops * fraction * 1e12
+            return tflops * 1e12
+    return None
+
+
+def apple_chip() -> str | None:
+    if platform.system() != "Darwin":
+        return None
+    try:
+        return subprocess.run(
+            ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def is_apple_silicon() -> bool:
+    return platform.system() == "Darwin" and platform.machine() == "arm64"
+
+
+def system_memory_bytes() -> int:
+    """Physical memory (unified memory on Apple Silicon)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def cpu_name() -> str:
+    if platform.system() == "Linux":
+        try:
+            for line in open("/proc/cpuinfo"):
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+    return apple_chip() or platform.processor() or platform.machine()

@@ -1,0 +1,231 @@
+"""The framework-free half of a training run, shared by train_mlx.py and train_cuda.py:
+where a run starts from, what a checkpoint records, stopping on a signal, speed and ETA, --dry-run."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.checkpoint import (
+    CheckpointError,
+    load_optimizer,
+    load_weights,
+    prune_checkpoints,
+    read_model_config,
+    read_train_config,
+    read_trainer_state,
+    resolve_resume,
+    save_checkpoint,
+    write_latest,
+)
+from core.cli import UserError, human_bytes, human_count
+from core.config import Config, override_help, parse_overrides
+from core.weights import count_parameters, flops_per_token, init_weights
+
+# What must match between a checkpoint's run and the resuming run for the next batch to be the same.
+RESUME_MUST_MATCH = ("seed", "seq_len", "batch_size", "grad_accum")
+
+
+def parse_train_args(doc: str, argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=override_help()
+    )
+    parser.add_argument("--config", default="config.yaml", help="YAML run config (default: config.yaml)")
+    parser.add_argument("--resume", default="", help="'auto' (newest in output.dir, if any) or a *.ckpt directory")
+    parser.add_argument("--dry-run", action="store_true", help="print size, FLOPs and memory estimate, then exit")
+    args, rest = parser.parse_known_args(argv)
+    return args, parse_overrides(rest)
+
+
+@dataclass
+class Start:
+    """Where a run begins: fresh weights, `init_from` weights, or a full resume."""
+
+    weights: dict[str, np.ndarray]
+    optimizer: dict[str, np.ndarray] | None = None
+    step: int = 0  # optimizer steps already done
+    tokens_seen: int = 0
+    source: str = "init"
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_start(cfg: Config, resume: str, world_size: int) -> Start:
+    """Resume exactly from a checkpoint, start from `training.init_from` weights, or init fresh."""
+    path = resolve_resume(resume, cfg.output.dir) if resume else None
+    if path is not None:
+        if read_model_config(path) != cfg.model:
+            raise UserError(f"cannot resume from {path}: its model config differs from --config's; use the same model")
+        old = (read_train_config(path) or {}).get("training", {})
+        for key in RESUME_MUST_MATCH:
+            if key in old and old[key] != getattr(cfg.training, key):
+                raise UserError(
+                    f"cannot resume from {path}: training.{key} was {old[key]}, now {getattr(cfg.training, key)}; "
+                    f"keep it equal so the data order continues"
+                )
+        state = read_trainer_state(path)
+        if state.get("world_size", world_size) != world_size:
+            raise UserError(f"cannot resume from {path}: it ran on {state['world_size']} processes, now {world_size}")
+        optimizer = load_optimizer(path)
+        if optimizer is None:
+            raise UserError(f"cannot resume from {path}: it has no optimizer.safetensors (use training.init_from)")
+        return Start(
+            load_weights(path, cfg.model), optimizer, int(state["step"]), int(state["tokens_seen"]), str(path), state
+        )
+    if cfg.training.init_from:
+        source = Path(cfg.training.init_from)
+        try:
+            weights = load_weights(source, cfg.model)
+        except CheckpointError as exc:
+            raise UserError(f"training.init_from: {exc}") from None
+        return Start(weights, source=str(source))
+    return Start(init_weights(cfg.model, cfg.training.seed))
+
+
+def trainer_state(
+    cfg: Config, step: int, tokens_seen: int, lr: float, loss: float, backend: str, world_size: int, elapsed: float
+) -> dict[str, Any]:
+    """What trainer_state.json records: enough to continue exactly, and to read the run later."""
+    return {
+        "step": step,
+        "tokens_seen": tokens_seen,
+        "lr": lr,
+        "loss": loss,
+        "backend": backend,
+        "world_size": world_size,
+        "seed": cfg.training.seed,
+        "data": {
+            "next_step": step,
+            "seed": cfg.training.seed,
+            "seq_len": cfg.training.seq_len,
+            "batch_size": cfg.training.batch_size,
+            "grad_accum": cfg.training.grad_accum,
+        },
+        "wall_time": elapsed,
+    }
+
+
+def write_checkpoint(
+    cfg: Config,
+    name: str,
+    weights: dict[str, np.ndarray],
+    optimizer: dict[str, np.ndarray],
+    state: dict[str, Any],
+    tokenizer_dir: Path | None,
+    eos_id: int | None,
+    bos_id: int | None,
+) -> Path:
+    """Write `output.dir/<name>`, point `latest` at it, prune old step checkpoints."""
+    directory = Path(cfg.output.dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = save_checkpoint(
+        directory / name,
+        weights,
+        cfg.model,
+        optimizer=optimizer,
+        trainer_state=state,
+        train_config=cfg,
+        tokenizer_dir=tokenizer_dir,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+    )
+    write_latest(directory, path)
+    prune_checkpoints(directory, cfg.training.keep_last)
+    return path
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:06d}.ckpt"
+
+
+class StopSignal:
+    """SIGINT / SIGTERM set a flag; the loop saves a checkpoint at the next step boundary and exits 0.
+    A second Ctrl-C while saving is ignored so a checkpoint is never half-written by choice."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self) -> StopSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. under some test runners): no handler
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Throughput:
+    """Tokens/s over the last log window and an ETA from it."""
+
+    def __init__(self, start_step: int, total_steps: int):
+        self.total = total_steps
+        self.last_time = time.perf_counter()
+        self.last_step = start_step
+
+    def update(self, step: int, tokens_per_step: int) -> tuple[float, float]:
+        now = time.perf_counter()
+        steps = max(1, step - self.last_step)
+        dt = max(1e-9, now - self.last_time)
+        self.last_time, self.last_step = now, step
+        tok_per_s = steps * tokens_per_step / dt
+        eta = (self.total - step) * dt / steps
+        return tok_per_s, eta
+
+
+def estimate_memory(cfg: Config, world_size: int = 1) -> dict[str, float]:
+    """Rough peak bytes of one training process: weights, grads, AdamW moments, activations, logits."""
+    m, t = cfg.model, cfg.training
+    n = count_parameters(m)
+    weight_bytes = 2 if t.dtype == "bfloat16" else 4
+    tokens = t.batch_size * t.seq_len
+    per_layer = tokens * (14 * m.d_model + 3 * m.d_ff + 2 * m.n_heads * m.resolved_head_dim) * weight_bytes
+    logits = tokens * m.vocab_size * 4 * 3  # fp32 logits, softmax and its gradient
+    parts = {
+        "weights": n * weight_bytes,
+        "gradients": n * weight_bytes,
+        "adamw moments": n * 4 * 2,
+        "activations": m.n_layers * per_layer,
+        "logits": logits,
+    }
+    parts["total"] = sum(parts.values()) * 1.15  # allocator slack
+    return parts
+
+
+def dry_run_report(cfg: Config, steps: int, world_size: int, device: str, memory_bytes: int) -> tuple[str, bool]:
+    """The text --dry-run prints, and whether the estimate fits in the device's memory."""
+    m, t = cfg.model, cfg.training
+    n = count_parameters(m)
+    fpt = flops_per_token(m, t.seq_len)
+    tokens_per_step = t.batch_size * t.grad_accum * t.seq_len * world_size
+    est = estimate_memory(cfg, world_size)
+    lines = [
+        f"model: {human_count(n)} parameters ({human_count(count_parameters(m, False))} without embeddings), "
+        f"{m.n_layers} layers, d_model {m.d_model}, heads {m.n_heads}/{m.n_kv_heads} (q/kv), vocab {m.vocab_size}",
+        f"compute: {fpt / 1e6:.1f} MFLOPs per token, {human_count(tokens_per_step)} tokens per step, "
+        f"{steps} steps = {human_count(steps * tokens_per_step)} tokens, "
+        f"{steps * tokens_per_step * fpt / 1e15:.2f} PFLOPs in all",
+        "memory estimate per process: "
+        + ", ".join(f"{k} {human_bytes(v)}" for k, v in est.items() if k != "total")
+        + f" -> about {human_bytes(est['total'])}",
+        f"device: {device}, memory {human_bytes(memory_bytes) if memory_bytes else 'unknown'}",
+    ]
+    fits = not memory_bytes or est["total"] <= 0.9 * memory_bytes
+    if not fits:
+        lines.append(
+            f"does not fit: ~{human_bytes(est['total'])} needed, {human_bytes(memory_bytes)} available; lower "
+            "training.batch_size (raise training.grad_accum to keep tokens per step) or training.seq_len"
+        )
+    return "\n".join(lines), fits

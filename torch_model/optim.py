@@ -1,0 +1,60 @@
+"""torch AdamW with the project's weight-decay rule, and its state in the neutral checkpoint format.
+
+Weight decay applies to 2-D weights only (core.weights.is_decayed), the same rule as MLX. The
+neutral format is "<param>.exp_avg" / "<param>.exp_avg_sq" in fp32 plus the step count from
+trainer_state.json, which is exactly what torch's AdamW keeps per parameter."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from core.config import TrainingConfig
+from core.weights import is_decayed
+from torch_model.state import to_numpy, to_torch, unwrap
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainingConfig, fused: bool = False) -> torch.optim.AdamW:
+    named = list(unwrap(model).named_parameters())
+    groups = [
+        {"params": [p for n, p in named if is_decayed(n, p.ndim)], "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in named if not is_decayed(n, p.ndim)], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
+
+
+def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, np.ndarray]:
+    out = {}
+    for name, p in unwrap(model).named_parameters():
+        state = optimizer.state.get(p)
+        if state:
+            out[f"{name}.exp_avg"] = to_numpy(state["exp_avg"].float())
+            out[f"{name}.exp_avg_sq"] = to_numpy(state["exp_avg_sq"].float())
+    return out
+
+
+def load_optimizer_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, moments: dict[str, np.ndarray] | None, step: int
+) -> None:
+    """Continue from neutral moments at `step` steps done (nothing to do for a fresh run)."""
+    if moments is None:
+        return
+    on_device = bool(optimizer.defaults.get("fused") or optimizer.defaults.get("capturable"))
+    for name, p in unwrap(model).named_parameters():
+        if f"{name}.exp_avg" not in moments or f"{name}.exp_avg_sq" not in moments:
+            raise ValueError(f"optimizer state lacks moments for '{name}'")
+        optimizer.state[p] = {
+            "step": torch.tensor(float(step), dtype=torch.float32, device=p.device if on_device else "cpu"),
+            "exp_avg": _like(p, moments[f"{name}.exp_avg"]),
+            "exp_avg_sq": _like(p, moments[f"{name}.exp_avg_sq"]),
+        }
+
+
+def _like(param: torch.Tensor, full: np.ndarray) -> torch.Tensor:
+    """A moment placed like its parameter: same device and dtype, sharded the same way under FSDP2."""
+    tensor = to_torch(full).to(device=param.device, dtype=param.dtype)
+    if hasattr(param, "device_mesh"):  # a DTensor parameter (FSDP2)
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(tensor, param.device_mesh, param.placements)
+    return tensor

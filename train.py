@@ -1,0 +1,45 @@
+"""Train with the backend that `hardware.accelerator` picks: the seed's command.
+
+    python train.py --config config.yaml [--resume auto] [--section.key value ...]
+
+auto: MLX on Apple Silicon (train_mlx.py); otherwise PyTorch (train_cuda.py), which uses a CUDA GPU
+when one is visible and else the CPU, where it is several times faster than MLX's CPU backend.
+mlx forces train_mlx.py; cuda, mps and cpu force train_cuda.py on that device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from core.cli import run_cli
+from core.config import load_config, override_help, parse_overrides
+from core.hardware import is_apple_silicon
+
+ROOT = Path(__file__).resolve().parent
+
+
+def choose_trainer(accelerator: str) -> str:
+    if accelerator == "mlx" or (accelerator == "auto" and is_apple_silicon()):
+        return "train_mlx.py"
+    return "train_cuda.py"
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=override_help()
+    )
+    parser.add_argument("--config", default="config.yaml", help="YAML run config (default: config.yaml)")
+    parser.add_argument("--resume", default="", help="'auto' or a *.ckpt directory")
+    parser.add_argument("--dry-run", action="store_true", help="print size, FLOPs and memory estimate, then exit")
+    args, rest = parser.parse_known_args(argv)
+    cfg = load_config(args.config, parse_overrides(rest))  # fail here, once, on a bad config
+    trainer = choose_trainer(cfg.hardware.accelerator)
+    print(f"hardware.accelerator {cfg.hardware.accelerator} -> {trainer}", file=sys.stderr)
+    os.execv(sys.executable, [sys.executable, str(ROOT / trainer), *argv])
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(sys.argv[1:]))

@@ -37,7 +37,7 @@ from core.training import (
     write_checkpoint,
 )
 from core.weights import flops_per_token
-from data.loader import BatchLoader
+from data.loader import BatchLoader, val_batches
 from data.prepare import prepare_data
 from torch_model.generate import generate
 from torch_model.model import cross_entropy
@@ -144,8 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
 
     train_loader = BatchLoader(data.tokens("train"), t.seq_len, t.batch_size, t.seed, rank, world, t.grad_accum)
-    val_loader = BatchLoader(data.tokens("val"), t.seq_len, t.batch_size, t.seed + 1)
-    val_batches = [val_loader.batch(i) for i in range(t.eval_batches)]
+    fixed_val = val_batches(data.tokens("val"), t.seq_len, t.batch_size, t.eval_batches, seed=t.seed)
 
     tokenizer_dir = data.tokenizer_dir
     log = None
@@ -232,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
             if t.eval_every and (done % t.eval_every == 0 or done == steps):
                 model.eval()
-                val = evaluate(model, val_batches, device, autocast)
+                val = evaluate(model, fixed_val, device, autocast)
                 text = sample(model, tokenizer, t.sample_prompt, t.sample_tokens)  # all ranks: FSDP gathers
                 if is_main:
                     tqdm.write(format_val_line(done, val))

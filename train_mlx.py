@@ -43,7 +43,7 @@ from core.training import (
     write_checkpoint,
 )
 from core.weights import flops_per_token
-from data.loader import BatchLoader
+from data.loader import BatchLoader, val_batches
 from data.prepare import prepare_data
 from mlx_model.generate import generate
 from mlx_model.model import cross_entropy
@@ -116,8 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     load_optimizer_state(optimizer, model, start.optimizer, start.step)
     del start.weights, start.optimizer
     train_loader = BatchLoader(data.tokens("train"), t.seq_len, t.batch_size, t.seed, rank, world, t.grad_accum)
-    val_loader = BatchLoader(data.tokens("val"), t.seq_len, t.batch_size, t.seed + 1)
-    val_batches = [val_loader.batch(i) for i in range(t.eval_batches)]
+    fixed_val = val_batches(data.tokens("val"), t.seq_len, t.batch_size, t.eval_batches, seed=t.seed)
     micro_step, step_fn = build_step(model, optimizer, cfg, world)
 
     tokenizer_dir = data.tokenizer_dir
@@ -196,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
                     }
                 )
             if t.eval_every and (done % t.eval_every == 0 or done == steps):
-                val = evaluate(model, val_batches)
+                val = evaluate(model, fixed_val)
                 if is_main:
                     tqdm.write(format_val_line(done, val))
                     tqdm.write(

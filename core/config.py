@@ -82,6 +82,7 @@ class DataConfig:
     max_documents: int = 0  # 0: all
     cache_dir: str = "data_cache"
     num_workers: int = 0  # 0: one per CPU core
+    encoding_errors: str = "strict"  # strict | replace (undecodable bytes in text files)
 
 
 @dataclass
@@ -118,6 +119,7 @@ SECTIONS: dict[str, type] = typing.get_type_hints(Config)
 CHOICES = {
     "training.dtype": ("float32", "bfloat16"),
     "training.on_nonfinite": ("stop", "skip"),
+    "data.encoding_errors": ("strict", "replace"),
     "hardware.accelerator": ("auto", "mlx", "cuda", "mps", "cpu"),
     "hardware.attention": ("sdpa", "flash_attn"),
     "hardware.distributed": ("none", "ddp", "fsdp"),

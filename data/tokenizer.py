@@ -1,0 +1,250 @@
+"""One tokenizer type for the whole project, whatever it was loaded from.
+
+`load_tokenizer(spec)` accepts `gpt2` (offline too), any Hugging Face tokenizer name or local
+directory, a `tokenizer.json` file, or `bpe:<vocab_size>` (trained on the corpus, cached).
+`Tokenizer.save(dir)` writes files that transformers' AutoTokenizer and mlx_lm load with the
+same ids, so checkpoints carry their tokenizer and inference needs no --tokenizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer as Backend
+
+from data import bpe, gpt2, hub
+from data.errors import DataError
+from data.fsutil import file_lock, write_json
+
+EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eos|>", "<|im_end|>", "[SEP]")
+BOS_CANDIDATES = ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>", "[CLS]")
+HUB_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+DEFAULT_MAX_LENGTH = 1024
+
+
+def _token_str(value: Any) -> str | None:
+    """tokenizer_config values are either "<eos>" or {"content": "<eos>", ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
+class Tokenizer:
+    """A `tokenizers` tokenizer plus the few facts training needs: vocab size, EOS and BOS ids."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        eos_token: str,
+        bos_token: str | None = None,
+        unk_token: str | None = None,
+        name: str = "",
+        model_max_length: int = DEFAULT_MAX_LENGTH,
+    ) -> None:
+        backend.no_truncation()  # a tokenizer.json may carry these; prepare must see whole documents
+        backend.no_padding()
+        self.backend = backend
+        self._fingerprint: str | None = None
+        self.name = name
+        self.model_max_length = model_max_length
+        self.eos_token, self.bos_token, self.unk_token = eos_token, bos_token, unk_token
+        eos_id = backend.token_to_id(eos_token)
+        if eos_id is None:
+            raise DataError(f"tokenizer {name or ''}: end-of-text token {eos_token!r} is not in its vocab")
+        self.eos_id: int = eos_id
+        self.bos_id: int | None = backend.token_to_id(bos_token) if bos_token else None
+        self.vocab_size: int = backend.get_vocab_size(with_added_tokens=True)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({self.name!r}, vocab_size={self.vocab_size}, eos_id={self.eos_id})"
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of `text` alone: no BOS/EOS added (documents are joined with EOS by prepare)."""
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Parallel (Rust threads) encoding of many texts; skips offsets, which we never use."""
+        encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
+        return [e.ids for e in encode(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def fingerprint(self) -> str:
+        """A hash of everything that decides the ids: the serialized tokenizer (model, pre-tokenizer,
+        added tokens; vocab and merges are written in id/rank order) and the EOS/BOS choice."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256(self.backend.to_str().encode("utf-8"))
+            digest.update(json.dumps([self.eos_token, self.bos_token]).encode("utf-8"))
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
+
+    def special_tokens(self) -> dict[str, str]:
+        names = {"eos_token": self.eos_token, "bos_token": self.bos_token, "unk_token": self.unk_token}
+        return {key: value for key, value in names.items() if value}
+
+    def save(self, directory: str | Path, model_max_length: int | None = None) -> Path:
+        """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json (HF layout)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.backend.save(str(directory / "tokenizer.json"))
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            **self.special_tokens(),
+            "model_max_length": model_max_length or self.model_max_length,
+            "clean_up_tokenization_spaces": False,
+            "add_bos_token": False,
+            "add_eos_token": False,
+            "name_or_path": self.name,
+        }
+        write_json(directory / "tokenizer_config.json", config)
+        write_json(directory / "special_tokens_map.json", self.special_tokens())
+        return directory
+
+    @classmethod
+    def from_dir(cls, path: str | Path, name: str | None = None) -> Tokenizer:
+        """Load a directory holding tokenizer.json (+ tokenizer_config.json): ours, HF's or a checkpoint's."""
+        path = Path(path)
+        if not (path / "tokenizer.json").is_file():
+            if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+                backend = gpt2.byte_level_bpe(
+                    json.loads((path / "vocab.json").read_text(encoding="utf-8")), gpt2.read_merges(path / "merges.txt")
+                )
+                return cls._with_config(backend, path, name or str(path))
+            raise DataError(f"{path}: no tokenizer.json here; pass a directory saved by a fast HF tokenizer")
+        return cls._with_config(Backend.from_file(str(path / "tokenizer.json")), path, name or str(path))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Tokenizer:
+        """A bare tokenizer.json: special tokens are recognised by their usual names."""
+        path = Path(path)
+        try:
+            backend = Backend.from_file(str(path))
+        except Exception as exc:  # tokenizers raises plain Exception on bad JSON
+            raise DataError(f"{path}: not a valid tokenizer.json ({str(exc).splitlines()[0]})") from None
+        return cls._with_config(backend, path.parent if path.name == "tokenizer.json" else None, str(path))
+
+    @classmethod
+    def _with_config(cls, backend: Backend, directory: Path | None, name: str) -> Tokenizer:
+        config: dict[str, Any] = {}
+        for file in ("special_tokens_map.json", "tokenizer_config.json"):
+            if directory is not None and (directory / file).is_file():
+                config.update(json.loads((directory / file).read_text(encoding="utf-8")))
+        vocab = backend.get_vocab(with_added_tokens=True)
+        eos = _token_str(config.get("eos_token")) or next((t for t in EOS_CANDIDATES if t in vocab), None)
+        if eos is None:
+            raise DataError(
+                f"tokenizer {name}: no end-of-text token found; set eos_token in tokenizer_config.json "
+                f"or add one of {', '.join(EOS_CANDIDATES[:3])}"
+            )
+        bos = _token_str(config.get("bos_token")) or next((t for t in BOS_CANDIDATES if t in vocab), None)
+        max_length = config.get("model_max_length")
+        max_length = int(max_length) if isinstance(max_length, (int, float)) and max_length < 1e9 else None
+        return cls(backend, eos, bos, _token_str(config.get("unk_token")), name, max_length or DEFAULT_MAX_LENGTH)
+
+
+def _from_hub(name: str) -> Tokenizer | None:
+    """The tokenizer files of a hub repo from the local HF cache, or downloaded when the hub answers."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+    except ImportError:  # huggingface_hub < 0.24
+        from huggingface_hub.utils import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    for local_only in (True, False):
+        if not local_only and not hub.hub_reachable():
+            return None
+        try:
+            main = Path(hf_hub_download(name, "tokenizer.json", local_files_only=local_only))
+        except LocalEntryNotFoundError:
+            continue
+        except EntryNotFoundError:
+            raise DataError(
+                f"tokenizer '{name}' has no tokenizer.json (a slow-only tokenizer); save it with transformers' "
+                f"AutoTokenizer(...).save_pretrained(dir) and pass the directory"
+            ) from None
+        except (HfHubHTTPError, OSError, ValueError) as exc:
+            reason = str(exc).splitlines()[0]
+            raise DataError(f"tokenizer '{name}' could not be fetched from the hub: {reason}") from None
+        for extra in HUB_FILES[1:]:  # optional; they land next to tokenizer.json in the snapshot
+            try:
+                hf_hub_download(name, extra, local_files_only=local_only)
+            except (EntryNotFoundError, HfHubHTTPError, OSError):
+                pass
+        return Tokenizer._with_config(Backend.from_file(str(main)), main.parent, name)
+    return None
+
+
+def _gpt2() -> Tokenizer:
+    for name in gpt2.ALIASES[::-1]:
+        found = _from_hub(name) if hub.hub_reachable() or _cached(name) else None
+        if found is not None:
+            return found
+    return Tokenizer(gpt2.packaged_gpt2(), gpt2.EOS, gpt2.EOS, gpt2.EOS, "gpt2", DEFAULT_MAX_LENGTH)
+
+
+def _cached(name: str) -> bool:
+    """Is `name`'s tokenizer.json in the local HF hub cache? (A path check; importing the hub client costs ~0.5 s.)"""
+    default = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+    repo = Path(os.environ.get("HF_HUB_CACHE", default)) / f"models--{name.replace('/', '--')}"
+    return any(repo.glob("snapshots/*/tokenizer.json"))
+
+
+def _trained(
+    spec: str, corpus: Iterable[str] | None, cache_dir: str | Path | None, corpus_key: str | None
+) -> Tokenizer:
+    vocab_size = bpe.parse_spec(spec)
+    target = Path(cache_dir) / f"bpe{vocab_size}-{corpus_key}" if cache_dir and corpus_key else None
+    if target is not None and (target / "tokenizer.json").is_file():
+        return Tokenizer.from_dir(target, name=spec)
+    if corpus is None:
+        raise DataError(f"data.tokenizer '{spec}' trains on the corpus, but no corpus was given")
+
+    def train() -> Tokenizer:
+        tok = Tokenizer(bpe.train_bpe(corpus, vocab_size), gpt2.EOS, None, None, spec)
+        if target is not None:
+            tok.save(target)
+        return tok
+
+    if target is None:
+        return train()
+    with file_lock(target.with_suffix(".lock")):  # every rank asks; one trains, the rest read its result
+        if (target / "tokenizer.json").is_file():
+            return Tokenizer.from_dir(target, name=spec)
+        return train()
+
+
+def load_tokenizer(
+    spec: str,
+    corpus: Iterable[str] | None = None,
+    cache_dir: str | Path | None = None,
+    corpus_key: str | None = None,
+) -> Tokenizer:
+    """Resolve data.tokenizer. `corpus` (texts) and `corpus_key` (their hash) are used only by bpe:<N>."""
+    spec = spec.strip()
+    if not spec:
+        raise DataError("data.tokenizer is empty; use gpt2, a Hugging Face name or path, or bpe:<vocab size>")
+    if spec.lower().startswith("bpe:"):
+        return _trained(spec, corpus, cache_dir, corpus_key)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return Tokenizer.from_dir(path)
+    if path.is_file():
+        return Tokenizer.from_file(path)
+    if spec in gpt2.ALIASES:
+        return _gpt2()
+    if spec.endswith(".json") or spec.startswith((".", "/", "~")):
+        raise DataError(f"tokenizer file not found: {spec}; pass an existing tokenizer.json or directory")
+    found = _from_hub(spec)
+    if found is None:
+        raise DataError(
+            f"tokenizer '{spec}' is not in the Hugging Face cache and the hub is unreachable; "
+            f"use gpt2, bpe:<vocab size>, or a local tokenizer directory"
+        )
+    return found

@@ -1,0 +1,105 @@
+"""The built-in corpus: real Wikipedia prose from a PyPI wheel, clean, >= 1 MB, extracted once."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+
+import numpy as np
+import pytest
+
+from core.config import DataConfig
+from data import builtin
+from data.errors import DataError
+from data.prepare import prepare_data
+from data.wikitext import wiki_to_text
+
+MARKUP = re.compile(r"\[\[|\]\]|\{\{|\}\}|<ref|</|\|thumb|&nbsp;|'''|^==+", re.M)
+
+
+FIRST = 40  # the first 40 articles already hold > 1 MB of text; extracting all 101 takes twice as long
+
+
+@pytest.fixture(scope="module")
+def articles(tmp_path_factory) -> list[str]:
+    return list(builtin.documents(tmp_path_factory.mktemp("builtin"), max_documents=FIRST))
+
+
+def test_size_and_content(articles):
+    text = "\n".join(articles)
+    assert len(articles) == FIRST and len(text.encode("utf-8")) >= 1_000_000
+    titles = {a.split("\n", 1)[0] for a in articles}
+    assert {"Anarchism", "Alabama", "Albedo", "Abraham Lincoln", "Achilles"} <= titles
+    assert "Alabama is a state located in the southeastern region of the United States." in text
+    assert not MARKUP.search(text), MARKUP.search(text)
+    assert "\nReferences\n" not in text and "\nExternal links\n" not in text
+
+
+def test_dump_holds_the_whole_corpus():
+    titles = [title for title, _ in builtin.raw_articles(builtin.dump_path())]
+    assert len(titles) == 106 and "Aristotle" in titles and "AccessibleComputing" not in titles  # a redirect
+
+
+def test_extracted_once_then_read_from_cache(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_extract(limit):
+        calls.append(limit)
+        return iter(["Alpha\n\nfirst article", "Beta\n\nsecond \u00e9 article", "Gamma\n\nthird"])
+
+    monkeypatch.setattr(builtin, "_extract", fake_extract)
+    assert not builtin.cache_file(tmp_path).exists()
+    first = list(builtin.documents(tmp_path))
+    assert calls == [0] and builtin.cache_file(tmp_path).is_file()
+    assert list(builtin.documents(tmp_path)) == first and calls == [0]  # read back, not extracted again
+    assert list(builtin.documents(tmp_path, max_documents=2)) == first[:2] and calls == [0]
+
+
+def test_small_runs_extract_only_what_they_need(tmp_path, articles, monkeypatch):
+    assert list(builtin.documents(tmp_path, max_documents=2)) == articles[:2]
+    assert not builtin.cache_file(tmp_path).exists()  # a partial extraction is never cached as the whole
+    assert builtin.cache_file(tmp_path, 2).is_file()
+    monkeypatch.setattr(builtin, "_extract", lambda limit: pytest.fail("extracted again"))
+    assert list(builtin.documents(tmp_path, max_documents=2)) == articles[:2]
+
+
+def test_prepare_builtin_round_trip(tmp_path, articles):
+    prepared = prepare_data(DataConfig(dataset="builtin", cache_dir=str(tmp_path), max_documents=4), progress=False)
+    tokens = np.concatenate([np.asarray(prepared.tokens("train")), np.asarray(prepared.tokens("val"))])
+    text = prepared.tokenizer.decode(tokens)
+    assert sorted(text.split("<|endoftext|>")[:-1]) == sorted(articles[:4])
+    assert "Wikipedia" in prepared.meta["source"]["description"]
+
+
+def test_missing_gensim_is_one_clear_line(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gensim" else real(name, *a))
+    with pytest.raises(DataError, match="needs the 'gensim' package.*pip install -r requirements.txt"):
+        builtin.dump_path()
+
+
+def test_wiki_markup_is_stripped():
+    wikitext = """{{Infobox country|name=Testland|capital=[[Cap City]]}}
+'''Testland''' ({{lang-fr|Terre de test}}) is a [[country]] in [[Europe|western Europe]].<ref>{{cite web|title=T}}</ref>
+Its area is {{convert|5|km2}}.<ref name="x" /> [[File:Map.png|thumb|A map of [[Testland]]]]
+<!-- hidden comment -->
+== History ==
+Founded in 1900.&nbsp;It grew.
+{| class="wikitable"
+| a || b
+|}
+* A list item with [http://example.com an external link].
+
+== References ==
+{{reflist}}
+[[Category:Countries]]
+[[fr:Testland]]
+"""
+    text = wiki_to_text(wikitext)
+    assert text == (
+        "Testland (Terre de test) is a country in western Europe.\n"
+        "Its area is 5 km2.\n\n"
+        "History\n"
+        "Founded in 1900. It grew.\n\n"
+        "A list item with an external link."
+    )

@@ -9,14 +9,14 @@ mlx forces train_mlx.py; cuda, mps and cpu force train_cuda.py on that device.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
 from core.cli import run_cli
-from core.config import load_config, override_help, parse_overrides
+from core.config import load_config
 from core.hardware import is_apple_silicon
+from core.training import parse_train_args
 
 ROOT = Path(__file__).resolve().parent
 
@@ -28,14 +28,8 @@ def choose_trainer(accelerator: str) -> str:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=override_help()
-    )
-    parser.add_argument("--config", default="config.yaml", help="YAML run config (default: config.yaml)")
-    parser.add_argument("--resume", default="", help="'auto' or a *.ckpt directory")
-    parser.add_argument("--dry-run", action="store_true", help="print size, FLOPs and memory estimate, then exit")
-    args, rest = parser.parse_known_args(argv)
-    cfg = load_config(args.config, parse_overrides(rest))  # fail here, once, on a bad config
+    args, overrides = parse_train_args(__doc__, argv)
+    cfg = load_config(args.config, overrides)  # fail here, once, on a bad config
     trainer = choose_trainer(cfg.hardware.accelerator)
     print(f"hardware.accelerator {cfg.hardware.accelerator} -> {trainer}", file=sys.stderr)
     os.execv(sys.executable, [sys.executable, str(ROOT / trainer), *argv])

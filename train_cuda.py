@@ -24,7 +24,7 @@ from tqdm import tqdm
 from core.cli import UserError, run_cli
 from core.config import load_config
 from core.hardware import cpu_name, peak_flops, system_memory_bytes
-from core.metrics import MetricsLog, format_train_line, format_val_line, perplexity
+from core.metrics import MetricsLog
 from core.schedule import lr_at, total_steps
 from core.training import (
     StopSignal,
@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> None:
                         f"{grad_norm_value}); no checkpoint written. "
                         f"Lower training.lr, or set training.on_nonfinite skip"
                     )
-                tqdm.write(f"step {step + 1}: non-finite loss or gradient, update skipped") if is_main else None
+                if is_main:
+                    tqdm.write(f"step {step + 1}: non-finite loss or gradient, update skipped")
                 continue
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -214,30 +215,16 @@ def main(argv: list[str] | None = None) -> None:
                 tok_s, eta = meter.update(done, tokens_per_step)
                 mfu = tok_s * flops_tok / world / peak if peak else None
                 mem = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-                tqdm.write(format_train_line(done, steps, loss_value, lr, tok_s, mfu, mem, eta))
-                log.log(
-                    {
-                        "step": done,
-                        "split": "train",
-                        "loss": loss_value,
-                        "lr": lr,
-                        "tokens": tokens_seen,
-                        "tok_per_s": tok_s,
-                        "mfu": mfu,
-                        "mem_gb": mem / 1e9,
-                        "grad_norm": grad_norm_value,
-                        "time": time.time() - wall_start,
-                    }
+                elapsed = time.time() - wall_start
+                tqdm.write(
+                    log.train(done, steps, loss_value, lr, tokens_seen, tok_s, mfu, mem, grad_norm_value, elapsed, eta)
                 )
             if t.eval_every and (done % t.eval_every == 0 or done == steps):
                 model.eval()
                 val = evaluate(model, fixed_val, device, autocast)
                 text = sample(model, tokenizer, t.sample_prompt, t.sample_tokens)  # all ranks: FSDP gathers
                 if is_main:
-                    tqdm.write(format_val_line(done, val))
-                    tqdm.write("sample: " + text.replace("\n", " "))
-                    log.log({"step": done, "split": "val", "loss": val, "ppl": perplexity(val), "tokens": tokens_seen})
-                    log.plot()
+                    tqdm.write(log.val(done, val, tokens_seen, text))
                 model.train()
             if t.save_every and done % t.save_every == 0 and done < steps:
                 save(step_name(done), done)

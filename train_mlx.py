@@ -30,7 +30,7 @@ from tqdm import tqdm
 from core.cli import UserError, run_cli
 from core.config import load_config
 from core.hardware import apple_chip, cpu_name, peak_flops, system_memory_bytes
-from core.metrics import MetricsLog, format_train_line, format_val_line, perplexity
+from core.metrics import MetricsLog
 from core.schedule import lr_at, total_steps
 from core.training import (
     StopSignal,
@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
                     )
                 model.update(previous[0])
                 optimizer.state = previous[1]
-                tqdm.write(f"step {step + 1}: non-finite loss or gradient, update skipped") if is_main else None
+                if is_main:
+                    tqdm.write(f"step {step + 1}: non-finite loss or gradient, update skipped")
                 continue
             done = step + 1
             tokens_seen += tokens_per_step
@@ -179,30 +180,16 @@ def main(argv: list[str] | None = None) -> None:
                 tok_s, eta = meter.update(done, tokens_per_step)
                 mfu = tok_s * flops_tok / peak if peak else None
                 mem = mx.get_peak_memory()
-                tqdm.write(format_train_line(done, steps, loss_value, lr, tok_s, mfu, mem, eta))
-                log.log(
-                    {
-                        "step": done,
-                        "split": "train",
-                        "loss": loss_value,
-                        "lr": lr,
-                        "tokens": tokens_seen,
-                        "tok_per_s": tok_s,
-                        "mfu": mfu,
-                        "mem_gb": mem / 1e9,
-                        "grad_norm": grad_norm_value,
-                        "time": time.time() - wall_start,
-                    }
+                elapsed = time.time() - wall_start
+                tqdm.write(
+                    log.train(done, steps, loss_value, lr, tokens_seen, tok_s, mfu, mem, grad_norm_value, elapsed, eta)
                 )
             if t.eval_every and (done % t.eval_every == 0 or done == steps):
                 val = evaluate(model, fixed_val)
                 if is_main:
-                    tqdm.write(format_val_line(done, val))
                     tqdm.write(
-                        "sample: " + sample(model, tokenizer, t.sample_prompt, t.sample_tokens).replace("\n", " ")
+                        log.val(done, val, tokens_seen, sample(model, tokenizer, t.sample_prompt, t.sample_tokens))
                     )
-                    log.log({"step": done, "split": "val", "loss": val, "ppl": perplexity(val), "tokens": tokens_seen})
-                    log.plot()
             if t.save_every and done % t.save_every == 0 and done < steps:
                 save(step_name(done), done)
             if stop.requested:

@@ -62,6 +62,43 @@ class MetricsLog:
                     self.tensorboard.add_scalar(f"{record['split']}/{key}", value, step=record["step"])
             self.tensorboard.flush()
 
+    def train(
+        self,
+        step: int,
+        total: int,
+        loss: float,
+        lr: float,
+        tokens: int,
+        tok_per_s: float,
+        mfu: float | None,
+        mem_bytes: float,
+        grad_norm: float,
+        elapsed: float,
+        eta_s: float,
+    ) -> str:
+        """Record a train step; returns the log line to print."""
+        self.log(
+            {
+                "step": step,
+                "split": "train",
+                "loss": loss,
+                "lr": lr,
+                "tokens": tokens,
+                "tok_per_s": tok_per_s,
+                "mfu": mfu,
+                "mem_gb": mem_bytes / 1e9,
+                "grad_norm": grad_norm,
+                "time": elapsed,
+            }
+        )
+        return format_train_line(step, total, loss, lr, tok_per_s, mfu, mem_bytes, eta_s)
+
+    def val(self, step: int, loss: float, tokens: int, sample: str) -> str:
+        """Record an evaluation and redraw loss.png; returns the lines to print."""
+        self.log({"step": step, "split": "val", "loss": loss, "ppl": perplexity(loss), "tokens": tokens})
+        self.plot()
+        return format_val_line(step, loss) + "\nsample: " + sample.replace("\n", " ")
+
     def plot(self) -> Path:
         """Train and val loss against tokens seen, as loss.png."""
         import matplotlib

@@ -1,0 +1,91 @@
+"""Training-step throughput: our MLX model vs mlx-lm's own `llama` Model, in one process.
+
+    python bench/train_mlx.py [--config config.yaml] [--batch-size 8] [--seq-len 256] [--steps 10]
+
+Both models get the same config, the same initial weights, the same compiled step (train_mlx.py's:
+forward, backward, clipping, AdamW, all under mx.compile) and the same batches; runs alternate so
+machine noise hits both. On Linux the process restarts itself with OpenBLAS preloaded (same BLAS
+for both). Prints tokens/s for each and ours / mlx-lm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mlx_model.blas import ensure_fast_blas  # noqa: E402
+
+if __name__ == "__main__":
+    ensure_fast_blas()
+
+import mlx.core as mx  # noqa: E402
+import numpy as np  # noqa: E402
+from mlx.utils import tree_map  # noqa: E402
+
+from core.config import load_config, to_hf_config  # noqa: E402
+from core.hardware import cpu_name  # noqa: E402
+from core.weights import init_weights  # noqa: E402
+from mlx_model.optim import load_optimizer_state, make_optimizer  # noqa: E402
+from mlx_model.state import build_model, load_state  # noqa: E402
+from train_mlx import build_step  # noqa: E402
+
+
+def mlx_lm_model(cfg):
+    from mlx_lm.models.llama import Model, ModelArgs
+
+    hf = to_hf_config(cfg.model)
+    args = ModelArgs.from_dict(hf)
+    model = Model(args)
+    load_state(model, init_weights(cfg.model, 0))
+    return model
+
+
+def time_steps(model, cfg, batches) -> float:
+    optimizer = make_optimizer(cfg.training)
+    load_optimizer_state(optimizer, model, None, 0)
+    micro_step, step = build_step(model, optimizer, cfg, 1)
+    def one(x, y):
+        acc = tree_map(mx.zeros_like, model.trainable_parameters())
+        loss, _ = step(mx.array(x), mx.array(y), acc, mx.array(cfg.training.lr, dtype=mx.float32))
+        mx.eval(model.state, optimizer.state, loss)
+
+    one(*batches[0])  # compile
+    start = time.perf_counter()
+    for x, y in batches:
+        one(x, y)
+    return len(batches) * batches[0][0].size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="config.yaml")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    cfg = load_config(args.config, {"training.batch_size": args.batch_size, "training.seq_len": args.seq_len})
+    rng = np.random.default_rng(0)
+    batches = []
+    for _ in range(args.steps):
+        tokens = rng.integers(0, cfg.model.vocab_size, size=(args.batch_size, args.seq_len + 1), dtype=np.int32)
+        batches.append((tokens[:, :-1], tokens[:, 1:]))
+    ours, theirs = [], []
+    for _ in range(args.rounds):
+        ours.append(time_steps(build_model(cfg.model, init_weights(cfg.model, 0)), cfg, batches))
+        theirs.append(time_steps(mlx_lm_model(cfg), cfg, batches))
+    o, t = statistics.median(ours), statistics.median(theirs)
+    print(f"machine: {cpu_name()}, MLX {mx.__version__} on {mx.default_device()}")
+    print(f"model: {args.config}, batch {args.batch_size} x {args.seq_len}, {args.steps} steps x {args.rounds} rounds")
+    print(f"ours   : {o:,.0f} tok/s  (rounds: {', '.join(f'{v:,.0f}' for v in ours)})")
+    print(f"mlx-lm : {t:,.0f} tok/s  (rounds: {', '.join(f'{v:,.0f}' for v in theirs)})")
+    print(f"ratio ours / mlx-lm: {o / t:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

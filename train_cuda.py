@@ -22,7 +22,6 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from core.cli import UserError, run_cli
-from core.config import load_config
 from core.hardware import cpu_name, peak_flops, system_memory_bytes
 from core.metrics import MetricsLog
 from core.schedule import lr_at, total_steps
@@ -30,6 +29,7 @@ from core.training import (
     StopSignal,
     Throughput,
     dry_run_report,
+    load_train_config,
     parse_train_args,
     resolve_start,
     step_name,
@@ -104,7 +104,7 @@ def sample(model, tokenizer, prompt: str, n_tokens: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args, overrides = parse_train_args(__doc__, argv)
-    cfg = load_config(args.config, overrides)
+    cfg = load_train_config(args.config, overrides)
     t = cfg.training
     world, rank, local_rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)), 0
     if world > 1:

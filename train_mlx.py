@@ -28,7 +28,6 @@ from mlx.utils import tree_map
 from tqdm import tqdm
 
 from core.cli import UserError, run_cli
-from core.config import load_config
 from core.hardware import apple_chip, cpu_name, peak_flops, system_memory_bytes
 from core.metrics import MetricsLog
 from core.schedule import lr_at, total_steps
@@ -36,6 +35,7 @@ from core.training import (
     StopSignal,
     Throughput,
     dry_run_report,
+    load_train_config,
     parse_train_args,
     resolve_start,
     step_name,
@@ -92,7 +92,7 @@ def sample(model, tokenizer, prompt: str, n_tokens: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args, overrides = parse_train_args(__doc__, argv)
-    cfg = load_config(args.config, overrides)
+    cfg = load_train_config(args.config, overrides)
     t = cfg.training
     group = mx.distributed.init()
     rank, world = group.rank(), group.size()

@@ -41,6 +41,7 @@ TOKENIZER_FILES = (
     "vocab.json",
     "merges.txt",
     "tokenizer.model",
+    "chat_template.jinja",
 )
 LATEST = "latest"
 FORMAT_VERSION = 1
@@ -66,26 +67,18 @@ def _dtype_name(weights: dict[str, np.ndarray]) -> str:
     return {BFLOAT16: "bfloat16", np.dtype(np.float16): "float16"}.get(dtype, "float32")
 
 
-def save_checkpoint(
-    path: str | Path,
+def _write_files(
+    tmp: Path,
     weights: dict[str, np.ndarray],
     model_cfg: ModelConfig,
-    *,
-    optimizer: dict[str, np.ndarray] | None = None,
-    trainer_state: dict[str, Any] | None = None,
-    train_config: Config | None = None,
-    tokenizer_dir: str | Path | None = None,
-    bos_token_id: int | None = None,
-    eos_token_id: int | None = None,
-) -> Path:
-    """Write a complete checkpoint directory atomically; an existing one at `path` is replaced."""
-    path = Path(path)
-    check_weights(model_cfg, weights, source=str(path))
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-
+    optimizer: dict[str, np.ndarray] | None,
+    trainer_state: dict[str, Any] | None,
+    train_config: Config | None,
+    tokenizer_dir: str | Path | None,
+    bos_token_id: int | None,
+    eos_token_id: int | None,
+) -> None:
+    """Everything a checkpoint holds, written and fsynced into the temporary directory."""
     hf = to_hf_config(model_cfg, bos_token_id, eos_token_id, dtype=_dtype_name(weights))
     files = {
         "config.json": json.dumps(hf, indent=2) + "\n",
@@ -117,6 +110,34 @@ def save_checkpoint(
     for file in tmp.iterdir():
         _fsync(file)
     _fsync(tmp)
+
+
+def save_checkpoint(
+    path: str | Path,
+    weights: dict[str, np.ndarray],
+    model_cfg: ModelConfig,
+    *,
+    optimizer: dict[str, np.ndarray] | None = None,
+    trainer_state: dict[str, Any] | None = None,
+    train_config: Config | None = None,
+    tokenizer_dir: str | Path | None = None,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+) -> Path:
+    """Write a complete checkpoint directory atomically; an existing one at `path` is replaced."""
+    path = Path(path)
+    check_weights(model_cfg, weights, source=str(path))
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        _write_files(
+            tmp, weights, model_cfg, optimizer, trainer_state, train_config, tokenizer_dir, bos_token_id, eos_token_id
+        )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a crash that kills the process leaves it; resume ignores it
+        raise
     if path.exists():
         old = path.with_name(path.name + ".old")
         if old.exists():
@@ -214,11 +235,14 @@ def read_hf_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     _require_dir(path)
     try:
-        return json.loads((path / "config.json").read_text())
+        hf = json.loads((path / "config.json").read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(
             f"{path}/config.json is not valid JSON (line {exc.lineno}); re-export the checkpoint"
         ) from None
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{path}/config.json is not a JSON object; re-export the checkpoint")
+    return hf
 
 
 def read_model_config(path: str | Path) -> ModelConfig:

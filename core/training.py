@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +26,29 @@ from core.checkpoint import (
     write_latest,
 )
 from core.cli import UserError, human_bytes, human_count
-from core.config import Config, override_help, parse_overrides
+from core.config import Config, load_config, override_help, parse_overrides, validate
 from core.weights import count_parameters, flops_per_token, init_weights
 
 # What must match between a checkpoint's run and the resuming run for the next batch to be the same.
 RESUME_MUST_MATCH = ("seed", "seq_len", "batch_size", "grad_accum")
+
+
+def load_train_config(path: str, overrides: dict[str, Any]) -> Config:
+    """The run config; with `training.init_from`, the model section is the source checkpoint's (a
+    fine-tune must have its shapes), so config.yaml's model keys need not be edited by hand."""
+    cfg = load_config(path, overrides)
+    source = cfg.training.init_from
+    if source:
+        try:
+            model = read_model_config(source)
+        except CheckpointError as exc:
+            raise UserError(f"training.init_from: {exc}") from None
+        if model != cfg.model:
+            print(f"training.init_from: using the model config of {source} "
+                  f"({human_count(count_parameters(model))} parameters)", file=sys.stderr)  # fmt: skip
+            cfg.model = model
+            validate(cfg)
+    return cfg
 
 
 def parse_train_args(doc: str, argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:

@@ -110,8 +110,11 @@ def test_unfinished_write_is_never_listed_or_resumed(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         save_checkpoint(tmp_path / "step-000020.ckpt", weights, cfg, trainer_state={"step": 20})
     monkeypatch.undo()
-    assert (tmp_path / "step-000020.ckpt.tmp").is_dir()  # the half-written directory is left aside
     assert not (tmp_path / "step-000020.ckpt").exists()
+    assert not (tmp_path / "step-000020.ckpt.tmp").exists()  # an exception cleans up after itself
+    # a process killed mid-write leaves its temporary directory behind: never listed, never resumed
+    save_checkpoint(tmp_path / "step-000030.ckpt", weights, cfg, trainer_state={"step": 30})
+    (tmp_path / "step-000030.ckpt").rename(tmp_path / "step-000030.ckpt.tmp")
     (tmp_path / "broken.ckpt").mkdir()  # a *.ckpt without weights, e.g. an interrupted copy
     (tmp_path / "broken.ckpt" / "config.json").write_text("{}")
 
@@ -120,7 +123,7 @@ def test_unfinished_write_is_never_listed_or_resumed(tmp_path, monkeypatch):
     (tmp_path / "latest").unlink()
     assert resolve_resume("auto", tmp_path) == good
     with pytest.raises(CheckpointError, match="not a finished checkpoint"):
-        resolve_resume(str(tmp_path / "step-000020.ckpt.tmp"), tmp_path)
+        resolve_resume(str(tmp_path / "step-000030.ckpt.tmp"), tmp_path)
     assert resolve_resume("auto", tmp_path / "nothing-here") is None
 
 
@@ -155,6 +158,9 @@ def test_truncated_or_mismatched_weights_give_clear_errors(tmp_path):
         load_weights(tmp_path / "missing.ckpt")
     (other / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
+        read_model_config(other)
+    (other / "config.json").write_text("[]")
+    with pytest.raises(CheckpointError, match="not a JSON object"):
         read_model_config(other)
 
 

@@ -1,0 +1,116 @@
+"""core.sampling: logit processors equal Hugging Face's, the sampler follows the distribution, streaming text."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.sampling import (
+    SamplingParams,
+    TextStream,
+    apply_repetition_penalty,
+    fit_prompt,
+    select_token,
+    top_k_filter,
+    top_p_filter,
+)
+
+
+def random_logits(n=300, seed=0):
+    return (np.random.default_rng(seed).standard_normal(n) * 3).astype(np.float32)
+
+
+def test_repetition_penalty_is_the_ctrl_hf_rule():
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    logits = random_logits()
+    seen = [3, 7, 7, 250, 0, 12, 3]  # duplicates are penalised once
+    ours = apply_repetition_penalty(logits, seen, 1.7)
+    ref = RepetitionPenaltyLogitsProcessor(1.7)(torch.tensor([seen]), torch.from_numpy(logits)[None].clone())[0]
+    np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-6)
+    changed = np.flatnonzero(ours != logits)
+    assert set(changed) == set(seen)
+    assert all(ours[i] < logits[i] for i in seen)  # positive logits shrink, negative ones grow more negative
+
+
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_top_k_keeps_what_hf_keeps(k):
+    from transformers.generation.logits_process import TopKLogitsWarper
+
+    logits = random_logits(seed=k)
+    ref = TopKLogitsWarper(k)(None, torch.from_numpy(logits)[None].clone())[0].numpy()
+    ours = top_k_filter(logits, k)
+    np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(ref))
+    assert np.isfinite(ours).sum() == k
+
+
+@pytest.mark.parametrize("p", [0.05, 0.5, 0.9, 0.99])
+@pytest.mark.parametrize("n", [300, 5000])
+def test_top_p_keeps_what_hf_keeps(p, n):
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    logits = random_logits(n, seed=int(p * 100))
+    ref = TopPLogitsWarper(p)(None, torch.from_numpy(logits)[None].clone())[0].numpy()
+    ours = top_p_filter(logits, p)
+    np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(ref))
+    assert np.isfinite(ours).sum() >= 1
+
+
+def test_sampler_follows_the_softmax():
+    logits = np.array([2.0, 1.0, 0.5, -1.0, 0.0], dtype=np.float32)
+    rng = np.random.default_rng(0)
+    params = SamplingParams(temperature=1.0)
+    draws = np.bincount([select_token(logits, params, rng) for _ in range(20000)], minlength=5) / 20000
+    expected = np.exp(logits) / np.exp(logits).sum()
+    assert np.abs(draws - expected).max() < 0.015
+    cold = SamplingParams(temperature=0.5)
+    draws = np.bincount([select_token(logits, cold, rng) for _ in range(5000)], minlength=5) / 5000
+    expected = np.exp(logits / 0.5) / np.exp(logits / 0.5).sum()
+    assert np.abs(draws - expected).max() < 0.03
+
+
+def test_greedy_with_penalty_can_change_the_choice():
+    logits = np.array([3.0, 2.9, -1.0], dtype=np.float32)
+    assert select_token(logits, SamplingParams(), None) == 0
+    assert select_token(logits, SamplingParams(repetition_penalty=1.2), None, seen=[0]) == 1
+
+
+def test_bad_sampling_params_are_refused():
+    for kwargs in ({"temperature": -1}, {"top_k": -2}, {"top_p": 0.0}, {"top_p": 1.5}, {"repetition_penalty": 0}):
+        with pytest.raises(ValueError):
+            SamplingParams(**kwargs)
+
+
+def test_fit_prompt():
+    assert fit_prompt([1, 2, 3], 16, 4) == ([1, 2, 3], 4, None)
+    ids, n, note = fit_prompt(list(range(20)), 16, 4)
+    assert ids == list(range(8, 20)) and n == 4 and "keeping the last 12" in note
+    ids, n, note = fit_prompt([1, 2, 3], 16, 40)
+    assert ids == [3] and n == 15 and "capped to 15" in note
+    with pytest.raises(ValueError, match="empty prompt"):
+        fit_prompt([], 16, 4)
+
+
+def test_text_stream_holds_back_split_characters():
+    from data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer("gpt2")
+    text = " naïve café — 日本語 🙂 done"
+    ids = tok.encode(text)
+    assert any("\ufffd" in tok.decode([i]) for i in ids)  # some tokens are partial UTF-8 on their own
+    prompt = tok.encode("Say:")
+    stream = TextStream(tok.decode, prompt)
+    deltas = [stream.push(i) for i in ids]
+    assert "".join(deltas) + stream.flush() == text
+    assert not any("\ufffd" in d for d in deltas)
+
+
+def test_text_stream_keeps_separators_of_word_tokenizers(tmp_path):
+    from conftest import write_word_tokenizer
+
+    from data.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_dir(write_word_tokenizer(tmp_path / "tok", 20))
+    stream = TextStream(tok.decode, tok.encode("w3 w4"))
+    assert "".join(stream.push(i) for i in tok.encode("w5 w6 w7")) == " w5 w6 w7"

@@ -27,8 +27,9 @@ import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 from mlx.utils import tree_map  # noqa: E402
 
-from core.config import load_config, to_hf_config  # noqa: E402
+from core.config import load_config  # noqa: E402
 from core.hardware import cpu_name  # noqa: E402
+from core.hf_config import to_hf_config  # noqa: E402
 from core.weights import init_weights  # noqa: E402
 from mlx_model.optim import load_optimizer_state, make_optimizer  # noqa: E402
 from mlx_model.state import build_model, load_state  # noqa: E402

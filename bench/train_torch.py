@@ -21,8 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from core.config import load_config, to_hf_config  # noqa: E402
+from core.config import load_config  # noqa: E402
 from core.hardware import cpu_name  # noqa: E402
+from core.hf_config import to_hf_config  # noqa: E402
 from core.weights import init_weights  # noqa: E402
 from torch_model.model import cross_entropy  # noqa: E402
 from torch_model.optim import make_optimizer  # noqa: E402

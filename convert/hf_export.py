@@ -16,7 +16,7 @@ from safetensors.numpy import save_file
 
 from convert.common import ConvertError, atomic_output, canonical_dtype, cast_weights, check_output
 from core.checkpoint import TOKENIZER_FILES, load_weights, read_hf_config, read_model_config, read_trainer_state
-from core.config import to_hf_config
+from core.hf_config import to_hf_config
 from core.weights import count_parameters
 
 HF_DTYPES = ("bf16", "fp16", "fp32")

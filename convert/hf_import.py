@@ -26,7 +26,8 @@ from convert.common import (
     tokenizer_dir_arg,
 )
 from core.checkpoint import TOKENIZER_FILES, save_checkpoint
-from core.config import ConfigError, ModelConfig, from_hf_config
+from core.config import ConfigError, ModelConfig
+from core.hf_config import from_hf_config
 from core.weights import check_weights
 
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some old exporters saved; recomputed by every model

@@ -30,7 +30,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from core.cli import UserError
-from core.config import Config, ConfigError, ModelConfig, from_hf_config, to_hf_config
+from core.config import Config, ConfigError, ModelConfig
+from core.hf_config import from_hf_config, to_hf_config
 from core.weights import check_weights
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)

@@ -7,15 +7,8 @@ import dataclasses
 import pytest
 from conftest import ROOT, TINY_MODELS
 
-from core.config import (
-    Config,
-    ConfigError,
-    from_hf_config,
-    load_config,
-    parse_overrides,
-    save_config,
-    to_hf_config,
-)
+from core.config import Config, ConfigError, load_config, parse_overrides, save_config
+from core.hf_config import from_hf_config, to_hf_config
 from core.weights import count_parameters
 
 
@@ -165,7 +158,10 @@ def test_config_dataclasses_have_no_framework_imports():
     import subprocess
     import sys
 
-    code = "import sys, core.config, core.checkpoint, core.weights; print('torch' in sys.modules, 'mlx' in sys.modules)"
+    code = (
+        "import sys, core.config, core.hf_config, core.checkpoint, core.weights; "
+        "print('torch' in sys.modules, 'mlx' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.split() == ["False", "False"]
 

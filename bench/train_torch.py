@@ -1,16 +1,20 @@
 """Training-step throughput: our torch model vs transformers' LlamaForCausalLM, in one process.
 
     python bench/train_torch.py [--config config.yaml] [--batch-size 8] [--seq-len 256] [--steps 10]
+    # the CUDA check (one GPU): 124M, bf16 autocast, torch.compile, flash SDPA, MFU against the card's peak
+    python bench/train_torch.py --config configs/gpt2-124m.yaml --batch-size 16 --seq-len 1024 \\
+        --steps 100 --rounds 1 --dtype bfloat16 --compile
 
 Same config, same initial weights, same batches, same loss (fp32 cross-entropy), same AdamW
-(weight decay on 2-D weights), same clipping; both eager on the CPU (torch.compile was slower
-than eager here), both with SDPA attention. Runs alternate so machine noise hits both.
-Prints tokens/s for each and ours / transformers.
+(weight decay on 2-D weights; fused on CUDA), same clipping, same autocast and compile settings,
+both with SDPA attention (flash backend on CUDA). Runs alternate so machine noise hits both.
+Prints tokens/s for each, MFU when the device's peak is known, and ours / transformers.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -22,9 +26,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from core.config import load_config  # noqa: E402
-from core.hardware import cpu_name  # noqa: E402
+from core.hardware import cpu_name, peak_flops  # noqa: E402
 from core.hf_config import to_hf_config  # noqa: E402
-from core.weights import init_weights  # noqa: E402
+from core.weights import flops_per_token, init_weights  # noqa: E402
 from torch_model.model import cross_entropy  # noqa: E402
 from torch_model.optim import make_optimizer  # noqa: E402
 from torch_model.state import build_model  # noqa: E402
@@ -41,23 +45,31 @@ def transformers_model(cfg, device):
     return model.to(device)
 
 
-def time_steps(model, forward, cfg, batches, device) -> float:
-    optimizer = make_optimizer(model, cfg.training)
+def time_steps(model, forward, cfg, batches, device, bf16: bool, compile_model: bool) -> float:
+    optimizer = make_optimizer(model, cfg.training, fused=device.type == "cuda")
+    run = torch.compile(model) if compile_model else model
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     def one(x, y):
-        loss = cross_entropy(forward(model, x), y)
+        with autocast():
+            loss = cross_entropy(forward(run, x), y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
     tensors = [(torch.from_numpy(x).long().to(device), torch.from_numpy(y).long().to(device)) for x, y in batches]
-    one(*tensors[0])  # warm up
+    for x, y in tensors[:2]:  # warm up (and compile)
+        one(x, y)
+    sync()
     start = time.perf_counter()
     for x, y in tensors:
         one(x, y)
+    sync()
     return len(batches) * batches[0][0].size / (time.perf_counter() - start)
 
 
@@ -68,26 +80,42 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="autocast dtype")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     args = parser.parse_args()
     cfg = load_config(args.config, {"training.batch_size": args.batch_size, "training.seq_len": args.seq_len})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     rng = np.random.default_rng(0)
     batches = []
     for _ in range(args.steps):
         tokens = rng.integers(0, cfg.model.vocab_size, size=(args.batch_size, args.seq_len + 1))
         batches.append((tokens[:, :-1], tokens[:, 1:]))
+    bf16 = args.dtype == "bfloat16"
     ours, theirs = [], []
     for _ in range(args.rounds):
         model = build_model(cfg.model, init_weights(cfg.model, 0), device=device)
-        ours.append(time_steps(model, lambda m, x: m(x), cfg, batches, device))
+        ours.append(time_steps(model, lambda m, x: m(x), cfg, batches, device, bf16, args.compile))
+        del model
         hf = transformers_model(cfg, device)
-        theirs.append(time_steps(hf, lambda m, x: m(input_ids=x, use_cache=False).logits, cfg, batches, device))
+        forward = lambda m, x: m(input_ids=x, use_cache=False).logits  # noqa: E731
+        theirs.append(time_steps(hf, forward, cfg, batches, device, bf16, args.compile))
+        del hf
     o, t = statistics.median(ours), statistics.median(theirs)
     name = torch.cuda.get_device_name() if device.type == "cuda" else cpu_name()
+    peak = peak_flops(name, args.dtype) if device.type == "cuda" else None
+    fpt = flops_per_token(cfg.model, args.seq_len)
+
+    def mfu(tok_s: float) -> str:
+        return f", MFU {100 * tok_s * fpt / peak:.1f}%" if peak else ""
+
     print(f"machine: {name}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"model: {args.config}, batch {args.batch_size} x {args.seq_len}, {args.steps} steps x {args.rounds} rounds")
-    print(f"ours         : {o:,.0f} tok/s  (rounds: {', '.join(f'{v:,.0f}' for v in ours)})")
-    print(f"transformers : {t:,.0f} tok/s  (rounds: {', '.join(f'{v:,.0f}' for v in theirs)})")
+    print(f"model: {args.config}, batch {args.batch_size} x {args.seq_len}, {args.steps} steps x {args.rounds} rounds, "
+          f"{args.dtype}, compile {args.compile}, {fpt / 1e6:.0f} MFLOPs/token")  # fmt: skip
+    print(f"ours         : {o:,.0f} tok/s{mfu(o)}  (rounds: {', '.join(f'{v:,.0f}' for v in ours)})")
+    print(f"transformers : {t:,.0f} tok/s{mfu(t)}  (rounds: {', '.join(f'{v:,.0f}' for v in theirs)})")
     print(f"ratio ours / transformers: {o / t:.2f}x")
 
 

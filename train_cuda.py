@@ -184,9 +184,9 @@ def main(argv: list[str] | None = None) -> None:
                     if world > 1 and not last and hasattr(model, "no_sync")
                     else contextlib.nullcontext()
                 )
-                with sync, autocast():
-                    loss = cross_entropy(model(x), y) / t.grad_accum
-                with sync:
+                with sync:  # DDP: gradients are all-reduced only on the last micro-batch
+                    with autocast():
+                        loss = cross_entropy(model(x), y) / t.grad_accum
                     loss.backward()
                 loss_sum += loss.detach()
             clip = t.grad_clip if t.grad_clip > 0 else float("inf")

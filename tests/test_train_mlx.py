@@ -113,7 +113,9 @@ def test_dry_run_reports_and_refuses_what_cannot_fit(tmp_path, capsys):
 def test_mlx_launch_two_processes_match_one(tmp_path, data_cache):
     common = ("--training.max_steps", "6", "--training.eval_every", "0", "--training.save_every", "0")
     run(tmp_path / "single", data_cache, *common, "--training.batch_size", "8")
-    argv = smoke_argv(tmp_path / "ring", data_cache, *common, "--training.batch_size", "4")
+    argv = smoke_argv(
+        tmp_path / "ring", data_cache, *common, "--training.batch_size", "2", "--training.grad_accum", "2"
+    )
     launcher = os.path.join(os.path.dirname(sys.executable), "mlx.launch")
     port = str(20000 + os.getpid() % 20000)
     cmd = [launcher, "-n", "2", "--backend", "ring", "--starting-port", port, "--cwd", str(ROOT),

@@ -61,7 +61,8 @@ def test_torchrun_two_processes_match_one(tmp_path, data_cache, strategy):
     common = ("--training.max_steps", "6", "--training.eval_every", "0", "--training.save_every", "0")
     run(tmp_path / "single", data_cache, *common, "--training.batch_size", "8")
     argv = smoke_argv(tmp_path / "ddp", data_cache, "--hardware.accelerator", "cpu", *common,
-                      "--training.batch_size", "4", "--hardware.distributed", strategy)  # fmt: skip
+                      "--training.batch_size", "2", "--training.grad_accum", "2",
+                      "--hardware.distributed", strategy)  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [
         sys.executable,

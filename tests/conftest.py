@@ -72,3 +72,14 @@ def write_word_tokenizer(directory: Path, vocab_size: int) -> Path:
 def data_cache(tmp_path_factory) -> Path:
     """One prepared-data cache for every training test in the session (prepared on first use)."""
     return tmp_path_factory.mktemp("data_cache")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread; two threads spin against each other on a busy 2-core box."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

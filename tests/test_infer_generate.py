@@ -20,13 +20,7 @@ GEN = {"mlx": gen_mlx, "torch": gen_torch}
 PROMPT = [5, 17, 3, 42, 8, 11, 29]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread; two threads spin against each other on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def models(name: str, seed: int = 0, **changes):

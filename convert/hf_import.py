@@ -25,7 +25,7 @@ from convert.common import (
     dtype_name,
     tokenizer_dir_arg,
 )
-from core.checkpoint import TOKENIZER_FILES, save_checkpoint
+from core.checkpoint import TOKENIZER_FILES, read_json_object, save_checkpoint, weight_files
 from core.config import ConfigError, ModelConfig
 from core.hf_config import from_hf_config
 from core.weights import check_weights
@@ -40,10 +40,7 @@ def read_source_config(src: Path) -> tuple[dict[str, Any], ModelConfig]:
     file = src / "config.json"
     if not file.is_file():
         raise ConvertError(f"{src} has no config.json; is it a Hugging Face model directory?")
-    try:
-        hf = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConvertError(f"{file} is not valid JSON (line {exc.lineno}); re-download the model") from None
+    hf = read_json_object(file, "re-download the model")
     if hf.get("quantization_config") or hf.get("quantization"):
         raise ConvertError(f"{src} holds quantized weights; import the unquantized (fp16/bf16/fp32) model instead")
     archs = [a for a in hf.get("architectures") or [] if a != "LlamaForCausalLM"]
@@ -55,25 +52,6 @@ def read_source_config(src: Path) -> tuple[dict[str, Any], ModelConfig]:
         detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
         raise ConvertError(f"{file}: {detail}") from None
     return hf, check_model_config(cfg, str(src))
-
-
-def weight_files(src: Path) -> list[Path]:
-    """The safetensors files holding the weights (one file, or the shards an index names)."""
-    index = src / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError):
-            raise ConvertError(f"{index} is damaged (no weight_map); re-download the model") from None
-        missing = [s for s in shards if not (src / s).is_file()]
-        if missing:
-            raise ConvertError(f"{src}: shard '{missing[0]}' named in the index is missing; re-download the model")
-        return [src / s for s in shards]
-    if (src / "model.safetensors").is_file():
-        return [src / "model.safetensors"]
-    if list(src.glob("*.bin")) or list(src.glob("*.pth")):
-        raise ConvertError(f"{src} has only pickle weights (*.bin); we read safetensors only: save it with safetensors")
-    raise ConvertError(f"{src} has no model.safetensors (or index); is it a Hugging Face model directory?")
 
 
 def read_weights(files: list[Path], cfg: ModelConfig, source: str) -> dict[str, np.ndarray]:

@@ -232,18 +232,42 @@ def _require_dir(path: Path) -> None:
         raise CheckpointError(f"{path} is not a model directory: it needs config.json and model.safetensors")
 
 
+def read_json_object(file: Path, fix: str) -> dict[str, Any]:
+    """A JSON file that must hold an object (config.json, an index), or one line ending in `fix`."""
+    try:
+        value = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{file} is not valid JSON (line {exc.lineno}); {fix}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{file} is not a JSON object; {fix}")
+    return value
+
+
+def weight_files(path: Path, fix: str = "re-download the model") -> list[Path]:
+    """The safetensors files holding a model directory's weights: one file, or the shards an index names."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = read_json_object(index, fix).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index} is damaged (no weight_map); {fix}")
+        shards = sorted(set(weight_map.values()))
+        missing = [s for s in shards if not (path / s).is_file()]
+        if missing:
+            raise CheckpointError(f"{path}: shard '{missing[0]}' named in the index is missing; {fix}")
+        return [path / s for s in shards]
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    if list(path.glob("*.bin")) or list(path.glob("*.pth")):
+        raise CheckpointError(
+            f"{path} has only pickle weights (*.bin); we read safetensors only: save it with safetensors"
+        )
+    raise CheckpointError(f"{path} has no model.safetensors (or index); is it a Hugging Face model directory?")
+
+
 def read_hf_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     _require_dir(path)
-    try:
-        hf = json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(
-            f"{path}/config.json is not valid JSON (line {exc.lineno}); re-export the checkpoint"
-        ) from None
-    if not isinstance(hf, dict):
-        raise CheckpointError(f"{path}/config.json is not a JSON object; re-export the checkpoint")
-    return hf
+    return read_json_object(path / "config.json", "re-export the checkpoint")
 
 
 def read_model_config(path: str | Path) -> ModelConfig:
@@ -269,14 +293,9 @@ def load_weights(path: str | Path, model_cfg: ModelConfig | None = None) -> dict
     path = Path(path)
     _require_dir(path)
     model_cfg = model_cfg or read_model_config(path)
-    index = path / "model.safetensors.index.json"
-    if (path / "model.safetensors").is_file():
-        weights = _read_safetensors(path / "model.safetensors")
-    else:
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        weights = {}
-        for shard in shards:
-            weights.update(_read_safetensors(path / shard))
+    weights = {}
+    for file in weight_files(path, fix="re-export the checkpoint"):
+        weights.update(_read_safetensors(file))
     if model_cfg.tie_embeddings:
         weights.pop("lm_head.weight", None)  # some exporters store the tied head twice
     try:

@@ -159,6 +159,15 @@ def test_truncated_or_mismatched_weights_give_clear_errors(tmp_path):
     (other / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         read_model_config(other)
+    sharded = save_checkpoint(tmp_path / "c.ckpt", init_weights(cfg), cfg)
+    (sharded / "model.safetensors").rename(sharded / "model-00001-of-00002.safetensors")
+    index = {"weight_map": {"model.norm.weight": "model-00002-of-00002.safetensors"}}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="shard 'model-00002-of-00002.safetensors' named in the index is missing"):
+        load_weights(sharded)
+    (sharded / "model.safetensors.index.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="damaged \\(no weight_map\\)"):
+        load_weights(sharded)
     (other / "config.json").write_text("[]")
     with pytest.raises(CheckpointError, match="not a JSON object"):
         read_model_config(other)

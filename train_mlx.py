@@ -151,7 +151,10 @@ def main(argv: list[str] | None = None) -> None:
                 loss, acc = micro_step(*map(mx.array, train_loader.batch(step, micro)), acc)
                 mx.eval(loss, acc)
                 losses.append(loss)
-            previous = (model.parameters(), tree_map(lambda a: a, optimizer.state))
+            # MLX arrays are immutable: holding the old trees is enough to undo a skipped update
+            previous = (
+                (model.parameters(), tree_map(lambda a: a, optimizer.state)) if t.on_nonfinite == "skip" else None
+            )
             x, y = map(mx.array, train_loader.batch(step, t.grad_accum - 1))
             loss, grad_norm = step_fn(x, y, acc, mx.array(lr, dtype=mx.float32))
             losses.append(loss)

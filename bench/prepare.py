@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,20 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ["TOKENIZERS_PARALLELISM"] = "true"
 
 from core.config import DataConfig  # noqa: E402
+from core.hardware import cpu_name  # noqa: E402
 from data.prepare import prepare_data  # noqa: E402
 from data.sources import resolve_source  # noqa: E402
 from data.tokenizer import load_tokenizer  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

@@ -50,6 +50,7 @@ def time_steps(model, cfg, batches) -> float:
     optimizer = make_optimizer(cfg.training)
     load_optimizer_state(optimizer, model, None, 0)
     micro_step, step = build_step(model, optimizer, cfg, 1)
+
     def one(x, y):
         acc = tree_map(mx.zeros_like, model.trainable_parameters())
         loss, _ = step(mx.array(x), mx.array(y), acc, mx.array(cfg.training.lr, dtype=mx.float32))

@@ -54,9 +54,7 @@ def test_epoch_covers_every_window_once():
 def test_ranks_disjoint_and_union_is_global_order():
     world, steps = 3, 4
     loaders = [BatchLoader(corpus(200), SEQ, 4, seed=5, rank=r, world_size=world, grad_accum=2) for r in range(world)]
-    per_rank = [
-        [w for s in range(steps) for m in range(2) for w in window_ids(ld.batch(s, m)[0])] for ld in loaders
-    ]
+    per_rank = [[w for s in range(steps) for m in range(2) for w in window_ids(ld.batch(s, m)[0])] for ld in loaders]
     flat = [w for ws in per_rank for w in ws]
     assert len(flat) == len(set(flat)) == world * steps * 2 * 4
     # the same global sample order as one big rank: g = ((step*accum + micro)*world + rank)*batch + b

@@ -179,7 +179,8 @@ def test_prepared_directory_as_dataset_and_tokenizer_mismatch(tmp_path):
     prepared = prepare_data(cfg(tmp_path, corpus, tokenizer="bpe:300"), False)
     reopened = prepare_data(cfg(tmp_path, str(prepared.path), tokenizer="bpe:300"), False)
     assert reopened.meta == prepared.meta
-    with pytest.raises(DataError, match=r"tokenizer mismatch: .*'bpe:300' \(vocab \d+, fingerprint \w+\) but data.tokenizer is 'gpt2' \(vocab 50257"):  # noqa: E501
+    mismatch = r"tokenizer mismatch: .*'bpe:300' \(vocab \d+, fingerprint \w+\) but data.tokenizer is 'gpt2'"
+    with pytest.raises(DataError, match=mismatch + r" \(vocab 50257"):
         prepare_data(cfg(tmp_path, str(prepared.path), tokenizer="gpt2"), False)
     with pytest.raises(DataError, match=r"model.vocab_size \(256\) is smaller"):
         prepared.check_model_vocab(256)

@@ -40,7 +40,6 @@ from core.weights import flops_per_token
 from data.loader import BatchLoader, val_batches
 from data.prepare import prepare_data
 from torch_model.generate import generate
-from torch_model.model import cross_entropy
 from torch_model.optim import load_optimizer_state, make_optimizer, optimizer_state
 from torch_model.state import build_model, model_state, unwrap
 
@@ -93,7 +92,7 @@ def evaluate(model, batches, device, autocast) -> float:
     losses = []
     for x, y in batches:
         with autocast():
-            losses.append(cross_entropy(model(torch.from_numpy(x).to(device)), torch.from_numpy(y).to(device)).item())
+            losses.append(model(torch.from_numpy(x).to(device), targets=torch.from_numpy(y).to(device)).item())
     return float(np.mean(losses))
 
 
@@ -135,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     start = resolve_start(cfg, args.resume, world)
     model = build_model(cfg.model, start.weights, device=device)  # fp32 master weights; bf16 via autocast
     model = wrap_model(model, cfg, device)  # before the optimizer: FSDP2 replaces the parameters
-    optimizer = make_optimizer(model, t, fused=device.type == "cuda")
+    optimizer = make_optimizer(model, t)
     load_optimizer_state(model, optimizer, start.optimizer, start.step)
     del start.weights, start.optimizer
     use_bf16 = t.dtype == "bfloat16"
@@ -186,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 with sync:  # DDP: gradients are all-reduced only on the last micro-batch
                     with autocast():
-                        loss = cross_entropy(model(x), y) / t.grad_accum
+                        loss = model(x, targets=y) / t.grad_accum
                     loss.backward()
                 loss_sum += loss.detach()
             clip = t.grad_clip if t.grad_clip > 0 else float("inf")

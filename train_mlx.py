@@ -46,7 +46,6 @@ from core.weights import flops_per_token
 from data.loader import BatchLoader, val_batches
 from data.prepare import prepare_data
 from mlx_model.generate import generate
-from mlx_model.model import cross_entropy
 from mlx_model.optim import apply_weight_decay, load_optimizer_state, make_optimizer, optimizer_state
 from mlx_model.state import build_model, model_state
 
@@ -54,7 +53,7 @@ from mlx_model.state import build_model, model_state
 def build_step(model, optimizer, cfg, world_size: int):
     """Compiled micro-step (accumulate gradients) and step (last micro-batch + clip + AdamW update)."""
     t = cfg.training
-    loss_and_grad = nn.value_and_grad(model, lambda m, x, y: cross_entropy(m(x), y))
+    loss_and_grad = nn.value_and_grad(model, lambda m, x, y: m(x, targets=y))
     state = [model.state, optimizer.state, mx.random.state]
 
     @partial(mx.compile, inputs=state, outputs=state)  # value_and_grad swaps the model's params while tracing
@@ -81,7 +80,7 @@ def build_step(model, optimizer, cfg, world_size: int):
 
 
 def evaluate(model, batches) -> float:
-    losses = [cross_entropy(model(mx.array(x)), mx.array(y)) for x, y in batches]
+    losses = [model(mx.array(x), targets=mx.array(y)) for x, y in batches]
     return float(mx.mean(mx.stack(losses)).item())
 
 

@@ -6,7 +6,7 @@
         --steps 100 --rounds 1 --dtype bfloat16 --compile
 
 Same config, same initial weights, same batches, same loss (fp32 cross-entropy), same AdamW
-(weight decay on 2-D weights; fused on CUDA), same clipping, same autocast and compile settings,
+(weight decay on 2-D weights, fused kernel), same clipping, same autocast and compile settings,
 both with SDPA attention (flash backend on CUDA). Runs alternate so machine noise hits both.
 Prints tokens/s for each, MFU when the device's peak is known, and ours / transformers.
 """
@@ -45,14 +45,14 @@ def transformers_model(cfg, device):
     return model.to(device)
 
 
-def time_steps(model, forward, cfg, batches, device, bf16: bool, compile_model: bool) -> float:
-    optimizer = make_optimizer(model, cfg.training, fused=device.type == "cuda")
+def time_steps(model, loss_of, cfg, batches, device, bf16: bool, compile_model: bool) -> float:
+    optimizer = make_optimizer(model, cfg.training)
     run = torch.compile(model) if compile_model else model
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     def one(x, y):
         with autocast():
-            loss = cross_entropy(forward(run, x), y)
+            loss = loss_of(run, x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.grad_clip)
         optimizer.step()
@@ -97,11 +97,11 @@ def main() -> None:
     ours, theirs = [], []
     for _ in range(args.rounds):
         model = build_model(cfg.model, init_weights(cfg.model, 0), device=device)
-        ours.append(time_steps(model, lambda m, x: m(x), cfg, batches, device, bf16, args.compile))
+        ours.append(time_steps(model, lambda m, x, y: m(x, targets=y), cfg, batches, device, bf16, args.compile))
         del model
         hf = transformers_model(cfg, device)
-        forward = lambda m, x: m(input_ids=x, use_cache=False).logits  # noqa: E731
-        theirs.append(time_steps(hf, forward, cfg, batches, device, bf16, args.compile))
+        loss_of = lambda m, x, y: cross_entropy(m(input_ids=x, use_cache=False).logits, y)  # noqa: E731
+        theirs.append(time_steps(hf, loss_of, cfg, batches, device, bf16, args.compile))
         del hf
     o, t = statistics.median(ours), statistics.median(theirs)
     name = torch.cuda.get_device_name() if device.type == "cuda" else cpu_name()

@@ -20,7 +20,7 @@ import numpy as np
 
 from core.cases import score_layout, split_scores
 from core.sampling import SamplingParams, eos_set, fit_prompt, select_token
-from mlx_model.model import Model, cross_entropy
+from mlx_model.model import Model
 
 
 def last_logits(model: Model, tokens: mx.array, cache: list) -> mx.array:
@@ -149,7 +149,7 @@ def mean_loss(model: Model, windows: np.ndarray, batch_size: int = 8) -> float:
     total, count = 0.0, 0
     for start in range(0, len(windows), batch_size):
         chunk = mx.array(windows[start : start + batch_size].astype(np.int64))
-        loss = cross_entropy(model(chunk[:, :-1]), chunk[:, 1:])
+        loss = model(chunk[:, :-1], targets=chunk[:, 1:])
         n = chunk.shape[0] * (chunk.shape[1] - 1)
         total += loss.item() * n
         count += n

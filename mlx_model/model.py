@@ -147,11 +147,15 @@ class Model(nn.Module):
         if not cfg.tie_embeddings:
             self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
 
-    def __call__(self, tokens: mx.array, cache: list[KVCache] | None = None) -> mx.array:
+    def __call__(
+        self, tokens: mx.array, cache: list[KVCache] | None = None, targets: mx.array | None = None
+    ) -> mx.array:
+        """Logits (B, T, vocab); with `targets` (B, T), the mean next-token loss instead."""
         h = self.model(tokens, cache)  # (B, T, d_model)
-        if self.cfg.tie_embeddings:
-            return self.model.embed_tokens.as_linear(h)  # (B, T, vocab)
-        return self.lm_head(h)
+        head = self.model.embed_tokens.weight if self.cfg.tie_embeddings else self.lm_head.weight  # (vocab, d)
+        if targets is not None:
+            return cross_entropy(h @ head.T, targets)  # mx.compile fuses the softmax into the loss
+        return h @ head.T  # (B, T, vocab)
 
     def make_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.model.layers]

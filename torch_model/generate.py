@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from core.cases import score_layout, split_scores
 from core.sampling import SamplingParams, eos_set, fit_prompt, select_token
-from torch_model.model import Model, cross_entropy
+from torch_model.model import Model
 from torch_model.state import unwrap
 
 
@@ -162,7 +162,7 @@ def mean_loss(model: Model, windows: np.ndarray, batch_size: int = 8) -> float:
     total, count = 0.0, 0
     for start in range(0, len(windows), batch_size):
         chunk = torch.as_tensor(windows[start : start + batch_size].astype(np.int64), device=device)
-        loss = cross_entropy(model(chunk[:, :-1]), chunk[:, 1:])
+        loss = model(chunk[:, :-1], targets=chunk[:, 1:])
         n = chunk.shape[0] * (chunk.shape[1] - 1)
         total += loss.item() * n
         count += n

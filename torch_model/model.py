@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from core.config import ModelConfig
+from torch_model.loss import linear_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -170,11 +171,15 @@ class Model(nn.Module):
         if not cfg.tie_embeddings:
             self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
 
-    def forward(self, tokens: torch.Tensor, cache: list[KVCache] | None = None) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, cache: list[KVCache] | None = None, targets: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab); with `targets` (B, T), the mean next-token loss instead."""
         h = self.model(tokens, cache)  # (B, T, d_model)
-        if self.cfg.tie_embeddings:
-            return F.linear(h, self.model.embed_tokens.weight)  # (B, T, vocab)
-        return self.lm_head(h)
+        head = self.model.embed_tokens.weight if self.cfg.tie_embeddings else self.lm_head.weight  # (vocab, d)
+        if targets is not None:
+            return linear_cross_entropy(h, head, targets)  # never materialises (B, T, vocab)
+        return F.linear(h, head)  # (B, T, vocab)
 
     def make_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.model.layers]

@@ -1,0 +1,112 @@
+"""model(tokens, targets=...) is the mean next-token loss: fused and chunked in torch, plain in MLX.
+
+The torch path computes the gradient inside the forward pass, so it is checked against autograd
+through F.cross_entropy on materialised logits: losses, every parameter's gradient, the scaling a
+gradient-accumulation divisor applies, the no-grad (eval) path, bf16 autocast, torch.compile,
+and the MLX twin on the same weights.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import torch
+from test_parity import random_weights, tokens_for
+
+import torch_model.loss as loss_module
+from core.weights import init_weights
+from mlx_model.model import cross_entropy as mlx_cross_entropy
+from mlx_model.state import build_model as build_mlx
+from torch_model.model import cross_entropy
+from torch_model.state import build_model as build_torch
+
+
+def reference_loss_and_grads(model, x, y):
+    loss = cross_entropy(model(x), y)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("chunk_rows", [5, 16, 1000])  # uneven chunks, even chunks, one chunk
+def test_fused_loss_and_gradients_equal_autograd_through_logits(tiny_model_cfg, chunk_rows, monkeypatch):
+    cfg = tiny_model_cfg
+    monkeypatch.setitem(loss_module.CHUNK_BYTES, "cpu", chunk_rows * cfg.vocab_size * 4)
+    model = build_torch(cfg, random_weights(cfg))
+    tokens = torch.from_numpy(tokens_for(cfg, 3, 17))  # 48 rows: several chunks unless chunk_rows is large
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    expected_loss, expected = reference_loss_and_grads(model, x, y)
+
+    loss = model(x, targets=y)
+    (loss / 4).backward()  # a grad-accumulation divisor must scale every gradient
+    assert loss.shape == () and abs(loss.item() - expected_loss.item()) < 1e-5
+    for name, p in model.named_parameters():
+        assert torch.allclose(4 * p.grad, expected[name], rtol=1e-4, atol=1e-6), name
+    assert max(g.abs().max().item() for g in expected.values()) > 1e-3  # gradients carry signal
+
+
+def test_eval_path_returns_the_same_loss_without_gradients(tiny_model_cfg, monkeypatch):
+    cfg = tiny_model_cfg
+    monkeypatch.setitem(loss_module.CHUNK_BYTES, "cpu", 7 * cfg.vocab_size * 4)
+    model = build_torch(cfg, random_weights(cfg))
+    tokens = torch.from_numpy(tokens_for(cfg, 2, 20, seed=3))
+    with torch.no_grad():
+        expected = cross_entropy(model(tokens[:, :-1]), tokens[:, 1:]).item()
+        loss = model(tokens[:, :-1], targets=tokens[:, 1:])
+    assert not loss.requires_grad
+    assert abs(loss.item() - expected) < 1e-5
+
+
+def test_bf16_autocast_matches_the_autocast_logits_path(monkeypatch):
+    from conftest import TINY_MODELS
+
+    cfg = TINY_MODELS["gqa8x2-tied"]
+    monkeypatch.setitem(loss_module.CHUNK_BYTES, "cpu", 8 * cfg.vocab_size * 4)
+    model = build_torch(cfg, random_weights(cfg))
+    tokens = torch.from_numpy(tokens_for(cfg, 2, 33))
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected_loss, expected = reference_loss_and_grads(model, x, y)
+        loss = model(x, targets=y)
+    loss.backward()
+    assert abs(loss.item() - expected_loss.item()) < 2e-2 * expected_loss.item()
+    for name, p in model.named_parameters():
+        assert p.grad.dtype == torch.float32
+        scale = expected[name].abs().max().item()
+        assert (p.grad - expected[name]).abs().max().item() < 0.05 * scale, name
+
+
+def test_mlx_targets_call_equals_torch_fused_loss(tiny_model_cfg):
+    cfg = tiny_model_cfg
+    weights = random_weights(cfg)
+    tokens = tokens_for(cfg, 2, 25, seed=5)
+    mlx_model = build_mlx(cfg, weights)
+    mlx_loss = mlx_model(mx.array(tokens[:, :-1]), targets=mx.array(tokens[:, 1:])).item()
+    mlx_plain = mlx_cross_entropy(mlx_model(mx.array(tokens[:, :-1])), mx.array(tokens[:, 1:])).item()
+    x, y = torch.from_numpy(tokens[:, :-1]), torch.from_numpy(tokens[:, 1:])
+    with torch.no_grad():
+        torch_loss = build_torch(cfg, weights)(x, targets=y)
+    assert abs(mlx_loss - mlx_plain) < 1e-6
+    assert abs(mlx_loss - torch_loss.item()) < 1e-4
+
+
+def test_compiled_model_trains_with_the_fused_loss():
+    """torch.compile graphs the model body and runs the fused loss eagerly: same loss, same gradients."""
+    from conftest import TINY_MODELS
+
+    cfg = TINY_MODELS["mha4-untied"]
+    eager = build_torch(cfg, init_weights(cfg, 0))
+    compiled_base = build_torch(cfg, init_weights(cfg, 0))
+    compiled = torch.compile(compiled_base)
+    tokens = torch.from_numpy(tokens_for(cfg, 2, 9, seed=1))
+    losses = []
+    for model in (eager, compiled):
+        loss = model(tokens[:, :-1], targets=tokens[:, 1:])
+        loss.backward()
+        losses.append(loss.item())
+    assert abs(losses[0] - losses[1]) < 1e-5
+    for (name, p), q in zip(eager.named_parameters(), compiled_base.parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), name
+    assert np.isfinite(losses).all()

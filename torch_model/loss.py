@@ -1,0 +1,82 @@
+"""Next-token loss fused with the output projection, a chunk of rows at a time.
+
+`F.cross_entropy(h @ W.T, targets)` materialises four vocab-wide tensors per step: the logits,
+their log-softmax, a zero-filled gradient and the log-softmax backward (412 MB each in fp32 for
+2048 tokens x the GPT-2 vocabulary; 3.3 GB each for a 124M batch of 16 x 1024). Here a chunk's
+logits live in one reused buffer: the forward pass computes the loss *and* the logits' gradient,
+softmax - one_hot, and pushes that straight through the projection, so backward only scales two
+saved gradients. Same math as the plain path (tests compare losses and gradients). Measured on
+CPU for config.yaml at 8 x 256 tokens: the step's peak memory growth 1.45 GB -> 0.55 GB, and the
+whole training step 1.2x faster (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import torch
+
+# fp32 logits per chunk. CPU: 128 MiB measured fastest of 8-512 MiB (smaller chunks re-read the
+# (vocab, d) weight gradient too often, larger ones fall out of cache). Elsewhere 1 GiB: fewer,
+# larger GEMMs, still a fraction of the 4 full-size tensors it replaces (not yet measured on a GPU).
+CHUNK_BYTES = {"cpu": 128 * 2**20}
+DEFAULT_CHUNK_BYTES = 2**30
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean of cross_entropy(h @ weight.T, targets) with softmax in fp32; h (..., d), weight (V, d)."""
+    device = h.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+    h2d = h.reshape(-1, h.shape[-1]).to(dtype)  # (N, d) in the matmul dtype, as autocast would run F.linear
+    chunk_bytes = CHUNK_BYTES.get(device, DEFAULT_CHUNK_BYTES)
+    n_chunks = -(-h2d.shape[0] * weight.shape[0] * 4 // chunk_bytes)  # ceil
+    rows = -(-h2d.shape[0] // n_chunks)  # equal chunks, no small remainder
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(h2d, weight.to(dtype), targets.reshape(-1), rows)
+    with torch.no_grad():
+        return _chunked(h2d, weight.to(dtype), targets.reshape(-1), rows, with_grads=False)[0]
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, targets, rows):
+        loss, grad_h, grad_w = _chunked(h, weight, targets, rows, with_grads=True)
+        ctx.grads = grad_h, grad_w
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w = ctx.grads
+        del ctx.grads
+        return grad_h.mul_(grad_loss), grad_w.mul_(grad_loss).to(grad_h.dtype), None, None
+
+
+@torch.compiler.disable  # eager kernels with reused buffers; torch.compile graphs the model around it
+def _chunked(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int, with_grads: bool):
+    """Loss (and d loss / d h, d loss / d weight) over row chunks of h: (N, d), weight: (V, d)."""
+    N, V = h.shape[0], weight.shape[0]
+    logits_buf = torch.empty(min(rows, N), V, dtype=h.dtype, device=h.device)  # (C, V) matmul output
+    probs_buf = torch.empty(min(rows, N), V, dtype=torch.float32, device=h.device)  # (C, V) fp32 work
+    loss = torch.zeros((), dtype=torch.float32, device=h.device)
+    grad_h = torch.empty_like(h) if with_grads else None  # (N, d)
+    grad_w = None  # (V, d) fp32 sum over chunks
+    h_scaled = h / N  # the mean's 1/N, applied on the narrow side of the weight gradient
+    for start in range(0, N, rows):
+        end = min(start + rows, N)
+        n, t = end - start, targets[start:end, None].long()  # (n, 1)
+        logits = torch.mm(h[start:end], weight.t(), out=logits_buf[:n]).float()  # (n, V) fp32 view or copy
+        log_probs = torch.log_softmax(logits, dim=-1, out=probs_buf[:n])  # (n, V)
+        loss -= log_probs.gather(1, t).sum()
+        if not with_grads:
+            continue
+        grad = torch.softmax(logits, dim=-1, out=probs_buf[:n])  # (n, V) d loss_i / d logits_i = p - onehot
+        grad.scatter_add_(1, t, torch.full_like(t, -1, dtype=grad.dtype))
+        grad = grad.to(h.dtype)
+        torch.mm(grad, weight, out=grad_h[start:end])  # (n, d)
+        if grad_w is None:
+            grad_w = torch.mm(grad.t(), h_scaled[start:end]).float()  # (V, d)
+        elif grad.dtype == torch.float32:
+            grad_w.addmm_(grad.t(), h_scaled[start:end])
+        else:
+            grad_w += grad.t() @ h_scaled[start:end]  # bf16 product, fp32 sum
+    if with_grads:
+        grad_h /= N
+    return loss / N, grad_h, grad_w

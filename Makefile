@@ -39,6 +39,7 @@ test: install
 
 lint: install
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 
 clean:
 	rm -rf $(VENV) data_cache checkpoints logs

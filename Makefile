@@ -22,8 +22,8 @@ $(STAMP): requirements.txt Makefile
 	touch $(STAMP)
 
 # On a Mac `make train` runs config.yaml as written (MLX on the GPU, a few minutes). Elsewhere the
-# CPU is far slower (~300 tok/s for this model on 2 cores), so the same model trains a short
-# schedule (~200k tokens, about 10 minutes on 2 cores); override with `make train TRAIN_ARGS=`.
+# CPU is far slower (~500 tok/s for this model on 2 cores), so the same model trains a short
+# schedule (~200k tokens, about 8 minutes on 2 cores); override with `make train TRAIN_ARGS=`.
 ifeq ($(shell uname -s),Darwin)
 TRAIN_ARGS ?=
 else

@@ -30,29 +30,31 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.T
     n_chunks = -(-h2d.shape[0] * weight.shape[0] * 4 // chunk_bytes)  # ceil
     rows = -(-h2d.shape[0] // n_chunks)  # equal chunks, no small remainder
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-        return _LinearCrossEntropy.apply(h2d, weight.to(dtype), targets.reshape(-1), rows)
+        return _LinearCrossEntropy.apply(h2d, weight, targets.reshape(-1), rows)
     with torch.no_grad():
-        return _chunked(h2d, weight.to(dtype), targets.reshape(-1), rows, with_grads=False)[0]
+        return _chunked(h2d, weight, targets.reshape(-1), rows, with_grads=False)[0]
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, targets, rows):
         loss, grad_h, grad_w = _chunked(h, weight, targets, rows, with_grads=True)
-        ctx.grads = grad_h, grad_w
+        ctx.grads, ctx.weight_dtype = (grad_h, grad_w), weight.dtype
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_h, grad_w = ctx.grads
         del ctx.grads
-        return grad_h.mul_(grad_loss), grad_w.mul_(grad_loss).to(grad_h.dtype), None, None
+        return grad_h.mul_(grad_loss), grad_w.mul_(grad_loss).to(ctx.weight_dtype), None, None
 
 
 @torch.compiler.disable  # eager kernels with reused buffers; torch.compile graphs the model around it
 def _chunked(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int, with_grads: bool):
-    """Loss (and d loss / d h, d loss / d weight) over row chunks of h: (N, d), weight: (V, d)."""
+    """Loss (and d loss / d h, d loss / d weight) over row chunks of h: (N, d), weight: (V, d).
+    Matmuls run in h's dtype; the weight gradient is summed in fp32 and returned in the weight's."""
     N, V = h.shape[0], weight.shape[0]
+    weight = weight.to(h.dtype)  # (V, d) the autocast copy; a no-op in fp32
     logits_buf = torch.empty(min(rows, N), V, dtype=h.dtype, device=h.device)  # (C, V) matmul output
     probs_buf = torch.empty(min(rows, N), V, dtype=torch.float32, device=h.device)  # (C, V) fp32 work
     loss = torch.zeros((), dtype=torch.float32, device=h.device)

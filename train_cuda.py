@@ -40,6 +40,7 @@ from core.weights import flops_per_token
 from data.loader import BatchLoader, val_batches
 from data.prepare import prepare_data
 from torch_model.generate import generate
+from torch_model.loss import chunk_bytes as loss_chunk_bytes
 from torch_model.optim import load_optimizer_state, make_optimizer, optimizer_state
 from torch_model.state import build_model, model_state, unwrap
 
@@ -122,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         memory = (
             torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else system_memory_bytes()
         )
-        report, fits = dry_run_report(cfg, steps, world, f"torch {device} ({device_name})", memory)
+        label = f"torch {device} ({device_name})"
+        report, fits = dry_run_report(cfg, steps, world, label, memory, loss_chunk_bytes(device.type))
         print(report)
         if not fits:
             raise SystemExit(1)

@@ -204,14 +204,17 @@ class Throughput:
         return tok_per_s, eta
 
 
-def estimate_memory(cfg: Config, world_size: int = 1) -> dict[str, float]:
-    """Rough peak bytes of one training process: weights, grads, AdamW moments, activations, logits."""
+def estimate_memory(cfg: Config, world_size: int = 1, loss_chunk_bytes: int | None = None) -> dict[str, float]:
+    """Rough peak bytes of one training process: weights, grads, AdamW moments, activations, logits.
+    `loss_chunk_bytes`: the loss works on that many bytes of logits at a time (torch's fused loss)."""
     m, t = cfg.model, cfg.training
     n = count_parameters(m)
     weight_bytes = 2 if t.dtype == "bfloat16" else 4
     tokens = t.batch_size * t.seq_len
     per_layer = tokens * (14 * m.d_model + 3 * m.d_ff + 2 * m.n_heads * m.resolved_head_dim) * weight_bytes
     logits = tokens * m.vocab_size * 4 * 3  # fp32 logits, softmax and its gradient
+    if loss_chunk_bytes:  # chunk buffers, plus the fp32 head gradient they are summed into
+        logits = min(logits, 3 * loss_chunk_bytes) + m.vocab_size * m.d_model * 4
     parts = {
         "weights": n * weight_bytes,
         "gradients": n * weight_bytes,
@@ -223,13 +226,15 @@ def estimate_memory(cfg: Config, world_size: int = 1) -> dict[str, float]:
     return parts
 
 
-def dry_run_report(cfg: Config, steps: int, world_size: int, device: str, memory_bytes: int) -> tuple[str, bool]:
+def dry_run_report(
+    cfg: Config, steps: int, world_size: int, device: str, memory_bytes: int, loss_chunk_bytes: int | None = None
+) -> tuple[str, bool]:
     """The text --dry-run prints, and whether the estimate fits in the device's memory."""
     m, t = cfg.model, cfg.training
     n = count_parameters(m)
     fpt = flops_per_token(m, t.seq_len)
     tokens_per_step = t.batch_size * t.grad_accum * t.seq_len * world_size
-    est = estimate_memory(cfg, world_size)
+    est = estimate_memory(cfg, world_size, loss_chunk_bytes)
     lines = [
         f"model: {human_count(n)} parameters ({human_count(count_parameters(m, False))} without embeddings), "
         f"{m.n_layers} layers, d_model {m.d_model}, heads {m.n_heads}/{m.n_kv_heads} (q/kv), vocab {m.vocab_size}",

@@ -12,6 +12,7 @@ from train_helpers import ROOT, max_weight_diff, smoke_argv, train_losses
 
 import train_cuda
 from core.checkpoint import is_checkpoint, list_checkpoints, read_trainer_state
+from core.cli import human_bytes
 
 
 def run(tmp, cache, *extra):
@@ -89,3 +90,18 @@ def test_flash_attn_asked_for_but_missing_is_a_clear_error(tmp_path, data_cache)
 
     with pytest.raises(UserError, match="flash"):
         run(tmp_path, data_cache, "--hardware.attention", "flash_attn", "--training.max_steps", "1")
+
+
+def test_dry_run_counts_the_chunked_loss_not_full_logits(capsys):
+    from core.config import load_config
+    from core.training import estimate_memory
+
+    argv = ["--config", str(ROOT / "configs/gpt2-124m.yaml"), "--dry-run", "--hardware.accelerator", "cpu"]
+    train_cuda.main(argv)
+    out = capsys.readouterr().out
+    assert "123.6M parameters" in out and "memory estimate" in out
+    cfg = load_config(ROOT / "configs/gpt2-124m.yaml")
+    full, chunked = estimate_memory(cfg), estimate_memory(cfg, loss_chunk_bytes=128 * 2**20)
+    assert full["logits"] == 16 * 1024 * 50304 * 4 * 3  # 9.9 GB of fp32 logits, softmax, gradient
+    assert chunked["logits"] == 3 * 128 * 2**20 + 50304 * 768 * 4  # chunk buffers + fp32 head gradient
+    assert f"logits {human_bytes(chunked['logits'])}" in out

@@ -21,13 +21,16 @@ CHUNK_BYTES = {"cpu": 128 * 2**20}
 DEFAULT_CHUNK_BYTES = 2**30
 
 
+def chunk_bytes(device_type: str) -> int:
+    return CHUNK_BYTES.get(device_type, DEFAULT_CHUNK_BYTES)
+
+
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean of cross_entropy(h @ weight.T, targets) with softmax in fp32; h (..., d), weight (V, d)."""
     device = h.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
     h2d = h.reshape(-1, h.shape[-1]).to(dtype)  # (N, d) in the matmul dtype, as autocast would run F.linear
-    chunk_bytes = CHUNK_BYTES.get(device, DEFAULT_CHUNK_BYTES)
-    n_chunks = -(-h2d.shape[0] * weight.shape[0] * 4 // chunk_bytes)  # ceil
+    n_chunks = -(-h2d.shape[0] * weight.shape[0] * 4 // chunk_bytes(device))  # ceil
     rows = -(-h2d.shape[0] // n_chunks)  # equal chunks, no small remainder
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
         return _LinearCrossEntropy.apply(h2d, weight, targets.reshape(-1), rows)

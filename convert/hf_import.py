@@ -13,10 +13,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from safetensors import SafetensorError, safe_open
-from tqdm import tqdm
-
 from convert.common import (
     ConvertError,
     cast_weights,
@@ -25,12 +21,9 @@ from convert.common import (
     dtype_name,
     tokenizer_dir_arg,
 )
-from core.checkpoint import TOKENIZER_FILES, read_json_object, save_checkpoint, weight_files
+from core.checkpoint import TOKENIZER_FILES, load_weights, read_json_object, save_checkpoint
 from core.config import ConfigError, ModelConfig
 from core.hf_config import from_hf_config
-from core.weights import check_weights
-
-IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some old exporters saved; recomputed by every model
 
 
 def read_source_config(src: Path) -> tuple[dict[str, Any], ModelConfig]:
@@ -52,29 +45,6 @@ def read_source_config(src: Path) -> tuple[dict[str, Any], ModelConfig]:
         detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
         raise ConvertError(f"{file}: {detail}") from None
     return hf, check_model_config(cfg, str(src))
-
-
-def read_weights(files: list[Path], cfg: ModelConfig, source: str) -> dict[str, np.ndarray]:
-    """Every tensor by name, checked against the config; tied heads stored twice are dropped."""
-    weights: dict[str, np.ndarray] = {}
-    for file in files:
-        try:
-            with safe_open(file, framework="numpy") as f:
-                for name in tqdm(list(f.keys()), desc=f"read {file.name}", unit="tensor", disable=None, leave=False):
-                    if not name.endswith(IGNORED_SUFFIXES):
-                        weights[name] = f.get_tensor(name)
-        except (SafetensorError, OSError, TypeError, ValueError) as exc:
-            raise ConvertError(f"{file} is corrupt or truncated ({exc}); re-download it") from None
-    if cfg.tie_embeddings:
-        weights.pop("lm_head.weight", None)
-    biases = sorted(n for n in weights if n.endswith(".bias"))
-    if biases:
-        raise ConvertError(f"{source}: tensor '{biases[0]}' is a bias; this model has no biases")
-    try:
-        check_weights(cfg, weights, source=source)
-    except ValueError as exc:
-        raise ConvertError(str(exc)) from None
-    return weights
 
 
 def tokenizer_source(src: Path, tmp: Path) -> Path | None:
@@ -101,7 +71,7 @@ def import_hf(
     src = Path(src)
     out = check_output(out, force)
     hf, cfg = read_source_config(src)
-    weights = read_weights(weight_files(src), cfg, str(src))
+    weights = load_weights(src, cfg, fix="re-download the model")
     if dtype == "auto":
         dtype = "bfloat16" if dtype_name(weights) == "bfloat16" else "float32"
     weights = cast_weights(weights, dtype)

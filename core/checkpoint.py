@@ -28,6 +28,7 @@ import numpy as np
 import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
+from tqdm import tqdm
 
 from core.cli import UserError
 from core.config import Config, ConfigError, ModelConfig
@@ -280,24 +281,34 @@ def read_model_config(path: str | Path) -> ModelConfig:
         raise CheckpointError(f"{Path(path)}/config.json: {detail}") from None
 
 
-def _read_safetensors(file: Path) -> dict[str, np.ndarray]:
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some old exporters saved; recomputed by every model
+
+
+def _read_safetensors(file: Path, fix: str = "delete it and use another checkpoint") -> dict[str, np.ndarray]:
     try:
         with safe_open(file, framework="numpy") as f:
-            return {name: f.get_tensor(name) for name in f.keys()}
-    except (SafetensorError, OSError, TypeError) as exc:
-        raise CheckpointError(f"{file} is corrupt or truncated ({exc}); delete it and use another checkpoint") from None
+            names = [n for n in f.keys() if not n.endswith(IGNORED_SUFFIXES)]
+            bar = tqdm(names, desc=f"read {file.name}", unit="tensor", disable=len(names) < 100 or None, leave=False)
+            return {name: f.get_tensor(name) for name in bar}
+    except (SafetensorError, OSError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{file} is corrupt or truncated ({exc}); {fix}") from None
 
 
-def load_weights(path: str | Path, model_cfg: ModelConfig | None = None) -> dict[str, np.ndarray]:
-    """All model tensors by HF name (sharded `model.safetensors.index.json` too), checked against the config."""
+def load_weights(
+    path: str | Path, model_cfg: ModelConfig | None = None, fix: str = "delete it and use another checkpoint"
+) -> dict[str, np.ndarray]:
+    """All model tensors by HF name (sharded `model.safetensors.index.json` too), checked against the config.
+    Reads ours, transformers' and mlx_lm's directories; `fix` ends the message when a file is damaged."""
     path = Path(path)
-    _require_dir(path)
-    model_cfg = model_cfg or read_model_config(path)
+    model_cfg = model_cfg or read_model_config(path)  # refuses what is not a model directory
     weights = {}
-    for file in weight_files(path, fix="re-export the checkpoint"):
-        weights.update(_read_safetensors(file))
+    for file in weight_files(path, fix=fix):
+        weights.update(_read_safetensors(file, fix))
     if model_cfg.tie_embeddings:
         weights.pop("lm_head.weight", None)  # some exporters store the tied head twice
+    biases = sorted(n for n in weights if n.endswith(".bias"))
+    if biases:
+        raise CheckpointError(f"{path}: tensor '{biases[0]}' is a bias; this model has no biases")
     try:
         check_weights(model_cfg, weights, source=str(path))
     except ValueError as exc:

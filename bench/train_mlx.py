@@ -31,6 +31,7 @@ from core.config import load_config  # noqa: E402
 from core.hardware import cpu_name  # noqa: E402
 from core.hf_config import to_hf_config  # noqa: E402
 from core.weights import init_weights  # noqa: E402
+from mlx_model.model import cross_entropy  # noqa: E402
 from mlx_model.optim import load_optimizer_state, make_optimizer  # noqa: E402
 from mlx_model.state import build_model, load_state  # noqa: E402
 from train_mlx import build_step  # noqa: E402
@@ -39,9 +40,14 @@ from train_mlx import build_step  # noqa: E402
 def mlx_lm_model(cfg):
     from mlx_lm.models.llama import Model, ModelArgs
 
+    class WithLoss(Model):  # the trainer's call convention, model(x, targets=y) -> mean loss
+        def __call__(self, inputs, cache=None, targets=None):
+            logits = super().__call__(inputs, cache=cache)
+            return logits if targets is None else cross_entropy(logits, targets)
+
     hf = to_hf_config(cfg.model)
     args = ModelArgs.from_dict(hf)
-    model = Model(args)
+    model = WithLoss(args)
     load_state(model, init_weights(cfg.model, 0))
     return model
 

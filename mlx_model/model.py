@@ -11,6 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from core.config import ModelConfig
+from mlx_model.loss import linear_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -154,7 +155,7 @@ class Model(nn.Module):
         h = self.model(tokens, cache)  # (B, T, d_model)
         head = self.model.embed_tokens.weight if self.cfg.tie_embeddings else self.lm_head.weight  # (vocab, d)
         if targets is not None:
-            return cross_entropy(h @ head.T, targets)  # mx.compile fuses the softmax into the loss
+            return linear_cross_entropy(h, head, targets)  # one exp per logit, gradient in the forward pass
         return h @ head.T  # (B, T, vocab)
 
     def make_cache(self) -> list[KVCache]:

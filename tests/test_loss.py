@@ -1,9 +1,9 @@
-"""model(tokens, targets=...) is the mean next-token loss: fused and chunked in torch, plain in MLX.
+"""model(tokens, targets=...) is the mean next-token loss, fused with the head and chunked in both twins.
 
-The torch path computes the gradient inside the forward pass, so it is checked against autograd
-through F.cross_entropy on materialised logits: losses, every parameter's gradient, the scaling a
-gradient-accumulation divisor applies, the no-grad (eval) path, bf16 autocast, torch.compile,
-and the MLX twin on the same weights.
+Both compute the gradient inside the forward pass, so they are checked against autodiff through a
+plain cross-entropy of materialised logits: losses, every parameter's gradient, the scaling a
+gradient-accumulation divisor applies, the no-grad (eval) path, bf16 autocast, torch.compile /
+mx.compile, and the two twins against each other on the same weights.
 """
 
 from __future__ import annotations
@@ -76,6 +76,30 @@ def test_bf16_autocast_matches_the_autocast_logits_path(monkeypatch):
         assert p.grad.dtype == torch.float32
         scale = expected[name].abs().max().item()
         assert (p.grad - expected[name]).abs().max().item() < 0.05 * scale, name
+
+
+@pytest.mark.parametrize("chunk_rows", [5, 1000])
+def test_mlx_fused_loss_and_gradients_equal_autodiff_through_logits(tiny_model_cfg, chunk_rows, monkeypatch):
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    import mlx_model.loss as mlx_loss
+
+    cfg = tiny_model_cfg
+    monkeypatch.setattr(mlx_loss, "CHUNK_BYTES", chunk_rows * cfg.vocab_size * 4)
+    model = build_mlx(cfg, random_weights(cfg))
+    tokens = mx.array(tokens_for(cfg, 3, 17, seed=2))
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    plain = nn.value_and_grad(model, lambda m, x, y: mlx_cross_entropy(m(x), y))
+    fused = nn.value_and_grad(model, lambda m, x, y: m(x, targets=y) / 4)
+    compiled = mx.compile(lambda x, y: fused(model, x, y), inputs=model.state, outputs=model.state)  # as trained
+    expected_loss, expected = plain(model, x, y)
+    loss, grads = compiled(x, y)
+    assert abs(4 * loss.item() - expected_loss.item()) < 1e-5
+    expected = dict(tree_flatten(expected))
+    for name, g in tree_flatten(grads):
+        assert np.allclose(4 * np.array(g), np.array(expected[name]), rtol=1e-4, atol=1e-6), name
+    assert max(np.abs(np.array(g)).max() for g in expected.values()) > 1e-3
 
 
 def test_mlx_targets_call_equals_torch_fused_loss(tiny_model_cfg):

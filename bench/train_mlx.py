@@ -3,7 +3,8 @@
     python bench/train_mlx.py [--config config.yaml] [--batch-size 8] [--seq-len 256] [--steps 10]
 
 Both models get the same config, the same initial weights, the same compiled step (train_mlx.py's:
-forward, backward, clipping, AdamW, all under mx.compile) and the same batches; runs alternate so
+forward, backward, clipping, AdamW, all under mx.compile) and the same batches; the loss is ours
+fused with the head for our model, the plain cross-entropy of the logits for mlx-lm's; runs alternate so
 machine noise hits both. On Linux the process restarts itself with OpenBLAS preloaded (same BLAS
 for both). Prints tokens/s for each and ours / mlx-lm.
 """

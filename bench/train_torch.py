@@ -5,7 +5,8 @@
     python bench/train_torch.py --config configs/gpt2-124m.yaml --batch-size 16 --seq-len 1024 \\
         --steps 100 --rounds 1 --dtype bfloat16 --compile
 
-Same config, same initial weights, same batches, same loss (fp32 cross-entropy), same AdamW
+Same config, same initial weights, same batches, same loss value (fp32 cross-entropy: ours from
+our model's fused loss, model(x, targets=y); theirs from their logits), same AdamW
 (weight decay on 2-D weights, fused kernel), same clipping, same autocast and compile settings,
 both with SDPA attention (flash backend on CUDA). Runs alternate so machine noise hits both.
 Prints tokens/s for each, MFU when the device's peak is known, and ours / transformers.

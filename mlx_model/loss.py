@@ -4,9 +4,9 @@ The plain path, `cross_entropy(h @ W.T, targets)`, exponentiates the (tokens x v
 once for the log-sum-exp of the loss and again for the softmax of its gradient. Here one `exp`
 per logit serves both, since the gradient (softmax - one_hot) / N is computed in the forward pass
 and pushed through the projection; the vjp only scales it. MLX's CPU `exp` is slow, so on the
-CPU this is most of the saving; everywhere, the chunks keep the vocabulary-sized work from
-holding all tokens' logits at once. Lazy evaluation means an eval-only call never computes the
-gradients it returns.
+CPU this is most of the saving. Chunks cap the size of each vocabulary-sized array, but MLX's
+lazy graph may hold several at once (measured on CPU: peak 1.81 -> 1.40 GB for 2048 tokens).
+Lazy evaluation also means an eval-only call never computes the gradients it returns.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _fused(rows: int):
         for start in range(0, N, rows):
             h_c, t = h[start : start + rows], targets[start : start + rows, None]  # (n, d), (n, 1)
             logits = (h_c @ weight.T).astype(mx.float32)  # (n, V)
-            top = mx.stop_gradient(logits.max(axis=-1, keepdims=True))  # (n, 1)
+            top = logits.max(axis=-1, keepdims=True)  # (n, 1)
             exp = mx.exp(logits - top)  # (n, V): the one exp per logit
             total = exp.sum(axis=-1, keepdims=True)  # (n, 1)
             losses.append((mx.log(total) + top - mx.take_along_axis(logits, t, axis=-1)).sum())

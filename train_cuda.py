@@ -30,6 +30,7 @@ from core.training import (
     Throughput,
     dry_run_report,
     load_train_config,
+    nonfinite_error,
     parse_train_args,
     resolve_start,
     step_name,
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         state = trainer_state(cfg, step, tokens_seen, lr, loss_value, "torch", world, time.time() - wall_start)
         return write_checkpoint(cfg, name, weights, moments, state, tokenizer_dir, tokenizer.eos_id, tokenizer.bos_id)
 
+    clip = t.grad_clip if t.grad_clip > 0 else float("inf")  # inf: measure the norm, clip nothing
     bar = tqdm(total=steps, initial=start.step, disable=not is_main, unit="step", dynamic_ncols=True)
     model.train()
     with StopSignal() as stop:
@@ -190,7 +192,6 @@ def main(argv: list[str] | None = None) -> None:
                         loss = model(x, targets=y) / t.grad_accum
                     loss.backward()
                 loss_sum += loss.detach()
-            clip = t.grad_clip if t.grad_clip > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             if world > 1:
                 dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
@@ -199,11 +200,7 @@ def main(argv: list[str] | None = None) -> None:
                 optimizer.zero_grad(set_to_none=True)
                 if t.on_nonfinite == "stop":
                     bar.close()
-                    raise UserError(
-                        f"non-finite loss or gradient at step {step + 1} (loss {loss_value}, grad norm "
-                        f"{grad_norm_value}); no checkpoint written. "
-                        f"Lower training.lr, or set training.on_nonfinite skip"
-                    )
+                    raise nonfinite_error(step + 1, loss_value, grad_norm_value)
                 if is_main:
                     tqdm.write(f"step {step + 1}: non-finite loss or gradient, update skipped")
                 continue

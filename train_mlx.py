@@ -27,7 +27,7 @@ import numpy as np
 from mlx.utils import tree_map
 from tqdm import tqdm
 
-from core.cli import UserError, run_cli
+from core.cli import run_cli
 from core.hardware import apple_chip, cpu_name, peak_flops, system_memory_bytes
 from core.metrics import MetricsLog
 from core.schedule import lr_at, total_steps
@@ -36,6 +36,7 @@ from core.training import (
     Throughput,
     dry_run_report,
     load_train_config,
+    nonfinite_error,
     parse_train_args,
     resolve_start,
     step_name,
@@ -165,11 +166,7 @@ def main(argv: list[str] | None = None) -> None:
             if not (np.isfinite(loss_value) and np.isfinite(grad_norm_value)):
                 if t.on_nonfinite == "stop":
                     bar.close()
-                    raise UserError(
-                        f"non-finite loss or gradient at step {step + 1} (loss {loss_value}, grad norm "
-                        f"{grad_norm_value}); no checkpoint written. "
-                        f"Lower training.lr, or set training.on_nonfinite skip"
-                    )
+                    raise nonfinite_error(step + 1, loss_value, grad_norm_value)
                 model.update(previous[0])
                 optimizer.state = previous[1]
                 if is_main:

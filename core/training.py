@@ -158,6 +158,14 @@ def write_checkpoint(
     return path
 
 
+def nonfinite_error(step: int, loss: float, grad_norm: float) -> UserError:
+    """What both trainers raise when training.on_nonfinite is stop."""
+    return UserError(
+        f"non-finite loss or gradient at step {step} (loss {loss}, grad norm {grad_norm}); no checkpoint written. "
+        "Lower training.lr, or set training.on_nonfinite skip"
+    )
+
+
 def step_name(step: int) -> str:
     return f"step-{step:06d}.ckpt"
 
@@ -204,7 +212,7 @@ class Throughput:
         return tok_per_s, eta
 
 
-def estimate_memory(cfg: Config, world_size: int = 1, loss_chunk_bytes: int | None = None) -> dict[str, float]:
+def estimate_memory(cfg: Config, loss_chunk_bytes: int | None = None) -> dict[str, float]:
     """Rough peak bytes of one training process: weights, grads, AdamW moments, activations, logits.
     `loss_chunk_bytes`: the loss works on that many bytes of logits at a time (torch's fused loss)."""
     m, t = cfg.model, cfg.training
@@ -234,7 +242,7 @@ def dry_run_report(
     n = count_parameters(m)
     fpt = flops_per_token(m, t.seq_len)
     tokens_per_step = t.batch_size * t.grad_accum * t.seq_len * world_size
-    est = estimate_memory(cfg, world_size, loss_chunk_bytes)
+    est = estimate_memory(cfg, loss_chunk_bytes)
     lines = [
         f"model: {human_count(n)} parameters ({human_count(count_parameters(m, False))} without embeddings), "
         f"{m.n_layers} layers, d_model {m.d_model}, heads {m.n_heads}/{m.n_kv_heads} (q/kv), vocab {m.vocab_size}",

@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
             bar.update(1)
             if is_main and (done % t.log_every == 0 or done == steps):
                 tok_s, eta = meter.update(done, tokens_per_step)
-                mfu = tok_s * flops_tok / peak if peak else None
+                mfu = tok_s * flops_tok / world / peak if peak else None  # tok_s counts all processes
                 mem = mx.get_peak_memory()
                 elapsed = time.time() - wall_start
                 tqdm.write(

@@ -5,7 +5,7 @@ once for the log-sum-exp of the loss and again for the softmax of its gradient. 
 per logit serves both, since the gradient (softmax - one_hot) / N is computed in the forward pass
 and pushed through the projection; the vjp only scales it. MLX's CPU `exp` is slow, so on the
 CPU this is most of the saving. Chunks cap the size of each vocabulary-sized array, but MLX's
-lazy graph may hold several at once (measured on CPU: peak 1.81 -> 1.40 GB for 2048 tokens).
+lazy graph may hold several at once (measured on CPU: peak 1.8 -> 1.4 GB for 2048 tokens, bench/loss.py).
 Lazy evaluation also means an eval-only call never computes the gradients it returns.
 """
 

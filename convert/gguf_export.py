@@ -14,10 +14,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from convert.common import FP16_MAX, ConvertError, atomic_output, check_output, hf_to_gguf_name, permute_qk, qk_heads
+from convert.common import FP16_MAX, ConvertError, check_output
+from convert.gguf_layout import hf_to_gguf_name, permute_qk, qk_heads
 from convert.gguf_tokenizer import GGUFVocab, vocab_from_tokenizer_dir
-from core.checkpoint import BFLOAT16, load_weights, read_hf_config, read_model_config
+from core.checkpoint import load_weights, read_hf_config, read_model_config
 from core.config import ModelConfig
+from core.fs import atomic_path
+from core.weights import BFLOAT16
 
 GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
 
@@ -129,6 +132,6 @@ def export_gguf(
             setattr(vocab, key, hf[key])
     weights = load_weights(ckpt, cfg)
     tensors = gguf_tensors(cfg, weights, dtype)
-    with atomic_output(out) as tmp:
+    with atomic_path(out) as tmp:
         write_gguf(tmp, cfg, tensors, vocab, dtype, name=Path(ckpt).name.removesuffix(".ckpt"))
     return out

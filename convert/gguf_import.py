@@ -20,11 +20,9 @@ from convert.common import (
     cast_weights,
     check_model_config,
     check_output,
-    gguf_names,
-    qk_heads,
     tokenizer_dir_arg,
-    unpermute_qk,
 )
+from convert.gguf_layout import gguf_names, qk_heads, unpermute_qk
 from convert.gguf_tokenizer import GGUFVocab, write_tokenizer_dir
 from core.checkpoint import save_checkpoint
 from core.config import ModelConfig

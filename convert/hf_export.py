@@ -14,8 +14,9 @@ from pathlib import Path
 
 from safetensors.numpy import save_file
 
-from convert.common import ConvertError, atomic_output, canonical_dtype, cast_weights, check_output
+from convert.common import ConvertError, canonical_dtype, cast_weights, check_output
 from core.checkpoint import TOKENIZER_FILES, load_weights, read_hf_config, read_model_config, read_trainer_state
+from core.fs import atomic_path
 from core.hf_config import to_hf_config
 from core.weights import count_parameters
 
@@ -46,7 +47,7 @@ def export_hf(ckpt: str | Path, out: str | Path, *, dtype: str = "bf16", force: 
     name = canonical_dtype(dtype)
     weights = cast_weights(load_weights(ckpt, cfg), name)
     config = to_hf_config(cfg, hf.get("bos_token_id"), hf.get("eos_token_id"), dtype=name)
-    with atomic_output(out) as tmp:
+    with atomic_path(out) as tmp:
         tmp.mkdir()
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         generation = ckpt / "generation_config.json"

@@ -18,12 +18,12 @@ from convert.common import (
     cast_weights,
     check_model_config,
     check_output,
-    dtype_name,
     tokenizer_dir_arg,
 )
 from core.checkpoint import TOKENIZER_FILES, load_weights, read_json_object, save_checkpoint
 from core.config import ConfigError, ModelConfig
 from core.hf_config import from_hf_config
+from core.weights import runtime_dtype
 
 
 def read_source_config(src: Path) -> tuple[dict[str, Any], ModelConfig]:
@@ -73,7 +73,7 @@ def import_hf(
     hf, cfg = read_source_config(src)
     weights = load_weights(src, cfg, fix="re-download the model")
     if dtype == "auto":
-        dtype = "bfloat16" if dtype_name(weights) == "bfloat16" else "float32"
+        dtype = runtime_dtype(weights)
     weights = cast_weights(weights, dtype)
     with tempfile.TemporaryDirectory() as tmp:
         tok_dir = tokenizer_dir_arg(tokenizer) if tokenizer else tokenizer_source(src, Path(tmp))

@@ -13,8 +13,9 @@ import contextlib
 import sys
 from pathlib import Path
 
-from convert.common import ConvertError, atomic_output, check_output
+from convert.common import ConvertError, check_output
 from core.checkpoint import read_model_config
+from core.fs import atomic_path
 
 Q_BITS = (2, 3, 4, 5, 6, 8)
 MLX_DTYPES = ("float16", "bfloat16", "float32")
@@ -52,6 +53,6 @@ def export_mlx(
 
     from mlx_lm.convert import convert
 
-    with atomic_output(out) as tmp, contextlib.redirect_stdout(sys.stderr):
+    with atomic_path(out) as tmp, contextlib.redirect_stdout(sys.stderr):
         convert(str(ckpt), mlx_path=str(tmp), quantize=True, q_group_size=q_group_size, q_bits=q_bits, dtype=dtype)
     return out

@@ -10,20 +10,19 @@
 
 Tensors are numpy arrays; bf16 is `ml_dtypes.bfloat16`, which safetensors' numpy API writes and
 reads bit-exactly (numpy itself has no bf16, and a cast through fp32 would not be a round trip).
-Writes go to `<name>.tmp`, are fsynced and renamed, so a `*.ckpt` directory is always complete.
+Writes and deletions go through core.fs (a hidden temporary name, fsync, rename), so a `*.ckpt`
+directory is always complete.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes  # noqa: F401  (registers numpy's "bfloat16" dtype, used by safetensors.numpy)
 import numpy as np
 import yaml
 from safetensors import SafetensorError, safe_open
@@ -32,10 +31,10 @@ from tqdm import tqdm
 
 from core.cli import UserError
 from core.config import Config, ConfigError, ModelConfig
+from core.fs import atomic_path, is_temporary, remove_atomically, write_text
 from core.hf_config import from_hf_config, to_hf_config
-from core.weights import check_weights
+from core.weights import check_weights, weights_dtype
 
-BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -56,19 +55,6 @@ class CheckpointError(UserError):
 # ------------------------------------------------------------------------------------------ write
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _dtype_name(weights: dict[str, np.ndarray]) -> str:
-    dtype = next(iter(weights.values())).dtype
-    return {BFLOAT16: "bfloat16", np.dtype(np.float16): "float16"}.get(dtype, "float32")
-
-
 def _write_files(
     tmp: Path,
     weights: dict[str, np.ndarray],
@@ -80,8 +66,8 @@ def _write_files(
     bos_token_id: int | None,
     eos_token_id: int | None,
 ) -> None:
-    """Everything a checkpoint holds, written and fsynced into the temporary directory."""
-    hf = to_hf_config(model_cfg, bos_token_id, eos_token_id, dtype=_dtype_name(weights))
+    """Everything a checkpoint holds, written into the temporary directory."""
+    hf = to_hf_config(model_cfg, bos_token_id, eos_token_id, dtype=weights_dtype(weights))
     files = {
         "config.json": json.dumps(hf, indent=2) + "\n",
         "generation_config.json": json.dumps(
@@ -109,10 +95,6 @@ def _write_files(
             if (Path(tokenizer_dir) / name).is_file():
                 shutil.copyfile(Path(tokenizer_dir) / name, tmp / name)
 
-    for file in tmp.iterdir():
-        _fsync(file)
-    _fsync(tmp)
-
 
 def save_checkpoint(
     path: str | Path,
@@ -129,36 +111,17 @@ def save_checkpoint(
     """Write a complete checkpoint directory atomically; an existing one at `path` is replaced."""
     path = Path(path)
     check_weights(model_cfg, weights, source=str(path))
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
         _write_files(
             tmp, weights, model_cfg, optimizer, trainer_state, train_config, tokenizer_dir, bos_token_id, eos_token_id
         )
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a crash that kills the process leaves it; resume ignores it
-        raise
-    if path.exists():
-        old = path.with_name(path.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(path)
-    _fsync(path.parent)
     return path
 
 
 def write_latest(directory: str | Path, checkpoint: str | Path) -> None:
     """Point `directory/latest` at a checkpoint (a one-line text file: works on every filesystem)."""
-    directory = Path(directory)
-    tmp = directory / (LATEST + ".tmp")
-    tmp.write_text(Path(checkpoint).name + "\n")
-    os.replace(tmp, directory / LATEST)
+    write_text(Path(directory) / LATEST, Path(checkpoint).name + "\n")
 
 
 def prune_checkpoints(directory: str | Path, keep_last: int, protect: tuple[str, ...] = ("final.ckpt",)) -> list[Path]:
@@ -171,7 +134,7 @@ def prune_checkpoints(directory: str | Path, keep_last: int, protect: tuple[str,
     candidates = [p for p in list_checkpoints(directory) if p.name not in protected]
     removed = candidates[: max(0, len(candidates) - keep_last)]
     for path in removed:
-        shutil.rmtree(path)
+        remove_atomically(path)  # never a half-deleted *.ckpt, even when killed here
     return removed
 
 
@@ -179,11 +142,11 @@ def prune_checkpoints(directory: str | Path, keep_last: int, protect: tuple[str,
 
 
 def is_checkpoint(path: str | Path) -> bool:
-    """A finished model directory: config.json plus weights (never a `*.tmp` left by a crash)."""
+    """A finished model directory: config.json plus weights (a half-written one is never under its final name)."""
     path = Path(path)
     return (
         path.is_dir()
-        and not path.name.endswith((".tmp", ".old"))
+        and not is_temporary(path)
         and (path / "config.json").is_file()
         and ((path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file())
     )
@@ -329,6 +292,21 @@ def read_trainer_state(path: str | Path) -> dict[str, Any]:
         return json.loads(file.read_text())
     except json.JSONDecodeError:
         raise CheckpointError(f"{file} is not valid JSON; the checkpoint is damaged, resume from another") from None
+
+
+def read_eos_ids(path: str | Path) -> set[int]:
+    """The ids a model stops at: eos_token_id of generation_config.json and config.json (one id or a list)."""
+    ids: set[int] = set()
+    for name in ("generation_config.json", "config.json"):
+        file = Path(path) / name
+        try:
+            value = json.loads(file.read_text()).get("eos_token_id") if file.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, int) and not isinstance(item, bool):
+                ids.add(item)
+    return ids
 
 
 def read_train_config(path: str | Path) -> dict[str, Any] | None:

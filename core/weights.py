@@ -9,9 +9,34 @@ from __future__ import annotations
 
 import math
 
+import ml_dtypes
 import numpy as np
 
 from core.config import ModelConfig
+
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)  # numpy has no bf16; ml_dtypes' is what safetensors' numpy API reads
+DTYPES = {"float32": np.dtype(np.float32), "bfloat16": BFLOAT16, "float16": np.dtype(np.float16)}
+DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "fp16": "float16", "f16": "float16"}
+
+
+def canonical_dtype(name: str) -> str:
+    """`bf16` -> `bfloat16`, `fp32` -> `float32`, ...; names outside DTYPES are returned unchanged."""
+    return DTYPE_ALIASES.get(name.lower(), name.lower())
+
+
+def weights_dtype(weights: dict[str, np.ndarray]) -> str:
+    """The dtype most of the weights' elements use, by name (float32 / bfloat16 / float16 / e.g. int8)."""
+    counts: dict[str, int] = {}
+    for value in weights.values():
+        name = next((k for k, v in DTYPES.items() if v == value.dtype), str(value.dtype))
+        counts[name] = counts.get(name, 0) + value.size
+    return max(counts, key=counts.get) if counts else "float32"
+
+
+def runtime_dtype(weights: dict[str, np.ndarray]) -> str:
+    """The dtype a model loaded from `weights` computes in by default: bfloat16 weights stay bfloat16 (a
+    training dtype); everything else runs in float32 (fp16's narrow range is no training dtype here)."""
+    return "bfloat16" if weights_dtype(weights) == "bfloat16" else "float32"
 
 
 def parameter_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -53,7 +78,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return 6 * matmul_weights + attention
 
 
-def is_decayed(name: str, ndim: int) -> bool:
+def is_decayed(ndim: int) -> bool:
     """Weight decay applies to 2-D weights only (matrices and embeddings), never to norms."""
     return ndim >= 2
 

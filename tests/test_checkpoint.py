@@ -12,7 +12,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY_MODELS
+from helpers import ROOT, TINY_MODELS
 
 import core.checkpoint as ckpt_mod
 from core.checkpoint import (
@@ -29,6 +29,7 @@ from core.checkpoint import (
     write_latest,
 )
 from core.config import load_config
+from core.fs import remove_debris
 from core.weights import init_weights
 from mlx_model.state import build_model as build_mlx
 from mlx_model.state import load_model as load_mlx
@@ -97,6 +98,13 @@ def test_bf16_model_survives_save_and_load_on_each_backend(tmp_path, backend):
     assert all(np.array_equal(bits(before[k]), bits(after[k])) for k in before)
 
 
+def dead_pid() -> int:
+    """The pid of a process that has exited (what a killed writer's leftovers carry)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
 def test_unfinished_write_is_never_listed_or_resumed(tmp_path, monkeypatch):
     cfg = TINY_MODELS["gqa8x2-tied"]
     weights = init_weights(cfg)
@@ -110,11 +118,11 @@ def test_unfinished_write_is_never_listed_or_resumed(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         save_checkpoint(tmp_path / "step-000020.ckpt", weights, cfg, trainer_state={"step": 20})
     monkeypatch.undo()
-    assert not (tmp_path / "step-000020.ckpt").exists()
-    assert not (tmp_path / "step-000020.ckpt.tmp").exists()  # an exception cleans up after itself
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-000010.ckpt"]  # an exception cleans up
     # a process killed mid-write leaves its temporary directory behind: never listed, never resumed
     save_checkpoint(tmp_path / "step-000030.ckpt", weights, cfg, trainer_state={"step": 30})
-    (tmp_path / "step-000030.ckpt").rename(tmp_path / "step-000030.ckpt.tmp")
+    killed = tmp_path / f".step-000030.ckpt.tmp-{dead_pid()}"
+    (tmp_path / "step-000030.ckpt").rename(killed)
     (tmp_path / "broken.ckpt").mkdir()  # a *.ckpt without weights, e.g. an interrupted copy
     (tmp_path / "broken.ckpt" / "config.json").write_text("{}")
 
@@ -123,8 +131,9 @@ def test_unfinished_write_is_never_listed_or_resumed(tmp_path, monkeypatch):
     (tmp_path / "latest").unlink()
     assert resolve_resume("auto", tmp_path) == good
     with pytest.raises(CheckpointError, match="not a finished checkpoint"):
-        resolve_resume(str(tmp_path / "step-000030.ckpt.tmp"), tmp_path)
+        resolve_resume(str(killed), tmp_path)
     assert resolve_resume("auto", tmp_path / "nothing-here") is None
+    assert remove_debris(tmp_path) == [killed] and not killed.exists()
 
 
 def test_overwriting_a_checkpoint_replaces_it_whole(tmp_path):
@@ -192,6 +201,7 @@ def test_prune_keeps_newest_final_and_latest(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_written_checkpoint_loads_in_transformers_offline_in_a_fresh_process(tmp_path):
     cfg = TINY_MODELS["mha4-untied"]
     weights = init_weights(cfg, 5)

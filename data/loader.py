@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from data.errors import DataError
+from data.util import DataError
 
 
 class BatchLoader:
@@ -50,10 +50,6 @@ class BatchLoader:
     def samples_per_step(self) -> int:
         return self.grad_accum * self.world_size * self.batch_size
 
-    def epoch_of(self, step: int) -> float:
-        """How many passes over the split `step` optimizer steps make (for logs)."""
-        return step * self.samples_per_step / self.n_windows
-
     def permutation(self, epoch: int) -> np.ndarray:
         perm = self._perms.get(epoch)
         if perm is None:
@@ -82,14 +78,19 @@ class BatchLoader:
             buf[row] = self.tokens[start : start + self.seq_len + 1]
         return buf[:, :-1].copy(), buf[:, 1:].copy()
 
-    def fixed_batches(self, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The first `n` batches: with a fixed seed these are the same on every call (eval batches)."""
-        return [self.batch(i) for i in range(n)]
 
-
-def val_batches(
-    tokens: Any, seq_len: int, batch_size: int, n: int, rank: int = 0, world_size: int = 1, seed: int = 0
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Fixed validation batches: the same windows at every eval, disjoint across ranks, spread over the split."""
-    loader = BatchLoader(tokens, seq_len, batch_size, seed, rank, world_size, split="val")
-    return loader.fixed_batches(n)
+def val_windows(tokens: Any, seq_len: int, count: int = 0) -> np.ndarray:
+    """The validation set, one definition for the trainers' eval and evaluate_checkpoints.py: `count`
+    windows of seq_len + 1 tokens (0 = all), evenly spread over the split on the loader's window grid
+    (stride seq_len), in order. Returns (count, seq_len + 1) int64; inputs [:, :-1], targets [:, 1:]."""
+    n_windows = (len(tokens) - 1) // seq_len
+    if n_windows < 1:
+        raise DataError(
+            f"the val split has {len(tokens)} tokens, shorter than one sequence of {seq_len + 1} tokens "
+            f"(seq_len + 1); lower training.seq_len or raise data.val_fraction"
+        )
+    picked = np.arange(n_windows) if count <= 0 or count >= n_windows else np.linspace(0, n_windows - 1, count)
+    out = np.empty((len(picked), seq_len + 1), np.int64)
+    for row, window in enumerate(picked.round().astype(np.int64)):
+        out[row] = tokens[int(window) * seq_len : int(window) * seq_len + seq_len + 1]
+    return out

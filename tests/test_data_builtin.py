@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from core.config import DataConfig
-from data import builtin
-from data.errors import DataError
+from data import corpus
+from data.corpus import wiki_to_text
 from data.prepare import prepare_data
-from data.wikitext import wiki_to_text
+from data.util import DataError
 
 MARKUP = re.compile(r"\[\[|\]\]|\{\{|\}\}|<ref|</|\|thumb|&nbsp;|'''|^==+", re.M)
 
@@ -22,9 +22,10 @@ FIRST = 40  # the first 40 articles already hold > 1 MB of text; extracting all 
 
 @pytest.fixture(scope="module")
 def articles(tmp_path_factory) -> list[str]:
-    return list(builtin.documents(tmp_path_factory.mktemp("builtin"), max_documents=FIRST))
+    return list(corpus.documents(tmp_path_factory.mktemp("builtin"), max_documents=FIRST))
 
 
+@pytest.mark.slow
 def test_size_and_content(articles):
     text = "\n".join(articles)
     assert len(articles) == FIRST and len(text.encode("utf-8")) >= 1_000_000
@@ -36,7 +37,7 @@ def test_size_and_content(articles):
 
 
 def test_dump_holds_the_whole_corpus():
-    titles = [title for title, _ in builtin.raw_articles(builtin.dump_path())]
+    titles = [title for title, _ in corpus.raw_articles(corpus.dump_path())]
     assert len(titles) == 106 and "Aristotle" in titles and "AccessibleComputing" not in titles  # a redirect
 
 
@@ -47,20 +48,20 @@ def test_extracted_once_then_read_from_cache(tmp_path, monkeypatch):
         calls.append(limit)
         return iter(["Alpha\n\nfirst article", "Beta\n\nsecond \u00e9 article", "Gamma\n\nthird"])
 
-    monkeypatch.setattr(builtin, "_extract", fake_extract)
-    assert not builtin.cache_file(tmp_path).exists()
-    first = list(builtin.documents(tmp_path))
-    assert calls == [0] and builtin.cache_file(tmp_path).is_file()
-    assert list(builtin.documents(tmp_path)) == first and calls == [0]  # read back, not extracted again
-    assert list(builtin.documents(tmp_path, max_documents=2)) == first[:2] and calls == [0]
+    monkeypatch.setattr(corpus, "_extract", fake_extract)
+    assert not corpus.cache_file(tmp_path).exists()
+    first = list(corpus.documents(tmp_path))
+    assert calls == [0] and corpus.cache_file(tmp_path).is_file()
+    assert list(corpus.documents(tmp_path)) == first and calls == [0]  # read back, not extracted again
+    assert list(corpus.documents(tmp_path, max_documents=2)) == first[:2] and calls == [0]
 
 
 def test_small_runs_extract_only_what_they_need(tmp_path, articles, monkeypatch):
-    assert list(builtin.documents(tmp_path, max_documents=2)) == articles[:2]
-    assert not builtin.cache_file(tmp_path).exists()  # a partial extraction is never cached as the whole
-    assert builtin.cache_file(tmp_path, 2).is_file()
-    monkeypatch.setattr(builtin, "_extract", lambda limit: pytest.fail("extracted again"))
-    assert list(builtin.documents(tmp_path, max_documents=2)) == articles[:2]
+    assert list(corpus.documents(tmp_path, max_documents=2)) == articles[:2]
+    assert not corpus.cache_file(tmp_path).exists()  # a partial extraction is never cached as the whole
+    assert corpus.cache_file(tmp_path, 2).is_file()
+    monkeypatch.setattr(corpus, "_extract", lambda limit: pytest.fail("extracted again"))
+    assert list(corpus.documents(tmp_path, max_documents=2)) == articles[:2]
 
 
 def test_prepare_builtin_round_trip(tmp_path, articles):
@@ -75,7 +76,7 @@ def test_missing_gensim_is_one_clear_line(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gensim" else real(name, *a))
     with pytest.raises(DataError, match="needs the 'gensim' package.*pip install -r requirements.txt"):
-        builtin.dump_path()
+        corpus.dump_path()
 
 
 def test_wiki_markup_is_stripped():

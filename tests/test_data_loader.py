@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data.errors import DataError
-from data.loader import BatchLoader, val_batches
-from data.shards import ConcatTokens
+from data.loader import BatchLoader, val_windows
+from data.store import ConcatTokens
+from data.util import DataError
 
 SEQ = 8
 
@@ -89,19 +89,18 @@ def test_corpus_shorter_than_one_sequence():
         BatchLoader(np.arange(8, dtype=np.uint16), SEQ, 2, seed=0)
     BatchLoader(np.arange(9, dtype=np.uint16), SEQ, 2, seed=0)  # exactly one window is enough
     with pytest.raises(DataError, match="val split.*raise data.val_fraction"):
-        val_batches(np.arange(3, dtype=np.uint16), SEQ, 2, n=1)
+        val_windows(np.arange(3, dtype=np.uint16), SEQ, 1)
 
 
-def test_val_batches_are_fixed_and_disjoint_across_ranks():
-    tokens = corpus(64)
-    first = val_batches(tokens, SEQ, 4, n=3)
-    again = val_batches(tokens, SEQ, 4, n=3)
-    for (x1, y1), (x2, y2) in zip(first, again, strict=True):
-        np.testing.assert_array_equal(x1, x2)
-        np.testing.assert_array_equal(y1, y2)
-    r0 = {w for x, _ in val_batches(tokens, SEQ, 4, 2, rank=0, world_size=2) for w in window_ids(x)}
-    r1 = {w for x, _ in val_batches(tokens, SEQ, 4, 2, rank=1, world_size=2) for w in window_ids(x)}
-    assert len(r0) == len(r1) == 8 and not r0 & r1
+def test_val_windows_spread_evenly_over_the_split_in_order():
+    tokens = corpus(50)
+    picked = val_windows(tokens, SEQ, 5)
+    assert picked.shape == (5, SEQ + 1) and picked.dtype == np.int64
+    assert window_ids(picked) == [0, 12, 24, 37, 49]  # first and last window included, evenly between
+    np.testing.assert_array_equal(picked[2], tokens[24 * SEQ : 25 * SEQ + 1])
+    assert window_ids(val_windows(tokens, SEQ)) == list(range(50))  # 0: all windows
+    assert window_ids(val_windows(tokens, SEQ, 500)) == list(range(50))  # more than there are: all
+    np.testing.assert_array_equal(val_windows(tokens, SEQ, 5), picked)  # a pure function of its inputs
 
 
 def test_bad_rank_and_micro_step():

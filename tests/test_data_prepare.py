@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from core.config import DataConfig
-from data import encode
-from data.errors import DataError
+from data import prepare
 from data.prepare import main, prepare_data
-from data.prepared import PreparedData
+from data.store import PreparedData, find_prepared
 from data.tokenizer import load_tokenizer
+from data.util import DataError
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [
@@ -92,10 +92,10 @@ def test_single_document_takes_val_from_the_tail(tmp_path):
 def test_long_documents_are_cut_without_changing_ids(tmp_path, monkeypatch):
     text = "\n\n".join(DOCS) + "   spaces   and\ttabs\n\n\nend"
     tok = load_tokenizer("gpt2")
-    monkeypatch.setattr(encode, "CHUNK_CHARS", 64)
-    assert len(list(encode.pieces(text))) > 50 and "".join(encode.pieces(text)) == text  # the patched size
+    monkeypatch.setattr(prepare, "CHUNK_CHARS", 64)
+    assert len(list(prepare.pieces(text))) > 50 and "".join(prepare.pieces(text)) == text  # the patched size
     (tmp_path / "long.txt").write_text(text)
-    monkeypatch.setattr(encode, "BATCH_CHARS", 500)  # documents span several batches too
+    monkeypatch.setattr(prepare, "BATCH_CHARS", 500)  # documents span several batches too
     prepared = prepare_data(cfg(tmp_path, str(tmp_path / "long.txt")), False, shard_tokens=100)
     both = np.concatenate([np.asarray(prepared.tokens("train")), np.asarray(prepared.tokens("val"))])
     assert both.tolist() == tok.encode(text) + [tok.eos_id]
@@ -103,7 +103,7 @@ def test_long_documents_are_cut_without_changing_ids(tmp_path, monkeypatch):
 
 
 def test_multi_document_batches_and_shards(tmp_path, monkeypatch):
-    monkeypatch.setattr(encode, "BATCH_CHARS", 300)
+    monkeypatch.setattr(prepare, "BATCH_CHARS", 300)
     many = prepare_data(cfg(tmp_path / "a", str(write_docs(tmp_path / "c")) + "/*.txt"), False, shard_tokens=64)
     one = prepare_data(cfg(tmp_path / "b", str(tmp_path / "c") + "/*.txt"), False)
     for split in ("train", "val"):
@@ -158,7 +158,7 @@ def test_failed_prepare_leaves_no_cache_and_damaged_cache_is_rebuilt(tmp_path, m
         raise RuntimeError("killed mid-way")
 
     with monkeypatch.context() as m:
-        m.setattr(encode.Encoder, "add_all", boom)
+        m.setattr(prepare.Encoder, "add_all", boom)
         with pytest.raises(RuntimeError):
             prepare_data(cfg(tmp_path, corpus), False)
     prepared_root = tmp_path / "cache" / "prepared"
@@ -212,7 +212,7 @@ def test_cli_subprocess_help_and_exit_code(tmp_path):
 
 
 def test_vocab_too_large_for_the_token_dtype(tmp_path):
-    from data.shards import token_dtype
+    from data.store import token_dtype
 
     assert token_dtype(65_536) == np.uint16 and token_dtype(65_537) == np.uint32
     with pytest.raises(DataError, match="does not fit uint32"):
@@ -223,3 +223,22 @@ def test_vocab_too_large_for_the_token_dtype(tmp_path):
     (prepared.path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="stored as uint16 cannot hold a vocab of 100000"):
         PreparedData.open(prepared.path)
+
+
+def test_find_prepared_matches_dataset_tokenizer_and_split(tmp_path):
+    corpus = str(write_docs(tmp_path / "c", DOCS[:10]) / "*.txt")
+    prepared = prepare_data(cfg(tmp_path, corpus, tokenizer="bpe:300", val_fraction=0.2), False)
+    data = {  # the data section of the run's train_config.yaml
+        "dataset": corpus,
+        "max_documents": 0,
+        "tokenizer": "bpe:300",
+        "val_fraction": 0.2,
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    fingerprint = prepared.tokenizer.fingerprint()
+    assert find_prepared(data, fingerprint) == prepared.path
+    assert find_prepared(data, None) == prepared.path
+    assert find_prepared({**data, "val_fraction": 0.3}, fingerprint) is None
+    assert find_prepared(data, "0123456789abcdef") is None  # another tokenizer's fingerprint
+    assert find_prepared({"dataset": str(prepared.path)}, fingerprint) == prepared.path  # given directly
+    assert find_prepared({"dataset": str(prepared.path)}, "0123456789abcdef") is None

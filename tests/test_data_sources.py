@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from core.config import DataConfig
-from data import hub
-from data.errors import DataError
+from data import util
 from data.prepare import prepare_data
 from data.sources import resolve_source
+from data.util import DataError
 
 DOCS = ["The first document is about rivers.", "The second one is about mountains.", "A third, on deserts."]
 
@@ -89,7 +89,11 @@ def test_non_utf8_names_file_and_offset(tmp_path):
     (tmp_path / "bad.jsonl").write_bytes(b"\n".join(lines))
     with pytest.raises(DataError, match=rf"bad.jsonl:2: not valid UTF-8 at byte offset {len(lines[0]) + 1 + 14}"):
         docs_of(str(tmp_path / "bad.jsonl"))
-    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("meta.json"))
+    with pytest.raises(DataError, match="bad.jsonl:2: not valid UTF-8"):  # found mid-way through preparing
+        prepare(tmp_path, str(tmp_path / "bad.jsonl"), tokenizer="gpt2")
+    assert (tmp_path / "cache" / "prepared").is_dir()  # it got as far as the cache ...
+    left = [p.name for p in (tmp_path / "cache" / "prepared").iterdir() if p.suffix != ".lock"]
+    assert left == []  # ... and left no half-prepared directory
 
 
 def test_bad_jsonl_and_parquet_fields(tmp_path):
@@ -143,6 +147,7 @@ def test_hf_load_dataset_map_style_and_streaming(hf_dir):
         list(resolve_source(str(hf_dir), text_field="body").documents())
 
 
+@pytest.mark.slow
 def test_data_pipeline_never_imports_torch_or_mlx(hf_dir, tmp_path):
     """data/ is framework-free even where datasets would pull torch in (streaming) or prepare runs end to end."""
     import subprocess
@@ -151,7 +156,7 @@ def test_data_pipeline_never_imports_torch_or_mlx(hf_dir, tmp_path):
     code = f"""
 import sys
 from core.config import DataConfig
-from data import builtin, encode, hf_source, loader, prepare, prepared, sources, tokenizer, wikitext
+from data import corpus, loader, prepare, sources, store, tokenizer, util
 docs = list(sources.resolve_source({str(hf_dir)!r}, streaming=True).documents())
 assert len(docs) == 12, docs
 data = prepare.prepare_data(DataConfig(dataset={str(tmp_path / "a.txt")!r}, cache_dir={str(tmp_path)!r}), False)
@@ -184,11 +189,11 @@ def test_unknown_hf_name_fails_fast_offline(monkeypatch):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(socket, "create_connection", unreachable)
-    hub.hub_reachable.cache_clear()
+    util.hub_reachable.cache_clear()
     try:
         start = time.perf_counter()
         with pytest.raises(DataError, match="could not be loaded with datasets.*hub is unreachable"):
             resolve_source("someone/not-a-cached-dataset")
         assert time.perf_counter() - start < 20
     finally:
-        hub.hub_reachable.cache_clear()
+        util.hub_reachable.cache_clear()

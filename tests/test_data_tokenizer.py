@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from data import hub
-from data.errors import DataError
+from data import util
 from data.tokenizer import Tokenizer, load_tokenizer
+from data.util import DataError
 
 REFERENCE_TEXTS = [
     "Hello world",
@@ -62,7 +62,7 @@ def test_gpt2_without_hub_fails_over_fast(monkeypatch):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(socket, "create_connection", unreachable)
-    hub.hub_reachable.cache_clear()
+    util.hub_reachable.cache_clear()
     try:
         start = time.perf_counter()
         tok = load_tokenizer("gpt2")
@@ -71,9 +71,10 @@ def test_gpt2_without_hub_fails_over_fast(monkeypatch):
         with pytest.raises(DataError, match="hub is unreachable"):
             load_tokenizer("some-org/some-tokenizer-that-is-not-cached")
     finally:
-        hub.hub_reachable.cache_clear()
+        util.hub_reachable.cache_clear()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["gpt2", "bpe:300"])
 def test_save_loads_identically_in_transformers_and_mlx_lm(tmp_path, spec):
     tok = load_tokenizer(spec, corpus=CORPUS)
@@ -173,9 +174,9 @@ def test_slow_gpt2_style_directory(tmp_path):
     """A directory with only vocab.json + merges.txt (GPT-2's original files) becomes a fast tokenizer."""
     import shutil
 
-    from data import gpt2 as packaged
+    from data.tokenizer import packaged_files
 
-    vocab, merges = packaged.packaged_files()
+    vocab, merges = packaged_files()
     shutil.copy(vocab, tmp_path / "vocab.json")
     shutil.copy(merges, tmp_path / "merges.txt")
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))

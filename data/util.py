@@ -1,20 +1,44 @@
-"""Is the Hugging Face hub usable right now? Answered in about a second, not after minutes of retries.
+"""What the data modules share: the one exception type, cache-key hashes, and a fast "is the hub usable?".
 
-huggingface_hub retries an unreachable host for ~25 s per file (transformers for ~50 s), so
-before any download we check HF_HUB_OFFLINE and then try one TCP connection to the endpoint.
+Cache keys are stable hashes of JSON-able values, so they do not depend on dict order or the process.
+huggingface_hub retries an unreachable host for ~25 s per file (transformers for ~50 s), so before any
+download we check HF_HUB_OFFLINE and then try one TCP connection to the endpoint (about a second).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import socket
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
+
+from core.cli import UserError
 
 _TRUE = {"1", "true", "yes", "on"}
 
 
+class DataError(UserError):
+    """A data problem phrased as one line that names the input and the fix; CLIs print it and exit 2."""
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """A hex digest of a JSON-able value that does not depend on dict order or the process."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def file_stamp(path: Path) -> dict[str, Any]:
+    """Identity of a file for cache keys: name, size and modification time (cheap, no full read)."""
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
 def offline_requested() -> bool:
+    """Did the user ask huggingface_hub / datasets to stay offline (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE)?"""
     return any(os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 

@@ -1,0 +1,254 @@
+"""Prepared token directories on disk: meta.json + raw token shards + the tokenizer that made them.
+
+```
+<cache_dir>/prepared/<name>-<key>/
+  meta.json          source, tokenizer fingerprint, vocab size, dtype, token/document counts, shards
+  train-00000.bin    raw uint16/uint32 tokens, documents joined by EOS
+  val-00000.bin
+  tokenizer/         tokenizer.json, tokenizer_config.json, special_tokens_map.json
+```
+
+Shards are raw little-endian uint16/uint32 files (not .npy, never pickles), written in order and read
+as memmaps, so any tool can read them: np.fromfile(path, dtype).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data.loader import BatchLoader, val_windows
+from data.tokenizer import Tokenizer
+from data.util import DataError
+
+FORMAT = 1
+SPLITS = ("train", "val")
+MATCH_KEYS = ("dataset", "max_documents", "tokenizer", "val_fraction")  # what makes a prepared val split ours
+SHARD_TOKENS = 1 << 28  # 512 MiB of uint16 per file: small enough to copy, few enough to list
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 while every id fits (vocab <= 65536), uint32 beyond; larger vocabs are refused."""
+    if vocab_size <= 1 << 16:
+        return np.dtype("<u2")
+    if vocab_size <= 1 << 32:
+        return np.dtype("<u4")
+    raise DataError(f"vocab size {vocab_size} does not fit uint32 token files; use a tokenizer under 2**32 ids")
+
+
+class ShardWriter:
+    """Appends token arrays to `<split>-00000.bin`, `<split>-00001.bin`, ... of at most shard_tokens each."""
+
+    def __init__(self, directory: Path, split: str, dtype: np.dtype, shard_tokens: int = SHARD_TOKENS) -> None:
+        self.directory, self.split, self.dtype, self.shard_tokens = directory, split, np.dtype(dtype), shard_tokens
+        self.shards: list[dict[str, Any]] = []
+        self._handle: Any = None
+        self.tokens = 0
+
+    def _open_next(self) -> None:
+        self.close_file()
+        name = f"{self.split}-{len(self.shards):05d}.bin"
+        self.shards.append({"file": name, "tokens": 0})
+        self._handle = open(self.directory / name, "wb")
+
+    def write(self, tokens: np.ndarray) -> None:
+        tokens = np.asarray(tokens, dtype=self.dtype)
+        while tokens.size:
+            if self._handle is None or self.shards[-1]["tokens"] >= self.shard_tokens:
+                self._open_next()
+            room = self.shard_tokens - self.shards[-1]["tokens"]
+            part, tokens = tokens[:room], tokens[room:]
+            self._handle.write(part.tobytes())
+            self.shards[-1]["tokens"] += int(part.size)
+            self.tokens += int(part.size)
+
+    def close_file(self) -> None:
+        if self._handle is not None:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+            self._handle = None
+
+    def take_tail(self, count: int) -> np.ndarray:
+        """Remove and return the last `count` tokens (they may span shards)."""
+        self.close_file()
+        parts = []
+        while count > 0 and self.shards:
+            last = self.shards[-1]
+            path = self.directory / last["file"]
+            n = min(count, last["tokens"])
+            data = np.memmap(path, self.dtype, "r", shape=(last["tokens"],))
+            parts.append(np.array(data[last["tokens"] - n :]))
+            del data
+            os.truncate(path, (last["tokens"] - n) * self.dtype.itemsize)
+            last["tokens"] -= n
+            self.tokens -= n
+            count -= n
+            if last["tokens"] == 0:
+                path.unlink()
+                self.shards.pop()
+        return np.concatenate(parts[::-1]) if parts else np.empty(0, self.dtype)
+
+
+class ConcatTokens:
+    """Several memmapped shards seen as one 1-D array: len(), integer and slice (step 1) indexing."""
+
+    def __init__(self, parts: list[np.ndarray]) -> None:
+        self.parts = parts
+        self.dtype = parts[0].dtype
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])
+        self.shape = (int(self.offsets[-1]),)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                raise IndexError("ConcatTokens supports only contiguous slices")
+            return self._range(start, max(start, stop))
+        i = index + len(self) if index < 0 else index
+        if not 0 <= i < len(self):
+            raise IndexError(f"token index {index} out of range for {len(self)} tokens")
+        part = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        return self.parts[part][i - self.offsets[part]]
+
+    def _range(self, start: int, stop: int) -> np.ndarray:
+        first = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        out = []
+        while start < stop:
+            base = int(self.offsets[first])
+            take = min(stop, int(self.offsets[first + 1])) - start
+            out.append(self.parts[first][start - base : start - base + take])
+            start += take
+            first += 1
+        if len(out) == 1:
+            return out[0]
+        return np.concatenate(out) if out else np.empty(0, self.dtype)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self._range(0, len(self))
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def open_split(directory: Path, shards: list[dict[str, Any]], dtype: np.dtype) -> np.ndarray | ConcatTokens:
+    """The split's tokens: one memmap, a ConcatTokens over several, or an empty array."""
+    parts = [np.memmap(directory / s["file"], dtype, "r", shape=(s["tokens"],)) for s in shards if s["tokens"]]
+    if not parts:
+        return np.empty(0, dtype)
+    return parts[0] if len(parts) == 1 else ConcatTokens(parts)
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """meta.json of a prepared directory after checking that every shard it lists is whole."""
+    meta_file = path / "meta.json"
+    if not meta_file.is_file():
+        raise DataError(f"{path}: no meta.json; not a prepared data directory (run python -m data.prepare)")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        raise DataError(f"{meta_file}: not valid JSON; delete {path} and prepare again") from None
+    if meta.get("format") != FORMAT:
+        raise DataError(f"{path}: prepared with format {meta.get('format')}, expected {FORMAT}; prepare again")
+    dtype = np.dtype(meta["dtype"])
+    vocab = int(meta["tokenizer"]["vocab_size"])
+    if dtype.itemsize < token_dtype(vocab).itemsize:
+        raise DataError(
+            f"{path}: tokens stored as {dtype.name} cannot hold a vocab of {vocab}; delete it and prepare again"
+        )
+    for split in SPLITS:
+        for shard in meta["shards"][split]:
+            file = path / shard["file"]
+            expected = shard["tokens"] * dtype.itemsize
+            if not file.is_file() or file.stat().st_size != expected:
+                raise DataError(f"{file}: missing or not {expected} bytes; delete {path} and prepare again")
+    return meta
+
+
+@dataclass
+class PreparedData:
+    """What the trainers get: the tokenizer, meta.json, and each split's tokens as a 1-D array."""
+
+    path: Path
+    meta: dict[str, Any]
+    tokenizer: Tokenizer
+
+    @classmethod
+    def open(cls, path: str | Path, tokenizer: Tokenizer | None = None) -> PreparedData:
+        """Open and check a prepared directory; `tokenizer` (already loaded, same fingerprint) skips a reload."""
+        path = Path(path)
+        meta = read_meta(path)
+        expected = meta["tokenizer"]["fingerprint"]
+        if tokenizer is None or tokenizer.fingerprint() != expected:
+            tokenizer = Tokenizer.from_dir(path / "tokenizer", name=meta["tokenizer"]["spec"])
+            if tokenizer.fingerprint() != expected:
+                raise DataError(
+                    f"{path / 'tokenizer'} (fingerprint {tokenizer.fingerprint()}) is not the tokenizer meta.json "
+                    f"names ({expected}); delete {path} and prepare again"
+                )
+        return cls(path, meta, tokenizer)
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        """A directory to copy into checkpoints (tokenizer.json, tokenizer_config.json, special_tokens_map.json)."""
+        return self.path / "tokenizer"
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["tokenizer"]["vocab_size"])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.meta["dtype"])
+
+    def tokens(self, split: str = "train") -> np.ndarray | ConcatTokens:
+        """Read-only memmap (or shard-spanning view) of a split: supports len() and [start:stop]."""
+        if split not in SPLITS:
+            raise DataError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
+        return open_split(self.path, self.meta["shards"][split], self.dtype)
+
+    def check_model_vocab(self, model_vocab_size: int) -> None:
+        """Fail before training when the model's embedding table is smaller than the tokenizer's vocab."""
+        if model_vocab_size < self.vocab_size:
+            raise DataError(
+                f"model.vocab_size ({model_vocab_size}) is smaller than the tokenizer's vocab ({self.vocab_size}, "
+                f"{self.meta['tokenizer']['spec']}); set model.vocab_size to at least {self.vocab_size}"
+            )
+
+    def train_batches(
+        self, seq_len: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, grad_accum: int = 1
+    ) -> BatchLoader:
+        """The deterministic batches of the train split (data.loader.BatchLoader)."""
+        return BatchLoader(self.tokens("train"), seq_len, batch_size, seed, rank, world_size, grad_accum)
+
+    def val_windows(self, seq_len: int, count: int) -> np.ndarray:
+        """The validation set: `count` windows spread over the val split (data.loader.val_windows)."""
+        return val_windows(self.tokens("val"), seq_len, count)
+
+
+def find_prepared(data: dict[str, Any], fingerprint: str | None) -> Path | None:
+    """The newest prepared directory in data.cache_dir made from this dataset/tokenizer/split (never builds).
+
+    `data` is a run's data config as a dict (train_config.yaml); `fingerprint`, when given, must be the
+    tokenizer's. A prepared directory given as data.dataset is taken whatever its split.
+    """
+    given = Path(str(data.get("dataset", ""))).expanduser()
+    metas = [given / "meta.json"] if (given / "meta.json").is_file() else []
+    metas = metas or sorted(Path(str(data.get("cache_dir", "data_cache"))).expanduser().glob("prepared/*/meta.json"))
+    found = []
+    for file in metas:
+        try:
+            meta = json.loads(file.read_text(encoding="utf-8"))
+            made = (meta["source"]["spec"], meta["source"]["max_documents"], meta["tokenizer"]["spec"])
+            same = file.parent == given or (*made, meta["val_fraction"]) == tuple(data.get(k) for k in MATCH_KEYS)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if same and (fingerprint is None or meta["tokenizer"]["fingerprint"] == fingerprint):
+            found.append(file.parent)
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None

@@ -3,8 +3,9 @@
     python evaluate_checkpoints.py --checkpoints 'checkpoints/*.ckpt' --tokenizer gpt2 --top-k 5 \\
         --cases cases/wiki_basics.yaml --out results.json --plot eval.png
 
-Per checkpoint: step and tokens seen (trainer_state.json), loss and perplexity on the run's prepared
-validation split (skipped with a note when that data is not prepared), and per case the rank of the
+Per checkpoint: step and tokens seen (trainer_state.json); loss and perplexity on the run's validation
+set, the very windows the trainer evaluated (data.loader.val_windows), so val_loss equals the trainer's
+logged one (skipped with a note when that data is not prepared here); and per case the rank of the
 expected continuation's first token, whether it is in the top 1 / top k, and the log-probability of the
 whole expected continuation (teacher-forced). Case file format: docs/inference.md.
 """
@@ -13,23 +14,24 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import glob
 import json
 import math
 import sys
 from collections import Counter
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from core.backend import BACKENDS, pick
 from core.cases import case_tokens, load_cases
 from core.checkpoint import read_model_config, read_train_config, read_trainer_state
 from core.cli import UserError, human_count, run_cli
-from infer import DTYPES, encode_prompt, has_tokenizer, load_backend, load_tokenizer, pick_backend
+from core.config import Config, config_from_dict
+from core.weights import DTYPES
 
 DEFAULT_CASES = Path(__file__).resolve().parent / "cases" / "wiki_basics.yaml"
-MATCH_KEYS = ("dataset", "max_documents", "tokenizer", "val_fraction")  # what makes a prepared val split ours
 CASE_KEYS = ("name", "prompt", "expect", "rank", "hit", "logprob", "mean_logprob")
 
 
@@ -39,10 +41,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cases", default=str(DEFAULT_CASES), help="YAML case file (default: cases/wiki_basics.yaml)")
     p.add_argument("--tokenizer", help="gpt2, a HF tokenizer name/directory or tokenizer.json (default: each ckpt's)")
     p.add_argument("--top-k", type=int, default=5, help="a case hits when its answer ranks <= k (default: %(default)s)")
-    p.add_argument("--backend", default="auto", choices=("auto", "mlx", "torch"), help="default: %(default)s")
-    p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: the checkpoint's)")
-    val_help = "validation tokens to score (default: %(default)s); 0 = all, -1 = skip"
-    p.add_argument("--val-tokens", type=int, default=32768, help=val_help)
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="default: %(default)s")
+    p.add_argument("--dtype", choices=tuple(DTYPES), help="weights dtype (default: the checkpoint's)")
+    val_help = (
+        "validation tokens to score (default: the run's own eval set, training.eval_batches x batch_size windows, "
+        "so val_loss equals the trainer's); 0 = the whole split, -1 = skip"
+    )
+    p.add_argument("--val-tokens", type=int, help=val_help)
     p.add_argument("--prepare-val", action="store_true", help="prepare the run's data when it is not cached yet")
     p.add_argument("--out", help="write records to a .json or .csv file")
     p.add_argument("--plot", help="write a PNG of the metrics against training step")
@@ -64,91 +69,71 @@ def expand(patterns: list[str]) -> list[Path]:
     return list(found)
 
 
-def find_prepared(data: dict[str, Any], fingerprint: str | None) -> Path | None:
-    """The newest prepared directory in data.cache_dir made from this dataset/tokenizer/split (never builds)."""
-    given = Path(str(data.get("dataset", ""))).expanduser()
-    metas = [given / "meta.json"] if (given / "meta.json").is_file() else []
-    metas = metas or sorted(Path(str(data.get("cache_dir", "data_cache"))).expanduser().glob("prepared/*/meta.json"))
-    found = []
-    for file in metas:
-        try:
-            meta = json.loads(file.read_text())
-            made = (meta["source"]["spec"], meta["source"]["max_documents"], meta["tokenizer"]["spec"])
-            same = file.parent == given or (*made, meta["val_fraction"]) == tuple(data.get(k) for k in MATCH_KEYS)
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if same and (fingerprint is None or meta["tokenizer"]["fingerprint"] == fingerprint):
-            found.append(file.parent)
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
-
-
-def val_tokens(raw: dict[str, Any] | None, fingerprint: str | None, build: bool) -> tuple[Any, str | None]:
+def val_tokens(run: Config, fingerprint: str | None, build: bool) -> tuple[Any, str | None]:
     """The run's validation tokens (1-D), or None and why not. Only reads a prepared cache unless `build`."""
-    if not raw or "data" not in raw:
-        return None, "no train_config.yaml with a data section"
     from data.prepare import prepare_data
-    from data.prepared import PreparedData
+    from data.store import PreparedData, find_prepared
 
     try:
         if build:
-            from core.config import config_from_dict
-
-            return prepare_data(config_from_dict(raw).data, progress=False, log=lambda *_: None).tokens("val"), None
-        path = find_prepared(raw["data"], fingerprint)
+            return prepare_data(run.data, progress=False, log=lambda *_: None).tokens("val"), None
+        path = find_prepared(dataclasses.asdict(run.data), fingerprint)
         if path is None:
-            return None, f"dataset '{raw['data'].get('dataset')}' is not prepared here (add --prepare-val)"
+            return None, f"dataset '{run.data.dataset}' is not prepared here (add --prepare-val)"
         return PreparedData.open(path).tokens("val"), None
     except (UserError, OSError) as exc:
         return None, f"validation data unavailable ({str(exc).splitlines()[0]})"
 
 
-def val_windows(tokens: Any, seq_len: int, max_tokens: int) -> np.ndarray | None:
-    """Non-overlapping (N, seq_len + 1) windows from the start of the split (at most max_tokens targets)."""
-    n = len(tokens) if max_tokens == 0 else min(len(tokens), max_tokens + 1)
-    rows = (n - 1) // seq_len
-    if rows < 1:
-        return None
-    idx = np.arange(rows)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
-    return np.asarray(tokens[: rows * seq_len + 1])[idx]
-
-
-def validation(path: Path, cfg, args: argparse.Namespace, memo: dict) -> tuple[np.ndarray | None, str | None]:
-    """(windows of the run's val tokens, None) or (None, why not); the split is read once per data config."""
-    if args.val_tokens < 0:
+def validation(path: Path, fingerprint: str, args: argparse.Namespace, memo: dict) -> tuple[Any, str | None]:
+    """(windows of the run's val set (data.loader.val_windows), batch size) or (None, why not); the split
+    is read once per data config."""
+    if args.val_tokens is not None and args.val_tokens < 0:
         return None, "skipped (--val-tokens -1)"
-    raw = read_train_config(path) or {}
-    own = load_tokenizer(None, path, cfg.vocab_size).fingerprint() if has_tokenizer(path) else None
-    key = (json.dumps(raw.get("data"), sort_keys=True), own)
+    raw = read_train_config(path)
+    if not raw or "data" not in raw:
+        return None, "no train_config.yaml with a data section"
+    run = config_from_dict(raw)
+    key = (json.dumps(raw.get("data"), sort_keys=True), fingerprint)
     if key not in memo:
-        memo[key] = val_tokens(raw, own, args.prepare_val)
+        memo[key] = val_tokens(run, fingerprint, args.prepare_val)
     tokens, note = memo[key]
     if tokens is None:
         return None, note
-    seq_len = min(cfg.max_seq_len, int((raw.get("training") or {}).get("seq_len", cfg.max_seq_len)))
-    windows = val_windows(tokens, seq_len, args.val_tokens)
-    if windows is None:
+    from data.loader import val_windows
+
+    t = run.training
+    if args.val_tokens is None:
+        count = t.eval_batches * t.batch_size  # exactly the trainer's eval set
+    else:
+        count = max(1, args.val_tokens // t.seq_len) if args.val_tokens else 0  # 0: every window
+    try:
+        windows = val_windows(tokens, t.seq_len, count)
+    except UserError:
         return None, f"validation split has only {len(tokens)} tokens"
-    if windows.max() >= cfg.vocab_size:
-        return None, f"validation tokens exceed the model's vocab_size {cfg.vocab_size}"
-    return windows, None
+    return (windows, t.batch_size), None
 
 
-def evaluate(path: Path, args: argparse.Namespace, cases, backend: tuple[str, str], memo: dict) -> dict[str, Any]:
-    cfg = read_model_config(path)
-    tok = load_tokenizer(args.tokenizer, path, cfg.vocab_size)
-    gen, model, cfg = load_backend(*backend, path, args.dtype)
-    pairs = [case_tokens(case, lambda text: encode_prompt(tok, text)) for case in cases]
+def evaluate(path: Path, args: argparse.Namespace, cases, memo: dict) -> dict[str, Any]:
+    from data.tokenizer import checkpoint_tokenizer
+
+    tok = checkpoint_tokenizer(path, args.tokenizer, read_model_config(path).vocab_size)
+    name, device = pick(args.backend)
+    backend = import_module(f"{name}_model.generate").load_backend(path, args.dtype, device)
+    pairs = [case_tokens(case, tok.encode_prompt) for case in cases]
     records = []
-    for case, (rank, logprobs) in zip(cases, gen.score_continuations(model, pairs), strict=True):
+    for case, (rank, logprobs) in zip(cases, backend.score(pairs), strict=True):
         values = (case.name, case.prompt, case.expect, rank, rank <= args.top_k, sum(logprobs))
         records.append(dict(zip(CASE_KEYS, (*values, sum(logprobs) / len(logprobs)), strict=True)))
-    windows, note = validation(path, cfg, args, memo)
+    val, note = validation(path, tok.fingerprint(), args, memo)
+    if val is not None and val[0].max() >= backend.config.vocab_size:
+        val, note = None, f"validation tokens exceed the model's vocab_size {backend.config.vocab_size}"
     state = read_trainer_state(path)
     return {
         "checkpoint": str(path),
         "step": state.get("step"),
         "tokens": state.get("tokens_seen"),
-        "val_loss": gen.mean_loss(model, windows) if windows is not None else None,
+        "val_loss": backend.mean_loss(*val) if val is not None else None,
         "top1": sum(r["rank"] == 1 for r in records) / len(records),
         "topk": sum(r["hit"] for r in records) / len(records),
         "k": args.top_k,
@@ -230,8 +215,7 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> list[dict[st
     from tqdm import tqdm
 
     args = parse_args(argv)
-    backend = pick_backend(args.backend)
-    if backend[0] == "mlx" and fast_blas:
+    if fast_blas and pick(args.backend)[0] == "mlx":
         from mlx_model.blas import ensure_fast_blas
 
         ensure_fast_blas()  # Linux: re-exec with OpenBLAS preloaded (this process never runs torch)
@@ -242,7 +226,7 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> list[dict[st
     memo: dict = {}
     records, notes = [], Counter()
     for path in tqdm(paths, desc="checkpoints", unit="ckpt", file=sys.stderr, disable=None):
-        record = evaluate(path, args, cases, backend, memo)
+        record = evaluate(path, args, cases, memo)
         note = record.pop("_note")
         if note:
             notes[note] += 1

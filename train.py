@@ -13,24 +13,19 @@ import os
 import sys
 from pathlib import Path
 
+from core.backend import pick
 from core.cli import run_cli
 from core.config import load_config
-from core.hardware import is_apple_silicon
 from core.training import parse_train_args
 
 ROOT = Path(__file__).resolve().parent
 
 
-def choose_trainer(accelerator: str) -> str:
-    if accelerator == "mlx" or (accelerator == "auto" and is_apple_silicon()):
-        return "train_mlx.py"
-    return "train_cuda.py"
-
-
 def main(argv: list[str]) -> None:
     args, overrides = parse_train_args(__doc__, argv)
     cfg = load_config(args.config, overrides)  # fail here, once, on a bad config
-    trainer = choose_trainer(cfg.hardware.accelerator)
+    backend, _ = pick(cfg.hardware.accelerator)
+    trainer = "train_mlx.py" if backend == "mlx" else "train_cuda.py"
     print(f"hardware.accelerator {cfg.hardware.accelerator} -> {trainer}", file=sys.stderr)
     os.execv(sys.executable, [sys.executable, str(ROOT / trainer), *argv])
 

@@ -3,7 +3,7 @@
     python bench/generate.py                      # both sides, config.yaml's model (28.7M params), ~1-2 min
     python bench/generate.py --side torch --new-tokens 64 --repeats 2
 
-Ours (mlx_model.generate) vs mlx_lm's generate_step, and ours (torch_model.generate) vs transformers'
+Ours (mlx_model.generate.load_backend) vs mlx_lm's generate_step, and ours on torch vs transformers'
 `generate`, on one checkpoint with random weights (the shared numpy init: speed does not depend on
 the values). Each side runs in its own process: on Linux the MLX process gets OpenBLAS preloaded
 (mlx_model.blas) and the torch process never does (it would replace torch's GEMM), so within each
@@ -48,8 +48,8 @@ def best_rates(contestants: dict, n: int, repeats: int) -> dict[str, float]:
     return {name: n / seconds for name, seconds in best.items()}
 
 
-def ours_run(generate, model, prompt: list[int], opts: dict, k: int) -> int:
-    return len(list(generate(model, prompt, k, seed=0, **opts)))
+def ours_run(backend, prompt: list[int], opts: dict, k: int) -> int:
+    return len(list(backend.generate(prompt, k, seed=0, **opts)))
 
 
 def mlx_side(ckpt: str, prompt: list[int], n: int, repeats: int) -> dict[str, float]:
@@ -58,10 +58,9 @@ def mlx_side(ckpt: str, prompt: list[int], n: int, repeats: int) -> dict[str, fl
     from mlx_lm.sample_utils import make_sampler
     from mlx_lm.utils import load_model as mlx_lm_load_model
 
-    from mlx_model.generate import generate
-    from mlx_model.state import load_model
+    from mlx_model.generate import load_backend
 
-    ours, _ = load_model(ckpt)
+    ours = load_backend(ckpt)
     ref, _ = mlx_lm_load_model(Path(ckpt))
     tokens = mx.array(prompt)
     out = {}
@@ -72,11 +71,11 @@ def mlx_side(ckpt: str, prompt: list[int], n: int, repeats: int) -> dict[str, fl
     for mode, opts in (("greedy", {}), ("sampled", SAMPLED)):
         sampler = make_sampler(temp=opts.get("temperature", 0.0), top_p=opts.get("top_p", 0.0))
         contestants = {
-            "ours": partial(ours_run, generate, ours, prompt, opts),
+            "ours": partial(ours_run, ours, prompt, opts),
             "mlx_lm": partial(ref_run, sampler=sampler),
         }
         out.update({f"{name} {mode}": rate for name, rate in best_rates(contestants, n, repeats).items()})
-    mine = list(generate(ours, prompt, n))
+    mine = list(ours.generate(prompt, n))
     theirs = [int(t) for t, _ in generate_step(tokens, ref, max_tokens=n, sampler=make_sampler(temp=0.0))]
     out["greedy agree"] = agreement(mine, theirs)
     return out
@@ -94,11 +93,9 @@ def torch_side(ckpt: str, prompt: list[int], n: int, repeats: int, threads: int 
     if threads:
         torch.set_num_threads(threads)
 
-    from torch_model.generate import generate
-    from torch_model.state import load_model
+    from torch_model.generate import load_backend
 
-    ours, _ = load_model(ckpt)
-    ours.eval()
+    ours = load_backend(ckpt, device="cpu")
     ref = LlamaForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
     ids = torch.tensor([prompt])
 
@@ -110,11 +107,11 @@ def torch_side(ckpt: str, prompt: list[int], n: int, repeats: int, threads: int 
     out = {}
     for mode, opts in (("greedy", {}), ("sampled", SAMPLED)):
         hf_opts = {"do_sample": bool(opts), "top_k": None, **opts}
-        contestants = {"ours": partial(ours_run, generate, ours, prompt, opts), "transformers": partial(hf, **hf_opts)}
+        contestants = {"ours": partial(ours_run, ours, prompt, opts), "transformers": partial(hf, **hf_opts)}
         out.update({f"{name} {mode}": rate for name, rate in best_rates(contestants, n, repeats).items()})
     with torch.inference_mode():
         theirs = ref.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
-    out["greedy agree"] = agreement(list(generate(ours, prompt, n)), theirs[0, len(prompt) :].tolist())
+    out["greedy agree"] = agreement(list(ours.generate(prompt, n)), theirs[0, len(prompt) :].tolist())
     out["threads"] = torch.get_num_threads()
     return out
 

@@ -9,9 +9,9 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from core.checkpoint import BFLOAT16, load_weights, read_model_config
+from core.checkpoint import load_weights, read_model_config
 from core.config import ModelConfig
-from core.weights import init_weights
+from core.weights import BFLOAT16, init_weights, runtime_dtype
 from mlx_model.model import Model
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
@@ -62,5 +62,5 @@ def load_model(path: str | Path, dtype: str | None = None) -> tuple[Model, Model
     cfg = read_model_config(path)
     weights = load_weights(path, cfg)
     if dtype is None:
-        dtype = "bfloat16" if next(iter(weights.values())).dtype == BFLOAT16 else "float32"
+        dtype = runtime_dtype(weights)
     return build_model(cfg, weights, dtype=dtype), cfg

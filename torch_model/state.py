@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.checkpoint import BFLOAT16, load_weights, read_model_config
+from core.checkpoint import load_weights, read_model_config
+from core.cli import UserError
 from core.config import ModelConfig
-from core.weights import init_weights
+from core.weights import BFLOAT16, init_weights, runtime_dtype
 from torch_model.model import Model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -29,6 +30,20 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     if tensor.dtype == torch.bfloat16:
         return tensor.view(torch.int16).numpy().copy().view(BFLOAT16)
     return tensor.numpy().copy()
+
+
+def resolve_device(request: str = "auto", local_rank: int = 0) -> torch.device:
+    """The torch device for a request from core.backend.pick: auto = CUDA (this rank's GPU), else MPS,
+    else the CPU; cuda / mps / cpu insist on that device and say so when it is missing."""
+    if request in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    if request == "cuda":
+        raise UserError("cuda was asked for but no CUDA GPU is visible; use cpu (--hardware.accelerator / --backend)")
+    if request in ("auto", "mps") and torch.backends.mps.is_available():
+        return torch.device("mps")
+    if request == "mps":
+        raise UserError("mps was asked for but MPS is not available; use cpu (--hardware.accelerator / --backend)")
+    return torch.device("cpu")
 
 
 def unwrap(model: torch.nn.Module) -> Model:
@@ -67,5 +82,5 @@ def load_model(
     cfg = read_model_config(path)
     weights = load_weights(path, cfg)
     if dtype is None:
-        dtype = "bfloat16" if next(iter(weights.values())).dtype == BFLOAT16 else "float32"
+        dtype = runtime_dtype(weights)
     return build_model(cfg, weights, dtype=dtype, device=device), cfg

@@ -1,0 +1,86 @@
+"""The interface between the scripts and the two frameworks: which one runs here, and a loaded model.
+
+    name, device = pick("auto")                                  # ("mlx", "gpu") on Apple Silicon, else torch
+    backend = import_module(f"{name}_model.generate").load_backend("checkpoints/final.ckpt", None, device)
+    for token in backend.generate(prompt_ids, 50, temperature=0.8, seed=0): ...
+    backend.score(pairs); backend.mean_loss(windows, batch_size=8); backend.peak_memory()
+
+core/ never imports a framework: the scripts import the one `pick` names (MLX and torch never share a
+process: OpenBLAS is preloaded into MLX processes only).
+
+A `Backend` is a plain dataclass holding one framework's model and the few functions of it only that
+framework can run (a KV-cache decoder, one batch's loss, one batch's scores, peak memory);
+mlx_model/generate.py and torch_model/generate.py each build one. The loops over those calls live once,
+in core/generate.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from core import generate as driver
+from core.cli import UserError
+from core.config import ModelConfig
+from core.hardware import is_apple_silicon
+
+BACKENDS = ("auto", "mlx", "torch", "cuda", "mps", "cpu")
+
+
+@dataclass
+class Backend:
+    name: str  # mlx | torch
+    device: str  # gpu / cpu (MLX); cuda:0 / mps / cpu (torch)
+    dtype: str  # float32 | bfloat16 | float16
+    model: Any  # the framework's Model
+    decoder: Callable[[Any, bool], driver.Decoder]  # (model, greedy) -> a fresh KV-cache session
+    batch_loss: Callable[[Any, np.ndarray, np.ndarray], float]  # (model, x, y) -> mean loss of one batch
+    score_batch: Callable[..., tuple[list[int], list[float]]]  # (model, tokens, rows, cols, targets)
+    peak_memory: Callable[[], int | None]  # bytes this process peaked at on the device
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.cfg
+
+    def new_decoder(self, greedy: bool) -> driver.Decoder:
+        return self.decoder(self.model, greedy)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.device} {self.dtype}"
+
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, **sampling: Any) -> Iterator[int]:
+        """New token ids one at a time (sampling keywords: see core.generate.generate)."""
+        return driver.generate(self.new_decoder, self.config.max_seq_len, prompt_ids, max_new_tokens, **sampling)
+
+    def generate_batch(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, **sampling: Any
+    ) -> Iterator[tuple[int, list[int]]]:
+        """(prompt index, new ids) per prompt, equal-length prompts batched (core.generate.generate_batch)."""
+        return driver.generate_batch(self.new_decoder, self.config.max_seq_len, prompts, max_new_tokens, **sampling)
+
+    def score(
+        self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 32
+    ) -> list[tuple[int, list[float]]]:
+        """(rank of the first continuation token, log-probs of every continuation token) per pair."""
+        return driver.score(partial(self.score_batch, self.model), self.config.max_seq_len, pairs, batch_size)
+
+    def mean_loss(self, windows: np.ndarray, batch_size: int = 8) -> float:
+        """Mean next-token loss over windows (N, L+1), e.g. data.loader.val_windows."""
+        return driver.mean_loss(partial(self.batch_loss, self.model), windows, batch_size)
+
+
+def pick(accelerator: str) -> tuple[str, str]:
+    """(backend, device request) for hardware.accelerator or --backend: auto is MLX on Apple Silicon and
+    torch elsewhere; torch's device is 'auto' (CUDA, then MPS, then CPU), resolved by torch_model itself."""
+    if accelerator == "mlx" or (accelerator == "auto" and is_apple_silicon()):
+        return "mlx", "gpu" if is_apple_silicon() else "cpu"
+    if accelerator in ("auto", "torch"):
+        return "torch", "auto"
+    if accelerator in ("cuda", "mps", "cpu"):
+        return "torch", accelerator
+    raise UserError(f"unknown backend or accelerator '{accelerator}': use auto, mlx, torch, cuda, mps or cpu")

@@ -1,0 +1,156 @@
+"""One generation driver for both backends: the decode loop, sampling, stopping, batching, scoring loops.
+
+A backend supplies only the framework calls (see core/backend.py): a `Decoder`, a KV-cache session whose
+call runs the model on new tokens and returns, for each row's last position, argmax ids (greedy) or
+fp32 logits as a device array that `to_host` copies to numpy; and one-batch loss and scoring functions.
+Everything else is here, once: prompt fitting, sampling in numpy with one seeded generator per row
+(core/sampling.py), the repetition penalty, EOS, grouping prompts of equal length into one batch. So
+MLX and torch give the same tokens for the same seed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from core.cases import score_layout, split_scores
+from core.sampling import SamplingParams, eos_set, fit_prompt, select_token
+
+
+class Decoder(Protocol):
+    """A KV-cache session of one framework (mlx_model/generate.py, torch_model/generate.py)."""
+
+    def __call__(self, tokens: Any) -> Any:
+        """Run (B, T) host tokens, or the previous call's greedy output (B,) still on the device; returns
+        the last position's argmax ids (B,) when greedy, else its fp32 logits (B, V), on the device."""
+
+    def to_host(self, out: Any) -> np.ndarray: ...
+
+
+NewDecoder = Callable[[bool], Decoder]  # greedy -> a fresh session
+
+
+def decode_steps(
+    new_decoder: NewDecoder, prompts: np.ndarray, max_new_tokens: int, params: SamplingParams, seed: int | None
+) -> Iterator[list[int]]:
+    """Rows of equal-length prompts (B, T) -> one list of B next tokens per step (no stopping here)."""
+    if max_new_tokens <= 0:
+        return
+    decode = new_decoder(params.greedy)
+    rngs = [np.random.default_rng(seed) for _ in range(len(prompts))]  # each row as if generated alone
+    seen = [dict.fromkeys(int(t) for t in row) for row in prompts]  # insertion-ordered sets
+    out = decode(prompts)
+    for i in range(max_new_tokens):
+        more = i + 1 < max_new_tokens
+        if params.greedy:  # ids never leave the device to feed the next step, which is queued before this wait
+            following = decode(out) if more else None
+            tokens = decode.to_host(out).tolist()
+        else:
+            logits = decode.to_host(out)
+            tokens = [select_token(logits[b], params, rngs[b], list(seen[b])) for b in range(len(logits))]
+            following = decode(np.array(tokens)[:, None]) if more else None
+        for b, token in enumerate(tokens):
+            seen[b][token] = None
+        yield tokens
+        out = following
+
+
+def generate(
+    new_decoder: NewDecoder,
+    max_seq_len: int,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    seed: int | None = None,
+    eos_id: int | Iterable[int] | None = None,
+) -> Iterator[int]:
+    """Yield new token ids one at a time; stops after `max_new_tokens` or before an EOS id (not yielded).
+    A prompt too long for the context is trimmed from the left with a warning (core.sampling.fit_prompt)."""
+    params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
+    ids, max_new_tokens, note = fit_prompt(prompt_ids, max_seq_len, max_new_tokens)
+    if note:
+        warnings.warn(note, stacklevel=3)
+    stop = eos_set(eos_id)
+    for (token,) in decode_steps(new_decoder, np.array([ids]), max_new_tokens, params, seed):
+        if token in stop:
+            return
+        yield token
+
+
+def generate_batch(
+    new_decoder: NewDecoder,
+    max_seq_len: int,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    seed: int | None = None,
+    eos_id: int | Iterable[int] | None = None,
+) -> Iterator[tuple[int, list[int]]]:
+    """Several prompts: those of equal length run together as one batch (no padding, so no mask is
+    needed), groups one after another. Yields (prompt index, new ids) as each group finishes; each result
+    equals `generate(..., prompts[i], ...)` with the same seed."""
+    params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
+    stop = eos_set(eos_id)
+    groups: dict[tuple[int, int], list[int]] = {}
+    fitted = []
+    for index, prompt in enumerate(prompts):
+        ids, n_new, note = fit_prompt(prompt, max_seq_len, max_new_tokens)
+        if note:
+            warnings.warn(f"prompt {index}: {note}", stacklevel=3)
+        fitted.append(ids)
+        groups.setdefault((len(ids), n_new), []).append(index)
+    for (_, n_new), members in groups.items():
+        outputs: list[list[int]] = [[] for _ in members]
+        done = [False] * len(members)
+        for tokens in decode_steps(new_decoder, np.array([fitted[i] for i in members]), n_new, params, seed):
+            for row, token in enumerate(tokens):
+                if not done[row]:
+                    done[row] = token in stop
+                    if not done[row]:
+                        outputs[row].append(token)
+            if all(done):
+                break
+        yield from zip(members, outputs, strict=True)
+
+
+ScoreBatch = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[list[int], list[float]]]
+
+
+def score(
+    score_batch: ScoreBatch,
+    max_seq_len: int,
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    batch_size: int = 32,
+) -> list[tuple[int, list[float]]]:
+    """For each (prompt ids, continuation ids): the rank (1 = top) of the continuation's first token among
+    the next-token logits after the prompt, and the log-probability of every continuation token given all
+    before it (teacher forcing). `batch_size` pairs per right-padded forward pass (core.cases.score_layout);
+    `score_batch(tokens, rows, cols, targets)` returns the ranks and log-probs at those positions."""
+    results = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        ranks, logprobs = score_batch(*score_layout(chunk, max_seq_len))
+        results += split_scores(ranks, logprobs, chunk)
+    return results
+
+
+def mean_loss(batch_loss: Callable[[np.ndarray, np.ndarray], float], windows: np.ndarray, batch_size: int) -> float:
+    """Validation loss: mean next-token cross-entropy over every target token of `windows` (N, L+1), in
+    batches of `batch_size` rows; `batch_loss(x, y)` is one batch's mean. The trainers' eval and
+    evaluate_checkpoints.py both use this on data.loader.val_windows, so they report the same number."""
+    total, count = 0.0, 0
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start : start + batch_size]
+        n = chunk.shape[0] * (chunk.shape[1] - 1)
+        total += batch_loss(chunk[:, :-1], chunk[:, 1:]) * n
+        count += n
+    return total / count

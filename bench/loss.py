@@ -39,9 +39,9 @@ def timed(fn, repeats: int) -> float:
 
 def torch_step(cfg, variant: str, repeats: int) -> dict:
     import torch
+    from torch.nn.functional import cross_entropy
 
     from core.weights import init_weights
-    from torch_model.model import cross_entropy
     from torch_model.state import build_model
 
     model = build_model(cfg.model, init_weights(cfg.model, 0))
@@ -50,7 +50,7 @@ def torch_step(cfg, variant: str, repeats: int) -> dict:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     def step():
-        loss = model(x, targets=y) if variant == "fused" else cross_entropy(model(x), y)
+        loss = model(x, targets=y) if variant == "fused" else cross_entropy(model(x).flatten(0, 1), y.flatten())
         loss.backward()
         model.zero_grad(set_to_none=True)
 
@@ -64,9 +64,9 @@ def mlx_head(cfg, variant: str, repeats: int) -> dict:
 
     ensure_fast_blas()
     import mlx.core as mx
+    from mlx.nn.losses import cross_entropy
 
     from mlx_model.loss import linear_cross_entropy
-    from mlx_model.model import cross_entropy
 
     n, d, v = cfg.training.batch_size * cfg.training.seq_len, cfg.model.d_model, cfg.model.vocab_size
     h, weight = mx.random.normal((n, d)), mx.random.normal((v, d)) * 0.02
@@ -74,7 +74,7 @@ def mlx_head(cfg, variant: str, repeats: int) -> dict:
     if variant == "fused":
         loss_fn = lambda h, w: linear_cross_entropy(h, w, targets)  # noqa: E731
     else:
-        loss_fn = lambda h, w: cross_entropy(h @ w.T, targets)  # noqa: E731
+        loss_fn = lambda h, w: cross_entropy(h @ w.T, targets, reduction="mean")  # noqa: E731
     step = mx.compile(mx.value_and_grad(loss_fn, argnums=(0, 1)))
     mx.eval(step(h, weight))
     mx.reset_peak_memory()

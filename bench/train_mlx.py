@@ -25,6 +25,7 @@ if __name__ == "__main__":
     ensure_fast_blas()
 
 import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
 import numpy as np  # noqa: E402
 from mlx.utils import tree_map  # noqa: E402
 
@@ -32,7 +33,6 @@ from core.config import load_config  # noqa: E402
 from core.hardware import cpu_name  # noqa: E402
 from core.hf_config import to_hf_config  # noqa: E402
 from core.weights import init_weights  # noqa: E402
-from mlx_model.model import cross_entropy  # noqa: E402
 from mlx_model.optim import load_optimizer_state, make_optimizer  # noqa: E402
 from mlx_model.state import build_model, load_state  # noqa: E402
 from train_mlx import build_step  # noqa: E402
@@ -44,7 +44,7 @@ def mlx_lm_model(cfg):
     class WithLoss(Model):  # the trainer's call convention, model(x, targets=y) -> mean loss
         def __call__(self, inputs, cache=None, targets=None):
             logits = super().__call__(inputs, cache=cache)
-            return logits if targets is None else cross_entropy(logits, targets)
+            return logits if targets is None else nn.losses.cross_entropy(logits.astype(mx.float32), targets).mean()
 
     hf = to_hf_config(cfg.model)
     args = ModelArgs.from_dict(hf)

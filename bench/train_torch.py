@@ -30,9 +30,13 @@ from core.config import load_config  # noqa: E402
 from core.hardware import cpu_name, peak_flops  # noqa: E402
 from core.hf_config import to_hf_config  # noqa: E402
 from core.weights import flops_per_token, init_weights  # noqa: E402
-from torch_model.model import cross_entropy  # noqa: E402
 from torch_model.optim import make_optimizer  # noqa: E402
 from torch_model.state import build_model  # noqa: E402
+
+
+def plain_loss(logits, targets):
+    """transformers' side: cross-entropy of the full fp32 logits (the loss a user writes by hand)."""
+    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten().long())
 
 
 def transformers_model(cfg, device):
@@ -101,7 +105,7 @@ def main() -> None:
         ours.append(time_steps(model, lambda m, x, y: m(x, targets=y), cfg, batches, device, bf16, args.compile))
         del model
         hf = transformers_model(cfg, device)
-        loss_of = lambda m, x, y: cross_entropy(m(input_ids=x, use_cache=False).logits, y)  # noqa: E731
+        loss_of = lambda m, x, y: plain_loss(m(input_ids=x, use_cache=False).logits, y)  # noqa: E731
         theirs.append(time_steps(hf, loss_of, cfg, batches, device, bf16, args.compile))
         del hf
     o, t = statistics.median(ours), statistics.median(theirs)

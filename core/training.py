@@ -1,12 +1,11 @@
-"""The framework-free half of a training run, shared by train_mlx.py and train_cuda.py:
-where a run starts from, what a checkpoint records, stopping on a signal, speed and ETA, --dry-run."""
+"""How a training run is set up, shared by train_mlx.py and train_cuda.py: the config and command line,
+where a run starts from (resume, init_from, fresh), what a checkpoint records, the --dry-run estimate.
+The loop around the framework's step is core/loop.py."""
 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,48 +167,6 @@ def nonfinite_error(step: int, loss: float, grad_norm: float) -> UserError:
 
 def step_name(step: int) -> str:
     return f"step-{step:06d}.ckpt"
-
-
-class StopSignal:
-    """SIGINT / SIGTERM set a flag; the loop saves a checkpoint at the next step boundary and exits 0.
-    A second Ctrl-C while saving is ignored so a checkpoint is never half-written by choice."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def __enter__(self) -> StopSignal:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. under some test runners): no handler
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-class Throughput:
-    """Tokens/s over the last log window and an ETA from it."""
-
-    def __init__(self, start_step: int, total_steps: int):
-        self.total = total_steps
-        self.last_time = time.perf_counter()
-        self.last_step = start_step
-
-    def update(self, step: int, tokens_per_step: int) -> tuple[float, float]:
-        now = time.perf_counter()
-        steps = max(1, step - self.last_step)
-        dt = max(1e-9, now - self.last_time)
-        self.last_time, self.last_step = now, step
-        tok_per_s = steps * tokens_per_step / dt
-        eta = (self.total - step) * dt / steps
-        return tok_per_s, eta
 
 
 def estimate_memory(cfg: Config, loss_chunk_bytes: int | None = None) -> dict[str, float]:

@@ -81,7 +81,6 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=False)
         self.rope = RoPE(self.head_dim, cfg.rope_theta, cfg.max_seq_len)
-        self.attend = attend  # swappable kernel (e.g. flash_attn), same signature
 
     def __call__(self, x: mx.array, cache: KVCache | None = None) -> mx.array:
         B, T, _ = x.shape
@@ -92,7 +91,7 @@ class Attention(nn.Module):
         q, k = self.rope(q, offset), self.rope(k, offset)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, KV, S, hd), S = offset + T
-        out = self.attend(q, k, v, self.scale)  # (B, H, T, hd)
+        out = attend(q, k, v, self.scale)  # (B, H, T, hd)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, -1))
 
 
@@ -160,8 +159,3 @@ class Model(nn.Module):
 
     def make_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.model.layers]
-
-
-def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
-    """Mean next-token loss, computed in fp32 whatever the logits dtype."""
-    return nn.losses.cross_entropy(logits.astype(mx.float32), targets, reduction="mean")

@@ -27,7 +27,7 @@ def apply_weight_decay(model: nn.Module, lr: mx.array, weight_decay: float) -> N
     if weight_decay == 0:
         return
     decayed = [
-        (name, p * (1 - lr * weight_decay).astype(p.dtype)) if is_decayed(name, p.ndim) else (name, p)
+        (name, p * (1 - lr * weight_decay).astype(p.dtype)) if is_decayed(p.ndim) else (name, p)
         for name, p in tree_flatten(model.trainable_parameters())
     ]
     model.update(tree_unflatten(decayed))

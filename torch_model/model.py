@@ -183,8 +183,3 @@ class Model(nn.Module):
 
     def make_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.model.layers]
-
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token loss, computed in fp32 whatever the logits dtype."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1).long())

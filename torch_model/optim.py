@@ -16,12 +16,12 @@ from torch_model.state import to_numpy, to_torch, unwrap
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.AdamW:
     """AdamW with the fused kernel on CUDA and CPU (one pass per tensor; ~7x foreach on CPU, bench/loss.py)."""
-    named = list(unwrap(model).named_parameters())
+    params = list(unwrap(model).parameters())
     groups = [
-        {"params": [p for n, p in named if is_decayed(n, p.ndim)], "weight_decay": cfg.weight_decay},
-        {"params": [p for n, p in named if not is_decayed(n, p.ndim)], "weight_decay": 0.0},
+        {"params": [p for p in params if is_decayed(p.ndim)], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if not is_decayed(p.ndim)], "weight_decay": 0.0},
     ]
-    fused = all(p.device.type in ("cuda", "cpu") for _, p in named) or None
+    fused = all(p.device.type in ("cuda", "cpu") for p in params) or None
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
 
 

@@ -1,0 +1,244 @@
+"""The training skeleton both trainers share: setup, the tail after every step, and the end of a run.
+
+train_mlx.py and train_cuda.py keep only what the frameworks make different (building the model and
+optimizer, the compiled step, the eval forward, capturing state for a checkpoint) and read like this:
+
+    run = Run(cfg, "mlx", device_name, rank, world, peak_flops)
+    start = run.prepare(prepare_data(cfg.data), args.resume)   # resume / init_from / fresh, batches, val set
+    ...build the model from start.weights...
+    run.attach(evaluate, sample, capture, peak_memory)
+    for step in run.steps():                         # progress bar; Ctrl-C / SIGTERM end it after a save
+        loss, grad_norm = <the framework's step at run.lr(step) on run.batch(step, micro)>
+        run.end_step(step, loss, grad_norm, skipped)  # log line, metrics, eval + sample, checkpoints
+    run.finish()                                     # final.ckpt, loss.png, what to try next
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from core.config import Config
+from core.metrics import MetricsLog
+from core.schedule import lr_at, total_steps
+from core.training import (
+    Start,
+    dry_run_report,
+    nonfinite_error,
+    resolve_start,
+    step_name,
+    trainer_state,
+    write_checkpoint,
+)
+from core.weights import flops_per_token
+
+if TYPE_CHECKING:  # data/ uses core; core names data's types only
+    from data.store import PreparedData
+
+Capture = Callable[[], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]  # -> (weights, optimizer moments)
+
+
+class Run:
+    """One training run's framework-free state: data, schedule, progress, metrics, checkpoints."""
+
+    def __init__(self, cfg: Config, backend: str, device: str, rank: int, world: int, peak: float | None):
+        self.cfg, self.t = cfg, cfg.training
+        self.backend, self.device, self.rank, self.world, self.peak = backend, device, rank, world, peak
+        self.is_main = rank == 0
+        self.total = total_steps(self.t, world)
+        self.tokens_per_step = self.t.batch_size * self.t.grad_accum * self.t.seq_len * world
+        self.stopped = False
+
+    def say(self, text: str) -> None:
+        if self.is_main:
+            from tqdm import tqdm
+
+            tqdm.write(text)
+
+    # ------------------------------------------------------------------------------------- setup
+
+    def dry_run(self, memory_bytes: int, loss_chunk_bytes: int | None = None) -> None:
+        """--dry-run: size, FLOPs and the memory estimate against the device; exit 1 when it cannot fit."""
+        report, fits = dry_run_report(
+            self.cfg, self.total, self.world, f"{self.backend} {self.device}", memory_bytes, loss_chunk_bytes
+        )
+        print(report)
+        if not fits:
+            raise SystemExit(1)
+
+    def prepare(self, data: PreparedData, resume: str) -> Start:
+        """Where the run starts, its batches and its validation set, from the prepared tokens
+        (data.prepare.prepare_data)."""
+        t = self.t
+        self.data = data
+        data.check_model_vocab(self.cfg.model.vocab_size)
+        self.start = resolve_start(self.cfg, resume, self.world)
+        self.loader = data.train_batches(t.seq_len, t.batch_size, t.seed, self.rank, self.world, t.grad_accum)
+        self.val = data.val_windows(t.seq_len, t.eval_batches * t.batch_size)
+        self.step, self.tokens_seen = self.start.step, self.start.tokens_seen
+        self.loss, self.lr_now = float("nan"), lr_at(self.start.step, t, self.total)
+        return self.start
+
+    def attach(
+        self,
+        evaluate: Callable[[np.ndarray], float],
+        sample: Callable[..., Iterator[int]],
+        capture: Capture,
+        peak_memory: Callable[[], int | None],
+        capture_on_every_rank: bool = False,
+    ) -> None:
+        """The framework's parts: `evaluate(windows)` -> mean val loss; `sample(ids, n, eos_id=)` yields ids;
+        `capture()` -> (weights, moments) as numpy (a collective under FSDP: `capture_on_every_rank`)."""
+        self.evaluate, self.sample, self.capture, self.peak_memory = evaluate, sample, capture, peak_memory
+        self.capture_on_every_rank = capture_on_every_rank
+        self.log = MetricsLog(Path(self.cfg.output.logs) / self.cfg.output.run_name, self.start.step)
+        self.flops_per_token = flops_per_token(self.cfg.model, self.t.seq_len)
+        self.wall_start = time.time() - self.start.state.get("wall_time", 0.0)
+        self.meter = Throughput(self.start.step, self.total)
+        self.say(
+            f"training {self.cfg.output.run_name}: {self.total} steps on {self.backend} {self.device}, "
+            f"{self.world} process(es); start {self.start.source} at step {self.start.step}"
+        )
+
+    def batch(self, step: int, micro_step: int) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's (x, y) int32 (batch_size, seq_len) for a micro-step: a pure function of the step."""
+        return self.loader.batch(step, micro_step)
+
+    def lr(self, step: int) -> float:
+        self.lr_now = lr_at(step, self.t, self.total)
+        return self.lr_now
+
+    # ----------------------------------------------------------------------------------- the loop
+
+    def steps(self) -> Iterator[int]:
+        """The 0-based steps still to run, under a progress bar. After SIGINT / SIGTERM the step in flight
+        finishes, a checkpoint is written and the iteration ends (exit 0; --resume auto continues)."""
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=self.total, initial=self.start.step, disable=not self.is_main, unit="step", dynamic_ncols=True
+        )
+        try:
+            with StopSignal() as stop:
+                for step in range(self.start.step, self.total):
+                    yield step
+                    if stop.requested:
+                        self.stopped = True
+                        path = self._save(step_name(self.step))
+                        self.say(f"stopped at step {self.step}; saved {path}; continue with --resume auto")
+                        return
+        finally:
+            self.bar.close()
+
+    def finite(self, step: int, loss: float, grad_norm: float) -> bool:
+        """False (and a note) when the step must be skipped; raises when training.on_nonfinite is stop."""
+        if np.isfinite(loss) and np.isfinite(grad_norm):
+            return True
+        if self.t.on_nonfinite == "stop":
+            raise nonfinite_error(step + 1, loss, grad_norm)
+        self.say(f"step {step + 1}: non-finite loss or gradient, update skipped")
+        return False
+
+    def end_step(self, step: int, loss: float, grad_norm: float, skipped: bool = False) -> None:
+        """Everything after an optimizer step: counters, log line and metrics, eval + sample, checkpoints."""
+        if skipped:
+            return
+        t, done = self.t, step + 1
+        self.step, self.loss = done, loss
+        self.tokens_seen += self.tokens_per_step
+        self.bar.update(1)
+        if self.is_main and (done % t.log_every == 0 or done == self.total):
+            tok_s, eta = self.meter.update(done, self.tokens_per_step)
+            mfu = tok_s * self.flops_per_token / self.world / self.peak if self.peak else None  # tok_s: all ranks
+            elapsed = time.time() - self.wall_start
+            self.say(
+                self.log.train(
+                    done, self.total, loss, self.lr_now, self.tokens_seen, tok_s, mfu,
+                    self.peak_memory() or 0, grad_norm, elapsed, eta,
+                )
+            )  # fmt: skip
+        if t.eval_every and (done % t.eval_every == 0 or done == self.total):
+            val = self.evaluate(self.val)
+            text = self.sample_text()  # every rank: FSDP gathers weights for the forward
+            if self.is_main:
+                self.say(self.log.val(done, val, self.tokens_seen, text))
+        if t.save_every and done % t.save_every == 0 and done < self.total:
+            self._save(step_name(done))
+
+    def sample_text(self) -> str:
+        tokenizer = self.data.tokenizer
+        ids = tokenizer.encode(self.t.sample_prompt)
+        new = self.sample(ids, self.t.sample_tokens, eos_id=tokenizer.eos_id)
+        return self.t.sample_prompt + tokenizer.decode(list(new))
+
+    def finish(self) -> None:
+        """final.ckpt, the loss plot and what to try next (nothing more after a stop signal)."""
+        if self.stopped:
+            return
+        path = self._save("final.ckpt")
+        if self.is_main:
+            self.log.plot()
+            self.log.close()
+            self.say(f'done: {path}\ntry: python infer.py --ckpt {path} --prompt "{self.t.sample_prompt}"')
+
+    def _save(self, name: str) -> Path | None:
+        if not (self.is_main or self.capture_on_every_rank):
+            return None
+        weights, moments = self.capture()
+        if not self.is_main:
+            return None
+        elapsed = time.time() - self.wall_start
+        state = trainer_state(
+            self.cfg, self.step, self.tokens_seen, self.lr_now, self.loss, self.backend, self.world, elapsed
+        )
+        tokenizer = self.data.tokenizer
+        return write_checkpoint(
+            self.cfg, name, weights, moments, state, self.data.tokenizer_dir, tokenizer.eos_id, tokenizer.bos_id
+        )
+
+
+class StopSignal:
+    """SIGINT / SIGTERM set a flag; the loop saves a checkpoint at the next step boundary and exits 0.
+    A second Ctrl-C while saving is ignored so a checkpoint is never half-written by choice."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self) -> StopSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. under some test runners): no handler
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Throughput:
+    """Tokens/s over the last log window and an ETA from it."""
+
+    def __init__(self, start_step: int, total_steps: int):
+        self.total = total_steps
+        self.last_time = time.perf_counter()
+        self.last_step = start_step
+
+    def update(self, step: int, tokens_per_step: int) -> tuple[float, float]:
+        now = time.perf_counter()
+        steps = max(1, step - self.last_step)
+        dt = max(1e-9, now - self.last_time)
+        self.last_time, self.last_step = now, step
+        tok_per_s = steps * tokens_per_step / dt
+        eta = (self.total - step) * dt / steps
+        return tok_per_s, eta

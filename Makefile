@@ -5,7 +5,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt Makefile | cksum | cut -d' ' -f1)
 
-.PHONY: install train test lint clean
+.PHONY: install train test test-fast lint clean
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ train: install
 
 test: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PYTHON) -m pytest -q
+
+# The development loop: everything but the end-to-end runs marked slow (~40 s on 2 cores).
+test-fast: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PYTHON) -m pytest -q -m "not slow"
 
 lint: install
 	$(PYTHON) -m ruff check .

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from conftest import ROOT, TINY_MODELS
+from helpers import ROOT, TINY_MODELS
 
 from core.config import Config, ConfigError, load_config, parse_overrides, save_config
 from core.hf_config import from_hf_config, to_hf_config

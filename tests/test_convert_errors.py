@@ -7,9 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import write_word_tokenizer
+from helpers import GGUF_MODELS, make_checkpoint, random_weights, run_convert, write_word_tokenizer
 from safetensors.numpy import load_file, save_file
-from test_convert_fixtures import GGUF_MODELS, make_checkpoint, random_weights, run_convert
 
 from convert.__main__ import main
 from core.checkpoint import save_checkpoint
@@ -139,6 +138,7 @@ def test_exports_refuse_bad_requests(capsys, tmp_path, good):
     assert "beyond fp16's range" in convert_fails(capsys, tmp_path, "export-hf", big, tmp_path / "r", "--dtype", "fp16")
 
 
+@pytest.mark.slow
 def test_subprocess_error_is_one_line_exit_2(tmp_path):
     result = run_convert("import", tmp_path / "missing-dir", tmp_path / "out.ckpt")
     assert result.returncode == 2

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_convert_fixtures import GGUF_MODELS, TEXT, make_checkpoint, run_convert
+from helpers import GGUF_MODELS, TEXT, make_checkpoint, run_convert
 
 from convert.gguf_export import export_gguf
 from convert.gguf_import import import_gguf, load_gguf, metadata, open_reader
@@ -114,6 +114,7 @@ def test_gguf_metadata_and_tokenizer(tiny, tmp_path):
     assert back["eos_token_id"] == 0 and back["tie_word_embeddings"] == cfg.tie_embeddings
 
 
+@pytest.mark.slow
 def test_cli_export_gguf_end_to_end(tiny, tmp_path):
     ckpt, _ = tiny
     result = run_convert("export-gguf", ckpt, tmp_path / "m.gguf", "--dtype", "q8_0")

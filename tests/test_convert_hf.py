@@ -8,12 +8,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from test_convert_fixtures import GGUF_MODELS, greedy_mlx, make_checkpoint, run_convert, write_bpe_tokenizer
+from helpers import GGUF_MODELS, greedy_mlx, make_checkpoint, run_convert, write_bpe_tokenizer
 
 from convert.hf_export import export_hf
 from convert.mlx_export import export_mlx
-from core.checkpoint import BFLOAT16, load_weights, save_checkpoint
-from core.weights import count_parameters
+from core.checkpoint import load_weights, save_checkpoint
+from core.weights import BFLOAT16, count_parameters
 from mlx_model.state import load_model as load_mlx
 from torch_model.state import load_model as load_torch
 
@@ -48,6 +48,7 @@ def _hf_model(directory, dtype, tie: bool, **overrides):
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype,tie", [(torch.float32, False), (torch.bfloat16, True)])
 def test_import_of_sharded_transformers_directory(tmp_path, dtype, tie):
     hf = _hf_model(tmp_path / "hf", dtype, tie)
@@ -159,6 +160,7 @@ def test_export_mlx_8bit_generates_like_the_unquantized_model(trained, tmp_path)
     assert np.abs(np.array(model(mx.array([prompt]))) - np.array(ours(mx.array([prompt])))).max() < 0.1
 
 
+@pytest.mark.slow
 def test_inspect_reports_training_progress(trained):
     result = run_convert("inspect", trained)
     assert result.returncode == 0, result.stderr

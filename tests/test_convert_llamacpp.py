@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_convert_fixtures import GGUF_MODELS, TEXT, make_checkpoint
+from helpers import GGUF_MODELS, TEXT, make_checkpoint
 
 from convert.gguf_export import export_gguf
 from torch_model.state import load_model as load_torch

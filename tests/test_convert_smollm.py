@@ -11,7 +11,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from test_convert_fixtures import greedy_mlx, greedy_torch
+from helpers import greedy_mlx, greedy_torch
 
 from convert.gguf_export import export_gguf
 from convert.gguf_import import import_gguf, load_gguf, metadata, open_reader

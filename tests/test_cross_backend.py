@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from train_helpers import max_weight_diff, smoke_argv, train_losses
+from helpers import max_weight_diff, smoke_argv, train_losses
 
 import train_cuda
 import train_mlx
 
 ARGS = ("--training.max_steps", "40", "--training.eval_every", "0", "--training.save_every", "20")
+
+
+pytestmark = pytest.mark.slow  # each test trains end to end
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY_MODELS, write_word_tokenizer
-from test_parity import random_weights
+from helpers import ROOT, TINY_MODELS, random_weights, write_word_tokenizer
 
 import evaluate_checkpoints as ev
 from core.cases import Case, CaseError, case_tokens, load_cases
@@ -93,18 +92,18 @@ def test_batched_scores_equal_one_unpadded_pass_per_case(backend):
     pairs = [(rng.integers(0, cfg.vocab_size, n).tolist(), rng.integers(0, cfg.vocab_size, m).tolist()) for n, m in
              ((3, 1), (9, 4), (1, 2), (20, 3), (5, 5))]  # fmt: skip
     if backend == "mlx":
-        from mlx_model.generate import score_continuations
+        from mlx_model.generate import as_backend
         from mlx_model.state import build_model
 
         model = build_model(cfg, weights)
         forward = lambda ids: np.array(model(mx.array([ids]))[0])  # noqa: E731
     else:
-        from torch_model.generate import score_continuations
+        from torch_model.generate import as_backend
         from torch_model.state import build_model
 
         model = build_model(cfg, weights).eval()
         forward = lambda ids: model(torch.tensor([ids]))[0].detach().numpy()  # noqa: E731
-    scores = score_continuations(model, pairs, batch_size=2)
+    scores = as_backend(model).score(pairs, batch_size=2)
     for (prompt, cont), (rank, logprobs) in zip(pairs, scores, strict=True):
         logits = forward(prompt + cont[:-1])[len(prompt) - 1 :].astype(np.float64)
         logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))

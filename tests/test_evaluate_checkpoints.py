@@ -9,8 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODELS, write_word_tokenizer
-from test_parity import random_weights
+from helpers import TINY_MODELS, random_weights, torch_cross_entropy, write_word_tokenizer
 
 import evaluate_checkpoints as ev
 from core.checkpoint import save_checkpoint
@@ -93,7 +92,6 @@ def test_three_checkpoints_give_table_records_and_plot(smoke, capsys):
 
 def train_on_sentence(sentence: list[int], vocab: int, steps: int = 100) -> dict[str, np.ndarray]:
     """A tiny torch model fitted to one repeated sentence; returns its weights (numpy, HF names)."""
-    from torch_model.model import cross_entropy
     from torch_model.state import build_model, model_state
 
     cfg = ModelConfig(vocab_size=vocab, n_layers=2, d_model=48, n_heads=4, n_kv_heads=2, d_ff=96, max_seq_len=64)
@@ -105,7 +103,7 @@ def train_on_sentence(sentence: list[int], vocab: int, steps: int = 100) -> dict
     for _ in range(steps):
         starts = torch.randint(0, len(stream) - 33, (8,), generator=gen)
         batch = torch.stack([stream[s : s + 33] for s in starts])
-        loss = cross_entropy(model(batch[:, :-1]), batch[:, 1:])
+        loss = torch_cross_entropy(model(batch[:, :-1]), batch[:, 1:])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -153,7 +151,6 @@ def test_a_learned_answer_scores_top1_with_high_logprob(trained, backend, capsys
 
 
 def test_validation_loss_from_the_prepared_split(trained, capsys):
-    pytest.importorskip("data.prepare")
     root, ckpt = trained
     argv = ["--checkpoints", str(ckpt), "--cases", str(root / "cases.yaml"), "--backend", "torch"]
     code, out, err = run([*argv, "--out", str(root / "v0.json")], capsys)
@@ -177,7 +174,7 @@ def test_mean_loss_equals_numpy_cross_entropy(backend):
     weights = random_weights(cfg)
     windows = np.random.default_rng(0).integers(0, cfg.vocab_size, (5, 17))
     if backend == "torch":
-        from torch_model.generate import mean_loss
+        from torch_model.generate import as_backend
         from torch_model.state import build_model
 
         model = build_model(cfg, weights).eval()
@@ -186,7 +183,7 @@ def test_mean_loss_equals_numpy_cross_entropy(backend):
     else:
         import mlx.core as mx
 
-        from mlx_model.generate import mean_loss
+        from mlx_model.generate import as_backend
         from mlx_model.state import build_model
 
         model = build_model(cfg, weights)
@@ -194,4 +191,27 @@ def test_mean_loss_equals_numpy_cross_entropy(backend):
     logits = logits.astype(np.float64)
     logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
     picked = np.take_along_axis(logits, windows[:, 1:, None], -1)[..., 0]
-    assert mean_loss(model, windows, batch_size=2) == pytest.approx(float((logz - picked).mean()), abs=1e-4)
+    assert as_backend(model).mean_loss(windows, batch_size=2) == pytest.approx(float((logz - picked).mean()), abs=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_val_loss_is_the_trainers_own(tmp_path, data_cache, backend, capsys):
+    """One definition of validation loss: evaluate_checkpoints reports, for the final checkpoint, the val
+    loss the trainer logged at its last step (same windows, same weighting), on either backend."""
+    from helpers import smoke_argv
+
+    import train_cuda
+
+    args = ("--training.max_steps", "6", "--training.eval_every", "6", "--training.save_every", "0")
+    train_cuda.main(smoke_argv(tmp_path, data_cache, "--hardware.accelerator", "cpu", *args))
+    logged = [json.loads(line) for line in (tmp_path / "logs/smoke/metrics.jsonl").read_text().splitlines()]
+    trainer_val = [r["loss"] for r in logged if r["split"] == "val"]
+    capsys.readouterr()
+    out = tmp_path / "r.json"
+    code, _, err = run(
+        ["--checkpoints", str(tmp_path / "ckpt/final.ckpt"), "--backend", backend, "--out", str(out)], capsys
+    )
+    assert code == 0, err
+    assert len(trainer_val) == 1
+    assert json.loads(out.read_text())[0]["val_loss"] == pytest.approx(trainer_val[0], abs=2e-5)

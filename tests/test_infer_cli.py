@@ -10,8 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, TINY_MODELS, write_word_tokenizer
-from test_parity import random_weights
+from helpers import ROOT, TINY_MODELS, random_weights, write_word_tokenizer
 
 import infer
 from core.checkpoint import save_checkpoint
@@ -158,6 +157,7 @@ def test_bad_input_is_one_line_and_exit_2(our_ckpt, tmp_path, capsys):
     one_error_line(*run(["--ckpt", str(our_ckpt), *base], capsys)[::2], "config.json is not valid JSON")
 
 
+@pytest.mark.slow
 def test_script_runs_as_the_readme_says(our_ckpt, tmp_path):
     """The real command line: streams text, stats on stderr; a broken checkpoint is one line, no traceback."""
     cmd = [sys.executable, str(ROOT / "infer.py"), "--ckpt", str(our_ckpt), "--prompt", "w5 w6", "--backend", "torch"]

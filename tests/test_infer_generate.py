@@ -8,15 +8,14 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODELS
-from test_parity import random_weights
+from helpers import TINY_MODELS, random_weights
 
-from mlx_model import generate as gen_mlx
+from mlx_model.generate import as_backend as mlx_backend
 from mlx_model.state import build_model as build_mlx
-from torch_model import generate as gen_torch
+from torch_model.generate import as_backend as torch_backend
 from torch_model.state import build_model as build_torch
 
-GEN = {"mlx": gen_mlx, "torch": gen_torch}
+GEN = {"mlx": mlx_backend, "torch": torch_backend}
 PROMPT = [5, 17, 3, 42, 8, 11, 29]
 
 
@@ -46,7 +45,7 @@ def recompute_greedy(backend: str, model, prompt: list[int], n: int) -> list[int
 @pytest.mark.parametrize("name", ["gqa8x2-tied", "mha4-untied", "mqa-headdim-theta"])
 def test_cached_greedy_equals_recomputation(backend, name):
     _, built = models(name)
-    out = list(GEN[backend].generate(built[backend], PROMPT, 24))
+    out = list(GEN[backend](built[backend]).generate(PROMPT, 24))
     assert len(out) == 24
     assert out == recompute_greedy(backend, built[backend], PROMPT, 24)
 
@@ -54,10 +53,10 @@ def test_cached_greedy_equals_recomputation(backend, name):
 @pytest.mark.parametrize("name", sorted(TINY_MODELS))
 def test_greedy_is_identical_across_backends(name):
     _, built = models(name, seed=1)
-    outputs = {b: list(GEN[b].generate(built[b], PROMPT, 40)) for b in GEN}
+    outputs = {b: list(GEN[b](built[b]).generate(PROMPT, 40)) for b in GEN}
     assert outputs["mlx"] == outputs["torch"]
     # the penalty (host-side path) breaks repetition loops: a long varied stream, still identical
-    penalised = {b: list(GEN[b].generate(built[b], PROMPT, 40, repetition_penalty=1.5)) for b in GEN}
+    penalised = {b: list(GEN[b](built[b]).generate(PROMPT, 40, repetition_penalty=1.5)) for b in GEN}
     assert penalised["mlx"] == penalised["torch"]
     assert len(set(penalised["mlx"])) > 3
 
@@ -66,9 +65,9 @@ def test_greedy_is_identical_across_backends(name):
 def test_seeded_sampling_is_reproducible(backend):
     _, built = models("gqa6x3-untied-eps")
     opts = dict(temperature=1.0, top_k=50, top_p=0.9)
-    first = list(GEN[backend].generate(built[backend], PROMPT, 30, seed=7, **opts))
-    again = list(GEN[backend].generate(built[backend], PROMPT, 30, seed=7, **opts))
-    other = list(GEN[backend].generate(built[backend], PROMPT, 30, seed=8, **opts))
+    first = list(GEN[backend](built[backend]).generate(PROMPT, 30, seed=7, **opts))
+    again = list(GEN[backend](built[backend]).generate(PROMPT, 30, seed=7, **opts))
+    other = list(GEN[backend](built[backend]).generate(PROMPT, 30, seed=8, **opts))
     assert first == again
     assert first != other
 
@@ -76,8 +75,8 @@ def test_seeded_sampling_is_reproducible(backend):
 def test_seeded_sampling_is_identical_across_backends():
     _, built = models("gqa6x3-untied-eps")
     opts = dict(temperature=0.9, top_k=40, top_p=0.95, repetition_penalty=1.2, seed=3)
-    assert list(gen_mlx.generate(built["mlx"], PROMPT, 30, **opts)) == list(
-        gen_torch.generate(built["torch"], PROMPT, 30, **opts)
+    assert list(mlx_backend(built["mlx"]).generate(PROMPT, 30, **opts)) == list(
+        torch_backend(built["torch"]).generate(PROMPT, 30, **opts)
     )
 
 
@@ -85,24 +84,24 @@ def test_seeded_sampling_is_identical_across_backends():
 def test_top_k_1_and_tiny_top_p_equal_greedy(backend):
     _, built = models("mha4-untied")
     model = built[backend]
-    greedy = list(GEN[backend].generate(model, PROMPT, 20))
+    greedy = list(GEN[backend](model).generate(PROMPT, 20))
     for seed in (0, 1, 2):
-        assert list(GEN[backend].generate(model, PROMPT, 20, temperature=1.5, top_k=1, seed=seed)) == greedy
-        assert list(GEN[backend].generate(model, PROMPT, 20, temperature=1.5, top_p=1e-6, seed=seed)) == greedy
+        assert list(GEN[backend](model).generate(PROMPT, 20, temperature=1.5, top_k=1, seed=seed)) == greedy
+        assert list(GEN[backend](model).generate(PROMPT, 20, temperature=1.5, top_p=1e-6, seed=seed)) == greedy
     # and plain sampling at that temperature does leave the greedy path
-    sampled = [list(GEN[backend].generate(model, PROMPT, 20, temperature=1.5, seed=s)) for s in range(3)]
+    sampled = [list(GEN[backend](model).generate(PROMPT, 20, temperature=1.5, seed=s)) for s in range(3)]
     assert any(s != greedy for s in sampled)
 
 
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
 def test_stops_before_eos_and_at_max_new_tokens(backend):
     _, built = models("gqa6x3-untied-eps")
-    free = list(GEN[backend].generate(built[backend], PROMPT, 30))
+    free = list(GEN[backend](built[backend]).generate(PROMPT, 30))
     eos = next(t for t in free[3:] if t not in free[:3])
-    stopped = list(GEN[backend].generate(built[backend], PROMPT, 30, eos_id=eos))
+    stopped = list(GEN[backend](built[backend]).generate(PROMPT, 30, eos_id=eos))
     assert stopped == free[: free.index(eos)]
-    assert list(GEN[backend].generate(built[backend], PROMPT, 30, eos_id=[999, eos])) == stopped
-    assert len(list(GEN[backend].generate(built[backend], PROMPT, 5))) == 5
+    assert list(GEN[backend](built[backend]).generate(PROMPT, 30, eos_id=[999, eos])) == stopped
+    assert len(list(GEN[backend](built[backend]).generate(PROMPT, 5))) == 5
 
 
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
@@ -110,9 +109,9 @@ def test_long_prompt_is_trimmed_from_the_left(backend):
     cfg, built = models("gqa8x2-tied", max_seq_len=32)
     prompt = list(np.random.default_rng(0).integers(0, cfg.vocab_size, 40))
     with pytest.warns(UserWarning, match="keeping the last 22"):
-        out = list(GEN[backend].generate(built[backend], prompt, 10))
+        out = list(GEN[backend](built[backend]).generate(prompt, 10))
     assert len(out) == 10
-    assert out == list(GEN[backend].generate(built[backend], prompt[-22:], 10))
+    assert out == list(GEN[backend](built[backend]).generate(prompt[-22:], 10))
 
 
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
@@ -121,8 +120,8 @@ def test_batch_equals_one_by_one(backend):
     model = built[backend]
     prompts = [PROMPT, [4, 9, 2, 7, 1, 3, 8], [6, 6, 6], PROMPT[:3], [200]]  # two equal-length groups
     for opts in ({}, {"temperature": 1.0, "top_p": 0.9, "seed": 5}):
-        alone = [list(GEN[backend].generate(model, p, 12, eos_id=1, **opts)) for p in prompts]
-        batched = dict(GEN[backend].generate_batch(model, prompts, 12, eos_id=1, **opts))
+        alone = [list(GEN[backend](model).generate(p, 12, eos_id=1, **opts)) for p in prompts]
+        batched = dict(GEN[backend](model).generate_batch(prompts, 12, eos_id=1, **opts))
         assert [batched[i] for i in range(len(prompts))] == alone
 
 
@@ -151,4 +150,4 @@ def test_matches_transformers_generate(tmp_path):
             opts = dict(max_new_tokens=30, min_new_tokens=30, do_sample=False, repetition_penalty=penalty)
             ref = hf.generate(torch.tensor([PROMPT]), **opts)[0, len(PROMPT) :].tolist()
         for backend, model in ours.items():
-            assert list(GEN[backend].generate(model, PROMPT, 30, repetition_penalty=penalty)) == ref, backend
+            assert list(GEN[backend](model).generate(PROMPT, 30, repetition_penalty=penalty)) == ref, backend

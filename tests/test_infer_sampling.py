@@ -107,7 +107,7 @@ def test_text_stream_holds_back_split_characters():
 
 
 def test_text_stream_keeps_separators_of_word_tokenizers(tmp_path):
-    from conftest import write_word_tokenizer
+    from helpers import write_word_tokenizer
 
     from data.tokenizer import Tokenizer
 

@@ -8,8 +8,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODELS
-from test_parity import random_weights
+from helpers import TINY_MODELS, random_weights
 
 from mlx_model.state import build_model as build_mlx
 from torch_model.state import build_model as build_torch

@@ -12,18 +12,16 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from test_parity import random_weights, tokens_for
+from helpers import mlx_cross_entropy, random_weights, tokens_for, torch_cross_entropy
 
 import torch_model.loss as loss_module
 from core.weights import init_weights
-from mlx_model.model import cross_entropy as mlx_cross_entropy
 from mlx_model.state import build_model as build_mlx
-from torch_model.model import cross_entropy
 from torch_model.state import build_model as build_torch
 
 
 def reference_loss_and_grads(model, x, y):
-    loss = cross_entropy(model(x), y)
+    loss = torch_cross_entropy(model(x), y)
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
@@ -53,14 +51,14 @@ def test_eval_path_returns_the_same_loss_without_gradients(tiny_model_cfg, monke
     model = build_torch(cfg, random_weights(cfg))
     tokens = torch.from_numpy(tokens_for(cfg, 2, 20, seed=3))
     with torch.no_grad():
-        expected = cross_entropy(model(tokens[:, :-1]), tokens[:, 1:]).item()
+        expected = torch_cross_entropy(model(tokens[:, :-1]), tokens[:, 1:]).item()
         loss = model(tokens[:, :-1], targets=tokens[:, 1:])
     assert not loss.requires_grad
     assert abs(loss.item() - expected) < 1e-5
 
 
 def test_bf16_autocast_matches_the_autocast_logits_path(monkeypatch):
-    from conftest import TINY_MODELS
+    from helpers import TINY_MODELS
 
     cfg = TINY_MODELS["gqa8x2-tied"]
     monkeypatch.setitem(loss_module.CHUNK_BYTES, "cpu", 8 * cfg.vocab_size * 4)
@@ -78,6 +76,7 @@ def test_bf16_autocast_matches_the_autocast_logits_path(monkeypatch):
         assert (p.grad - expected[name]).abs().max().item() < 0.05 * scale, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk_rows", [5, 1000])
 def test_mlx_fused_loss_and_gradients_equal_autodiff_through_logits(tiny_model_cfg, chunk_rows, monkeypatch):
     import mlx.nn as nn
@@ -116,9 +115,10 @@ def test_mlx_targets_call_equals_torch_fused_loss(tiny_model_cfg):
     assert abs(mlx_loss - torch_loss.item()) < 1e-4
 
 
+@pytest.mark.slow
 def test_compiled_model_trains_with_the_fused_loss():
     """torch.compile graphs the model body and runs the fused loss eagerly: same loss, same gradients."""
-    from conftest import TINY_MODELS
+    from helpers import TINY_MODELS
 
     cfg = TINY_MODELS["mha4-untied"]
     eager = build_torch(cfg, init_weights(cfg, 0))

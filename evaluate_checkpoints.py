@@ -16,6 +16,7 @@ import argparse
 import csv
 import dataclasses
 import glob
+import io
 import json
 import math
 import sys
@@ -26,9 +27,11 @@ from typing import Any
 
 from core.backend import BACKENDS, pick
 from core.cases import case_tokens, load_cases
-from core.checkpoint import read_model_config, read_train_config, read_trainer_state
-from core.cli import UserError, human_count, run_cli
+from core.checkpoint import read_train_config, read_trainer_state
+from core.cli import ArgumentParser, UserError, human_count, run_cli
 from core.config import Config, config_from_dict
+from core.fs import atomic_path, check_writable, write_text
+from core.model_files import read_model_config
 from core.weights import DTYPES
 
 DEFAULT_CASES = Path(__file__).resolve().parent / "cases" / "wiki_basics.yaml"
@@ -36,13 +39,13 @@ CASE_KEYS = ("name", "prompt", "expect", "rank", "hit", "logprob", "mean_logprob
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="evaluate_checkpoints.py", description=__doc__)
     p.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint directories or quoted globs")
     p.add_argument("--cases", default=str(DEFAULT_CASES), help="YAML case file (default: cases/wiki_basics.yaml)")
     p.add_argument("--tokenizer", help="gpt2, a HF tokenizer name/directory or tokenizer.json (default: each ckpt's)")
     p.add_argument("--top-k", type=int, default=5, help="a case hits when its answer ranks <= k (default: %(default)s)")
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="default: %(default)s")
-    p.add_argument("--dtype", choices=tuple(DTYPES), help="weights dtype (default: the checkpoint's)")
+    p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: the checkpoint's)")
     val_help = (
         "validation tokens to score (default: the run's own eval set, training.eval_batches x batch_size windows, "
         "so val_loss equals the trainer's); 0 = the whole split, -1 = skip"
@@ -121,10 +124,21 @@ def evaluate(path: Path, args: argparse.Namespace, cases, memo: dict) -> dict[st
     name, device = pick(args.backend)
     backend = import_module(f"{name}_model.generate").load_backend(path, args.dtype, device)
     pairs = [case_tokens(case, tok.encode_prompt) for case in cases]
+    context = backend.config.max_seq_len
+    scorable = [i for i, (prompt, cont) in enumerate(pairs) if prompt and cont and len(cont) < context]
+    scores = dict(zip(scorable, backend.score([pairs[i] for i in scorable]), strict=True))
     records = []
-    for case, (rank, logprobs) in zip(cases, backend.score(pairs), strict=True):
+    for i, case in enumerate(cases):
+        if i not in scores:  # reported as such in the table and records, not a crash
+            n = len(pairs[i][1])
+            why = f"expect is {n} tokens, the context only {context}" if n else "expect encodes to no tokens"
+            values = (case.name, case.prompt, case.expect, None, False, None, None)
+            records.append({**dict(zip(CASE_KEYS, values, strict=True)), "error": why})
+            continue
+        rank, logprobs = scores[i]
         values = (case.name, case.prompt, case.expect, rank, rank <= args.top_k, sum(logprobs))
         records.append(dict(zip(CASE_KEYS, (*values, sum(logprobs) / len(logprobs)), strict=True)))
+    scored = [r for r in records if r["rank"] is not None] or [{"rank": 0, "hit": False}]
     val, note = validation(path, tok.fingerprint(), args, memo)
     if val is not None and val[0].max() >= backend.config.vocab_size:
         val, note = None, f"validation tokens exceed the model's vocab_size {backend.config.vocab_size}"
@@ -134,8 +148,8 @@ def evaluate(path: Path, args: argparse.Namespace, cases, memo: dict) -> dict[st
         "step": state.get("step"),
         "tokens": state.get("tokens_seen"),
         "val_loss": backend.mean_loss(*val) if val is not None else None,
-        "top1": sum(r["rank"] == 1 for r in records) / len(records),
-        "topk": sum(r["hit"] for r in records) / len(records),
+        "top1": sum(r["rank"] == 1 for r in scored) / len(scored),  # over the cases that could be scored
+        "topk": sum(r["hit"] for r in scored) / len(scored),
         "k": args.top_k,
         "cases": records,
         "_note": note,
@@ -143,7 +157,8 @@ def evaluate(path: Path, args: argparse.Namespace, cases, memo: dict) -> dict[st
 
 
 def mean_logprob(record: dict[str, Any]) -> float:
-    return sum(c["mean_logprob"] for c in record["cases"]) / len(record["cases"])
+    values = [c["mean_logprob"] for c in record["cases"] if c["mean_logprob"] is not None]
+    return sum(values) / len(values) if values else float("nan")
 
 
 def table(records: list[dict[str, Any]], k: int) -> str:
@@ -171,17 +186,19 @@ def table(records: list[dict[str, Any]], k: int) -> str:
 
 
 def write_out(records: list[dict[str, Any]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """JSON records, or CSV with one row per (checkpoint, case), checkpoint columns repeated; written whole
+    or not at all."""
     if path.suffix.lower() == ".json":
-        path.write_text(json.dumps(records, indent=2) + "\n")
+        write_text(path, json.dumps(records, indent=2) + "\n")
         return
     summary = ("checkpoint", "step", "tokens", "val_loss", "top1", "topk", "k")
-    with path.open("w", newline="") as f:  # one row per (checkpoint, case), checkpoint columns repeated
-        writer = csv.writer(f)
-        writer.writerow([*summary, *(f"case_{key}" for key in CASE_KEYS)])
-        for r in records:
-            for case in r["cases"]:
-                writer.writerow([r[key] for key in summary] + [case[key] for key in CASE_KEYS])
+    rows = io.StringIO(newline="")
+    writer = csv.writer(rows)
+    writer.writerow([*summary, *(f"case_{key}" for key in CASE_KEYS)])
+    for r in records:
+        for case in r["cases"]:
+            writer.writerow([r[key] for key in summary] + [case[key] for key in CASE_KEYS])
+    write_text(path, rows.getvalue())
 
 
 def plot(records: list[dict[str, Any]], path: Path, k: int) -> None:
@@ -206,8 +223,8 @@ def plot(records: list[dict[str, Any]], path: Path, k: int) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".").lower() or "png")
     plt.close(fig)
 
 
@@ -219,6 +236,9 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> list[dict[st
         from mlx_model.blas import ensure_fast_blas
 
         ensure_fast_blas()  # Linux: re-exec with OpenBLAS preloaded (this process never runs torch)
+    for option in ("out", "plot"):
+        if getattr(args, option):
+            check_writable(getattr(args, option), f"--{option}")  # before the long part, not after it
     paths = expand(args.checkpoints)
     cases = load_cases(args.cases)
     for path in paths:
@@ -234,6 +254,12 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> list[dict[st
     records.sort(key=lambda r: (r["step"] is None, r["step"] or 0, Path(r["checkpoint"]).name == "final.ckpt"))
     for note, count in sorted(notes.items()):
         print(f"note: no validation loss for {count} of {len(paths)} checkpoints: {note}", file=sys.stderr)
+    for case in records[0]["cases"] if records else []:
+        if "error" in case:
+            print(
+                f"note: case '{case['name']}' cannot be scored ({case['error']}); left out of top1/topk",
+                file=sys.stderr,
+            )
     print(table(records, args.top_k))
     if args.out:
         write_out(records, Path(args.out))

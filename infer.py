@@ -19,14 +19,14 @@ from importlib import import_module
 from pathlib import Path
 
 from core.backend import BACKENDS, Backend, pick
-from core.checkpoint import read_eos_ids, read_model_config
-from core.cli import UserError, human_bytes, human_count, run_cli
+from core.cli import ArgumentParser, UserError, human_bytes, human_count, run_cli
+from core.model_files import read_eos_ids, read_model_config
 from core.sampling import SamplingParams, TextStream, fit_prompt
 from core.weights import DTYPES
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="infer.py", description=__doc__)
     p.add_argument("--ckpt", required=True, help="checkpoint directory (*.ckpt) or any Llama HF model directory")
     p.add_argument("--tokenizer", help="gpt2, a HF tokenizer name/directory or tokenizer.json (default: the ckpt's)")
     p.add_argument("--prompt", action="append", default=[], help="prompt text; repeat for several (batched)")
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass; 1 = off (default: %(default)s)")
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (CTRL); 1 = off")
     p.add_argument("--seed", type=int, help="seed for sampling (default: a fresh one, printed on stderr)")
-    p.add_argument("--dtype", choices=tuple(DTYPES), help="weights dtype (default: the checkpoint's)")
+    p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: the checkpoint's)")
     args = p.parse_args(argv)
     if args.max_new_tokens < 1:
         p.error("--max-new-tokens must be >= 1")
@@ -51,7 +51,11 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
         file = Path(args.prompt_file)
         if not file.is_file():
             raise UserError(f"prompt file not found: {file}")
-        prompts += [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = file.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"prompt file {file} is not UTF-8 text (byte offset {exc.start}); convert it") from None
+        prompts += [line for line in text.splitlines() if line.strip()]
         if not prompts:
             raise UserError(f"prompt file {file} has no prompts (one per line)")
     return prompts
@@ -143,7 +147,10 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> None:
         while True:
             if interactive:
                 print("prompt (empty line or Ctrl-D to quit)> ", end="", file=sys.stderr, flush=True)
-            line = sys.stdin.readline()
+            try:
+                line = sys.stdin.readline()
+            except UnicodeDecodeError as exc:
+                raise UserError(f"standard input is not UTF-8 text (byte offset {exc.start})") from None
             if not line.strip():
                 break
             report(stream_one(backend, tok, line.rstrip("\n"), opts, args.max_new_tokens))

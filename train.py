@@ -1,33 +1,56 @@
 """Train with the backend that `hardware.accelerator` picks: the seed's command.
 
     python train.py --config config.yaml [--resume auto] [--section.key value ...]
+    python train.py --config config.yaml --hardware.devices 2     # data parallel over 2 local processes
 
 auto: MLX on Apple Silicon (train_mlx.py); otherwise PyTorch (train_cuda.py), which uses a CUDA GPU
 when one is visible and else the CPU, where it is several times faster than MLX's CPU backend.
 mlx forces train_mlx.py; cuda, mps and cpu force train_cuda.py on that device.
+hardware.devices N > 1 starts N processes on this machine with the framework's own launcher
+(torchrun, or mlx.launch with the ring backend); 0 or 1 runs one.
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__":
+    from core.cli import exit_on_interrupt
+
+    exit_on_interrupt()
 
 import os
 import sys
 from pathlib import Path
 
 from core.backend import pick
-from core.cli import run_cli
+from core.cli import UserError, run_cli
 from core.config import load_config
 from core.training import parse_train_args
 
 ROOT = Path(__file__).resolve().parent
 
 
+def command(backend: str, devices: int, argv: list[str]) -> list[str]:
+    """The command line that runs the chosen trainer on `devices` local processes."""
+    trainer = str(ROOT / ("train_mlx.py" if backend == "mlx" else "train_cuda.py"))
+    launched = "WORLD_SIZE" in os.environ or "MLX_RANK" in os.environ  # already under a launcher
+    if devices <= 1 or launched:
+        return [sys.executable, trainer, *argv]
+    if backend == "torch":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
+                trainer, *argv]  # fmt: skip
+    launcher = Path(sys.executable).parent / "mlx.launch"
+    if not launcher.is_file():
+        raise UserError(f"hardware.devices {devices} needs mlx.launch beside {sys.executable}; pip install mlx")
+    return [str(launcher), "-n", str(devices), "--backend", "ring", "--python", sys.executable, trainer, *argv]
+
+
 def main(argv: list[str]) -> None:
-    args, overrides = parse_train_args(__doc__, argv)
+    args, overrides = parse_train_args(__doc__, argv, "train.py")
     cfg = load_config(args.config, overrides)  # fail here, once, on a bad config
     backend, _ = pick(cfg.hardware.accelerator)
-    trainer = "train_mlx.py" if backend == "mlx" else "train_cuda.py"
-    print(f"hardware.accelerator {cfg.hardware.accelerator} -> {trainer}", file=sys.stderr)
-    os.execv(sys.executable, [sys.executable, str(ROOT / trainer), *argv])
+    cmd = command(backend, cfg.hardware.devices, argv)
+    print(f"hardware.accelerator {cfg.hardware.accelerator} -> {' '.join(cmd[1:3])}", file=sys.stderr)
+    os.execv(cmd[0], cmd)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,11 @@ Same skeleton, log lines and checkpoints as train_mlx.py. Any config key: --sect
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    from core.cli import exit_on_interrupt
+
+    exit_on_interrupt()  # Ctrl-C while importing torch: one line, no traceback
+
 import contextlib
 import os
 import sys
@@ -21,48 +26,18 @@ from core.backend import pick
 from core.cli import UserError, run_cli
 from core.generate import mean_loss
 from core.hardware import cpu_name, peak_flops, system_memory_bytes
-from core.loop import Run
+from core.loop import Device, Run
 from core.training import load_train_config, parse_train_args
 from data.prepare import prepare_data
 from torch_model.generate import as_backend, peak_memory
 from torch_model.loss import chunk_bytes as loss_chunk_bytes
-from torch_model.optim import load_optimizer_state, make_optimizer, optimizer_state
-from torch_model.state import build_model, model_state, resolve_device
-
-
-def wrap_model(model, cfg, device):
-    """DDP or FSDP2 under torchrun, activation checkpointing and torch.compile by config."""
-    h = cfg.hardware
-    if h.attention == "flash_attn":
-        from torch_model.flash import enable_flash_attn
-
-        enable_flash_attn(model)
-    if h.activation_checkpointing:
-        for block in model.model.layers:
-            block.forward = _checkpointed(block.forward)
-    if dist.is_initialized() and h.distributed == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        for block in model.model.layers:
-            fully_shard(block)
-        fully_shard(model)
-    elif dist.is_initialized():
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if cfg.training.compile and device.type == "cuda":
-        model = torch.compile(model)
-    return model
-
-
-def _checkpointed(forward):
-    from torch.utils.checkpoint import checkpoint
-
-    return lambda *args: checkpoint(forward, *args, use_reentrant=False)
+from torch_model.optim import load_optimizer_state, make_optimizer, optimizer_state, restore, snapshot
+from torch_model.state import build_model, model_state, resolve_device, weight_norm
+from torch_model.wrap import wrap_model
 
 
 def main(argv: list[str] | None = None) -> None:
-    args, overrides = parse_train_args(__doc__, argv)
+    args, overrides = parse_train_args(__doc__, argv, "train_cuda.py")
     cfg = load_train_config(args.config, overrides)
     t = cfg.training
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
@@ -77,17 +52,29 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    name = torch.cuda.get_device_name(device) if cuda else cpu_name()
-    run = Run(cfg, "torch", f"{device} ({name})", rank, world, peak_flops(name, t.dtype) if cuda else None)
-    if args.dry_run:
-        memory = torch.cuda.get_device_properties(device).total_memory if cuda else system_memory_bytes()
-        return run.dry_run(memory, loss_chunk_bytes(device.type))
 
+    def any_rank(flag: bool) -> bool:
+        if world == 1:
+            return flag
+        value = torch.tensor([int(flag)], device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    name = torch.cuda.get_device_name(device) if cuda else cpu_name()
+    memory = torch.cuda.get_device_properties(device).total_memory if cuda else system_memory_bytes()
+    peak = peak_flops(name, t.dtype, tf32=True) if cuda else None  # TF32 matmuls are on (above)
+    run = Run(
+        cfg, "torch", Device(f"{device} ({name})", memory, peak, loss_chunk_bytes(device.type)), rank, world, any_rank
+    )
+    if args.dry_run:
+        return run.dry_run()
+
+    run.claim(args.resume)  # output.dir: locked, checked, never mixed with an earlier run
     start = run.prepare(prepare_data(cfg.data, progress=run.is_main), args.resume)
     model = build_model(cfg.model, start.weights, device=device)  # fp32 master weights; bf16 via autocast
     model = wrap_model(model, cfg, device)  # before the optimizer: FSDP2 replaces the parameters
     optimizer = make_optimizer(model, t)
-    load_optimizer_state(model, optimizer, start.optimizer, start.step)
+    load_optimizer_state(model, optimizer, start.optimizer, start.updates)
     del start.weights, start.optimizer
     bf16 = t.dtype == "bfloat16"
 
@@ -127,10 +114,13 @@ def main(argv: list[str] | None = None) -> None:
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         if world > 1:
-            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-        finite = run.finite(step, loss_sum.item(), grad_norm.item())
-        if finite:
-            optimizer.step()
+            dist.all_reduce(loss_sum)  # SUM: gloo has no AVG in older torch
+            loss_sum /= world
+        before = snapshot(model, optimizer) if t.on_nonfinite == "skip" else None
+        optimizer.step()
+        finite = run.finite(step, loss_sum.item(), grad_norm.item(), weight_norm(model))
+        if not finite:
+            restore(model, optimizer, before)
         optimizer.zero_grad(set_to_none=True)
         run.end_step(step, loss_sum.item(), grad_norm.item(), skipped=not finite)
     run.finish()

@@ -16,17 +16,20 @@ from functools import partial
 from mlx_model.blas import ensure_fast_blas
 
 if __name__ == "__main__":
+    from core.cli import exit_on_interrupt
+
+    exit_on_interrupt()  # Ctrl-C while importing: one line, no traceback
     ensure_fast_blas()  # re-exec with OpenBLAS on Linux, before MLX is loaded
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-from mlx.utils import tree_map
+from mlx.utils import tree_flatten, tree_map
 
-from core.cli import run_cli
+from core.cli import UserError, run_cli
 from core.generate import mean_loss
 from core.hardware import apple_chip, cpu_name, peak_flops, system_memory_bytes
-from core.loop import Run
+from core.loop import Device, Run
 from core.training import load_train_config, parse_train_args
 from data.prepare import prepare_data
 from mlx_model.generate import as_backend
@@ -35,7 +38,8 @@ from mlx_model.state import build_model, model_state
 
 
 def build_step(model, optimizer, cfg, world_size: int):
-    """Compiled micro-step (accumulate gradients) and step (last micro-batch + clip + AdamW update)."""
+    """Compiled micro-step (accumulate gradients) and step (last micro-batch + clip + AdamW update; returns
+    the loss, the gradient norm and the updated weights' norm, whose finiteness the loop checks)."""
     t = cfg.training
     loss_and_grad = nn.value_and_grad(model, lambda m, x, y: m(x, targets=y))
     state = [model.state, optimizer.state, mx.random.state]
@@ -58,25 +62,35 @@ def build_step(model, optimizer, cfg, world_size: int):
         optimizer.learning_rate = lr
         apply_weight_decay(model, lr, t.weight_decay)
         optimizer.update(model, grads)
-        return loss, norm
+        weights = tree_flatten(model.trainable_parameters())
+        return loss, norm, mx.sqrt(sum(mx.sum(mx.square(p.astype(mx.float32))) for _, p in weights))
 
     return micro_step, step
 
 
 def main(argv: list[str] | None = None) -> None:
-    args, overrides = parse_train_args(__doc__, argv)
+    args, overrides = parse_train_args(__doc__, argv, "train_mlx.py")
     cfg = load_train_config(args.config, overrides)
     t = cfg.training
+    if cfg.hardware.accelerator not in ("auto", "mlx"):
+        raise UserError(f"hardware.accelerator is {cfg.hardware.accelerator}: train with train_cuda.py (or train.py)")
     group = mx.distributed.init()
-    chip = apple_chip() or cpu_name()
-    run = Run(cfg, "mlx", f"{mx.default_device()} ({chip})", group.rank(), group.size(), peak_flops(chip, t.dtype))
-    if args.dry_run:
-        return run.dry_run(system_memory_bytes())
+    world = group.size()
 
+    def any_rank(flag: bool) -> bool:
+        return flag if world == 1 else mx.distributed.all_sum(mx.array(int(flag))).item() > 0
+
+    chip = apple_chip() or cpu_name()
+    device = Device(f"{mx.default_device()} ({chip})", system_memory_bytes(), peak_flops(chip, t.dtype))
+    run = Run(cfg, "mlx", device, group.rank(), world, any_rank)
+    if args.dry_run:
+        return run.dry_run()
+
+    run.claim(args.resume)  # output.dir: locked, checked, never mixed with an earlier run
     start = run.prepare(prepare_data(cfg.data, progress=run.is_main), args.resume)
     model = build_model(cfg.model, start.weights, dtype=t.dtype)
     optimizer = make_optimizer(t)
-    load_optimizer_state(optimizer, model, start.optimizer, start.step)
+    load_optimizer_state(optimizer, model, start.optimizer, start.updates)
     del start.weights, start.optimizer
     micro_step, step_fn = build_step(model, optimizer, cfg, run.world)
 
@@ -97,12 +111,12 @@ def main(argv: list[str] | None = None) -> None:
             losses.append(loss)
         # MLX arrays are immutable: holding the old trees is enough to undo a skipped update
         before = (model.parameters(), tree_map(lambda a: a, optimizer.state)) if t.on_nonfinite == "skip" else None
-        loss, grad_norm = step_fn(*map(mx.array, run.batch(step, t.grad_accum - 1)), acc, lr)
+        loss, grad_norm, weight_norm = step_fn(*map(mx.array, run.batch(step, t.grad_accum - 1)), acc, lr)
         loss = mx.mean(mx.stack([*losses, loss]))
         if run.world > 1:
             loss = mx.distributed.all_sum(loss) / run.world
-        mx.eval(model.state, optimizer.state, loss, grad_norm)
-        finite = run.finite(step, loss.item(), grad_norm.item())
+        mx.eval(model.state, optimizer.state, loss, grad_norm, weight_norm)
+        finite = run.finite(step, loss.item(), grad_norm.item(), weight_norm.item())
         if not finite:
             model.update(before[0])
             optimizer.state = before[1]

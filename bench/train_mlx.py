@@ -60,7 +60,7 @@ def time_steps(model, cfg, batches) -> float:
 
     def one(x, y):
         acc = tree_map(mx.zeros_like, model.trainable_parameters())
-        loss, _ = step(mx.array(x), mx.array(y), acc, mx.array(cfg.training.lr, dtype=mx.float32))
+        loss, *_ = step(mx.array(x), mx.array(y), acc, mx.array(cfg.training.lr, dtype=mx.float32))
         mx.eval(model.state, optimizer.state, loss)
 
     one(*batches[0])  # compile

@@ -30,6 +30,7 @@ from core.config import load_config  # noqa: E402
 from core.hardware import cpu_name, peak_flops  # noqa: E402
 from core.hf_config import to_hf_config  # noqa: E402
 from core.weights import flops_per_token, init_weights  # noqa: E402
+from torch_model.loss import keep_eager_under_compile  # noqa: E402
 from torch_model.optim import make_optimizer  # noqa: E402
 from torch_model.state import build_model  # noqa: E402
 
@@ -52,6 +53,8 @@ def transformers_model(cfg, device):
 
 def time_steps(model, loss_of, cfg, batches, device, bf16: bool, compile_model: bool) -> float:
     optimizer = make_optimizer(model, cfg.training)
+    if compile_model:
+        keep_eager_under_compile()  # what torch_model/wrap.py does before compiling
     run = torch.compile(model) if compile_model else model
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from core.cli import run_cli
+from core.cli import ArgumentParser, run_cli
 
 EXAMPLES = """examples:
   python -m convert import path/to/SmolLM2-135M checkpoints/smollm2.ckpt        # HF directory (sharded ok)
@@ -24,11 +24,10 @@ EXAMPLES = """examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m convert",
         description="Move Llama models between our checkpoints, Hugging Face, GGUF (llama.cpp/Ollama) and MLX.",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -14,8 +14,9 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 
 from convert.common import ConvertError
-from core.checkpoint import read_hf_config, read_model_config, read_trainer_state
+from core.checkpoint import read_trainer_state
 from core.cli import human_bytes, human_count
+from core.model_files import read_hf_config, read_model_config
 from core.weights import count_parameters
 
 SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "U32": "uint32 (packed)"}

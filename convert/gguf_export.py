@@ -8,19 +8,19 @@ q8_0 falls back to f16 for a tensor whose rows are not a multiple of its 32-valu
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from convert.common import FP16_MAX, ConvertError, check_output
+from convert.common import FP16_MAX, ConvertError, check_output, check_space, load_checked_weights, writing
 from convert.gguf_layout import hf_to_gguf_name, permute_qk, qk_heads
 from convert.gguf_tokenizer import GGUFVocab, vocab_from_tokenizer_dir
-from core.checkpoint import load_weights, read_hf_config, read_model_config
 from core.config import ModelConfig
-from core.fs import atomic_path
-from core.weights import BFLOAT16
+from core.model_files import read_hf_config, read_model_config
+from core.weights import numpy_dtype
 
 GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
 
@@ -33,7 +33,7 @@ def encode_tensor(name: str, value: np.ndarray, dtype: str):
     if value.ndim == 1 or dtype == "f32":
         return np.ascontiguousarray(value, dtype=np.float32), Q.F32
     if dtype == "bf16":
-        bits = value if value.dtype == BFLOAT16 else value.astype(np.float32).astype(BFLOAT16)
+        bits = value if value.dtype.name == "bfloat16" else value.astype(np.float32).astype(numpy_dtype("bfloat16"))
         return np.ascontiguousarray(bits).view(np.uint8), Q.BF16
     as_f32 = value.astype(np.float32)
     if dtype == "q8_0" and value.shape[-1] % 32 == 0:
@@ -105,9 +105,14 @@ def write_gguf(
 
     for tensor_name, data, qtype in tensors:
         w.add_tensor(tensor_name, data, raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file(progress=sys.stderr.isatty())
+    try:
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file(progress=sys.stderr.isatty())
+    except BaseException:
+        with contextlib.suppress(Exception):  # a full disk fails the flush in close() too; the file goes anyway
+            w.close()
+        raise
     w.close()
 
 
@@ -123,15 +128,19 @@ def export_gguf(
     """Write a llama GGUF of the checkpoint's weights and tokenizer."""
     if dtype not in GGUF_DTYPES:
         raise ConvertError(f"unknown GGUF dtype '{dtype}'; choose one of {', '.join(GGUF_DTYPES)}")
-    out = check_output(out, force)
+    out = check_output(out, force, kind="file", source=ckpt)
     cfg = read_model_config(ckpt)
     hf = read_hf_config(ckpt)
+    weights = load_checked_weights(ckpt, cfg, "use another checkpoint")  # before anything sized by the config
     vocab = vocab_from_tokenizer_dir(Path(tokenizer or ckpt), cfg.vocab_size, tokenizer_pre)
     for key in ("bos_token_id", "eos_token_id"):  # the model's own ids win over the tokenizer's guesses
-        if isinstance(hf.get(key), int):
+        if type(hf.get(key)) is int and 0 <= hf[key] < cfg.vocab_size:
             setattr(vocab, key, hf[key])
-    weights = load_weights(ckpt, cfg)
-    tensors = gguf_tensors(cfg, weights, dtype)
-    with atomic_path(out) as tmp:
+    try:
+        tensors = gguf_tensors(cfg, weights, dtype)
+    except ConvertError as exc:  # name the checkpoint whose tensor cannot be encoded
+        raise ConvertError(f"{ckpt}: {exc}") from None
+    check_space(out, sum(data.nbytes for _, data, _ in tensors))
+    with writing(out) as tmp:
         write_gguf(tmp, cfg, tensors, vocab, dtype, name=Path(ckpt).name.removesuffix(".ckpt"))
     return out

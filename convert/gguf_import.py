@@ -8,6 +8,7 @@ that our model does not compute (RoPE scaling, biases, experts, partial rotary) 
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,22 +21,29 @@ from convert.common import (
     cast_weights,
     check_model_config,
     check_output,
+    prepare_tokenizer,
     tokenizer_dir_arg,
+    write_imported,
 )
 from convert.gguf_layout import gguf_names, qk_heads, unpermute_qk
 from convert.gguf_tokenizer import GGUFVocab, write_tokenizer_dir
-from core.checkpoint import save_checkpoint
 from core.config import ModelConfig
 from core.weights import parameter_shapes
 
 
 def open_reader(path: str | Path):
-    """A GGUFReader, or one clear line when the file is missing, not GGUF, or truncated."""
+    """A GGUFReader, or one clear line when the file is missing, not GGUF, truncated or has absurd counts
+    (the header is walked with bounds from the file size first: `convert.gguf_header`)."""
     import gguf
 
+    from convert.gguf_header import check_gguf_header
+
     path = Path(path)
+    if not path.exists():
+        raise ConvertError(f"{path}: not found; pass an existing .gguf file")
     if not path.is_file():
-        raise ConvertError(f"GGUF file not found: {path}")
+        raise ConvertError(f"{path} is not a file; pass a .gguf file (or an HF model directory without .gguf)")
+    check_gguf_header(path)
     try:
         return gguf.GGUFReader(path)
     except Exception as exc:  # the reader raises ValueError, struct/np errors, ... on damaged files
@@ -56,24 +64,36 @@ def metadata(reader, with_arrays: tuple[str, ...] = ()) -> dict[str, Any]:
     return out
 
 
-def _f32(value: float) -> float:
+def _damaged(source: str, problem: str) -> ConvertError:
+    return ConvertError(f"{source}: {problem}; the file is damaged: re-download or re-export it")
+
+
+def _count(meta: dict[str, Any], key: str, source: str, default: int | None = None) -> int:
+    """A size from the metadata: present (or defaulted) and a positive integer, never 0 or a string."""
+    value = meta.get(key, default)
+    if value is None:
+        raise _damaged(source, f"missing metadata '{key}'")
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise _damaged(source, f"metadata '{key}' must be a positive integer, got {value!r}")
+    return value
+
+
+def _f32(meta: dict[str, Any], key: str, source: str, default: float) -> float:
     """A float32 metadata value as the decimal it was written from (9.99999974e-06 -> 1e-05)."""
+    value = meta.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise _damaged(source, f"metadata '{key}' must be a positive number, got {value!r}")
     return float(f"{float(value):.7g}")
 
 
 def config_from_gguf(meta: dict[str, Any], tensor_names: set[str], source: str) -> ModelConfig:
-    """Our ModelConfig from `llama.*` metadata; refuses what our model does not implement."""
+    """Our ModelConfig from `llama.*` metadata; refuses what our model does not implement, and sizes that
+    are missing, zero, not integers, or more than the file's tensors can hold."""
     arch = meta.get("general.architecture")
     if arch != "llama":
         raise ConvertError(f"{source}: unsupported GGUF architecture '{arch}'; only 'llama' models can be imported")
-
-    def get(key: str, default: Any = None) -> Any:
-        value = meta.get(f"llama.{key}", default)
-        if value is None:
-            raise ConvertError(f"{source}: missing metadata 'llama.{key}'; the file is incomplete")
-        return value
-
-    if int(meta.get("llama.expert_count", 0) or 0) > 0:
+    experts = meta.get("llama.expert_count", 0)
+    if not isinstance(experts, int) or experts > 0:
         raise ConvertError(f"{source}: mixture-of-experts models are not supported (llama.expert_count > 0)")
     scaling = meta.get("llama.rope.scaling.type")
     if scaling not in (None, "none") or "rope_freqs.weight" in tensor_names:
@@ -81,32 +101,42 @@ def config_from_gguf(meta: dict[str, Any], tensor_names: set[str], source: str) 
     biases = sorted(n for n in tensor_names if n.endswith(".bias"))
     if biases:
         raise ConvertError(f"{source}: tensor '{biases[0]}' is a bias; this model has no biases")
-    d_model, n_heads = int(get("embedding_length")), int(get("attention.head_count"))
-    head_dim = int(meta.get("llama.attention.key_length") or d_model // n_heads)
-    if int(meta.get("llama.attention.value_length") or head_dim) != head_dim:
+    d_model = _count(meta, "llama.embedding_length", source)
+    n_heads = _count(meta, "llama.attention.head_count", source)
+    head_dim = _count(meta, "llama.attention.key_length", source, d_model // n_heads or 1)
+    if _count(meta, "llama.attention.value_length", source, head_dim) != head_dim:
         raise ConvertError(f"{source}: key and value head sizes differ; not supported")
-    if int(meta.get("llama.rope.dimension_count") or head_dim) != head_dim:
+    if _count(meta, "llama.rope.dimension_count", source, head_dim) != head_dim:
         raise ConvertError(f"{source}: partial rotary embeddings (rope.dimension_count != head dim) are not supported")
     tokens = meta.get("tokenizer.ggml.tokens")  # the list, or its length when not read in full
-    vocab = meta.get("llama.vocab_size") or (len(tokens) if isinstance(tokens, list) else tokens)
+    n_tokens = len(tokens) if isinstance(tokens, list) else tokens
+    n_layers = _count(meta, "llama.block_count", source)
+    layer_tensors = sum(1 for n in tensor_names if n.startswith("blk."))
+    if n_layers > layer_tensors:  # before anything is sized by it: each layer holds 9 tensors
+        raise _damaged(source, f"metadata says {n_layers:,} layers but the file holds {layer_tensors} layer tensors")
     cfg = ModelConfig(
-        vocab_size=int(vocab or 0),
-        n_layers=int(get("block_count")),
+        vocab_size=_count(meta, "llama.vocab_size", source, n_tokens),
+        n_layers=n_layers,
         d_model=d_model,
         n_heads=n_heads,
-        n_kv_heads=int(meta.get("llama.attention.head_count_kv") or n_heads),
-        d_ff=int(get("feed_forward_length")),
+        n_kv_heads=_count(meta, "llama.attention.head_count_kv", source, n_heads),
+        d_ff=_count(meta, "llama.feed_forward_length", source),
         head_dim=0 if head_dim * n_heads == d_model else head_dim,
-        rope_theta=_f32(meta.get("llama.rope.freq_base", 10000.0)),
-        norm_eps=_f32(meta.get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
-        max_seq_len=int(meta.get("llama.context_length", 2048)),
+        rope_theta=_f32(meta, "llama.rope.freq_base", source, 10000.0),
+        norm_eps=_f32(meta, "llama.attention.layer_norm_rms_epsilon", source, 1e-5),
+        max_seq_len=_count(meta, "llama.context_length", source, 2048),
         tie_embeddings="output.weight" not in tensor_names,
     )
     return check_model_config(cfg, source)
 
 
+INTEGER_TYPES = ("I8", "I16", "I32", "I64")
+
+
 def read_gguf_weights(reader, cfg: ModelConfig, source: str) -> dict[str, np.ndarray]:
-    """Dequantize every tensor to float32 under its HF name, q/k rows back in HF order."""
+    """Every tensor dequantized to float32 under its HF name, q/k rows back in HF order, verified like an HF
+    import: names and shapes from the tensor table before anything is dequantized, float types only,
+    finite values after dequantization."""
     from gguf.quants import dequantize
 
     expected = parameter_shapes(cfg)
@@ -118,9 +148,22 @@ def read_gguf_weights(reader, cfg: ModelConfig, source: str) -> dict[str, np.nda
     missing = [g for g in by_gguf if g not in tensors]
     if missing:
         raise ConvertError(f"{source}: missing tensor '{missing[0]}' ({len(missing)} missing); the file is incomplete")
+    for gguf_name, name in by_gguf.items():
+        t = tensors[gguf_name]
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        if shape != expected[name]:
+            raise ConvertError(
+                f"{source}: tensor '{gguf_name}' has shape {shape}, the metadata implies {expected[name]}; "
+                f"the file is damaged: re-download or re-export it"
+            )
+        if t.tensor_type.name in INTEGER_TYPES:
+            raise ConvertError(
+                f"{source}: tensor '{gguf_name}' is {t.tensor_type.name}, not floating point or quantized weights; "
+                f"re-export the model"
+            )
     weights: dict[str, np.ndarray] = {}
-    for gguf_name, t in tqdm(tensors.items(), desc="dequantize", unit="tensor", disable=None):
-        name = by_gguf[gguf_name]
+    for gguf_name, name in tqdm(by_gguf.items(), desc="dequantize", unit="tensor", disable=None):
+        t = tensors[gguf_name]
         try:
             value = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
         except Exception as exc:  # NotImplementedError / QuantError for types gguf cannot dequantize, damaged data
@@ -129,43 +172,77 @@ def read_gguf_weights(reader, cfg: ModelConfig, source: str) -> dict[str, np.nda
             raise ConvertError(
                 f"{source}: tensor '{gguf_name}' has shape {tuple(value.shape)}, the metadata implies {expected[name]}"
             )
+        if not np.isfinite(value).all():
+            raise ConvertError(
+                f"{source}: tensor '{gguf_name}' holds NaN or inf after dequantization; "
+                f"the file is damaged: re-download or re-export it"
+            )
         heads = qk_heads(cfg, name)
         weights[name] = unpermute_qk(value, heads) if heads else value
     return weights
 
 
-def vocab_from_gguf(meta: dict[str, Any], source: str) -> GGUFVocab:
+def token_id(meta: dict[str, Any], key: str, source: str, vocab_size: int) -> int | None:
+    """A special token id from the metadata: absent, or an integer below vocab_size."""
+    value = meta.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab_size):
+        raise _damaged(source, f"metadata '{key}' is {value!r}, not a token id below {vocab_size}")
+    return value
+
+
+def vocab_from_gguf(meta: dict[str, Any], source: str, vocab_size: int) -> GGUFVocab:
+    """The tokenizer metadata, checked (types, one token per embedding row, ids in range) before any weight
+    is dequantized."""
     model = meta.get("tokenizer.ggml.model")
     if model != "gpt2":
         raise ConvertError(
             f"{source}: tokenizer type '{model}' is not a byte-level BPE; "
             f"pass --tokenizer DIR with the model's original tokenizer files"
         )
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise _damaged(source, "tokenizer.ggml.tokens is missing or not a list of strings")
+    if len(tokens) != vocab_size:
+        raise _damaged(source, f"{len(tokens)} tokens but vocab_size {vocab_size}")
+    types = meta.get("tokenizer.ggml.token_type")
+    types = [1] * len(tokens) if types is None else types
+    if not isinstance(types, list) or len(types) != len(tokens) or not all(isinstance(t, int) for t in types):
+        raise _damaged(source, "tokenizer.ggml.token_type is not one integer per token")
+    merges = meta.get("tokenizer.ggml.merges") or []
+    if not isinstance(merges, list) or not all(isinstance(m, str) for m in merges):
+        raise _damaged(source, "tokenizer.ggml.merges is not a list of strings")
 
-    def optional_int(key: str) -> int | None:
-        value = meta.get(key)
-        return int(value) if value is not None else None
+    def optional_id(key: str) -> int | None:
+        return token_id(meta, key, source, vocab_size)
 
+    template = meta.get("tokenizer.chat_template")
     return GGUFVocab(
-        tokens=list(meta["tokenizer.ggml.tokens"]),
-        token_types=[int(t) for t in meta.get("tokenizer.ggml.token_type") or [1] * len(meta["tokenizer.ggml.tokens"])],
-        merges=list(meta.get("tokenizer.ggml.merges") or []),
+        tokens=tokens,
+        token_types=types,
+        merges=merges,
         pre=str(meta.get("tokenizer.ggml.pre", "default")),
-        bos_token_id=optional_int("tokenizer.ggml.bos_token_id"),
-        eos_token_id=optional_int("tokenizer.ggml.eos_token_id"),
-        unk_token_id=optional_int("tokenizer.ggml.unknown_token_id"),
-        pad_token_id=optional_int("tokenizer.ggml.padding_token_id"),
+        bos_token_id=optional_id("tokenizer.ggml.bos_token_id"),
+        eos_token_id=optional_id("tokenizer.ggml.eos_token_id"),
+        unk_token_id=optional_id("tokenizer.ggml.unknown_token_id"),
+        pad_token_id=optional_id("tokenizer.ggml.padding_token_id"),
         add_bos_token=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
-        chat_template=meta.get("tokenizer.chat_template"),
+        chat_template=template if isinstance(template, str) else None,
     )
+
+
+TOKENIZER_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type")
+
+
+def read_gguf(path: str | Path) -> tuple[Any, dict[str, Any], ModelConfig]:
+    """(reader, metadata incl. tokenizer arrays, config) of a llama GGUF file; no tensor read yet."""
+    reader = open_reader(path)
+    meta = metadata(reader, with_arrays=TOKENIZER_ARRAYS)
+    return reader, meta, config_from_gguf(meta, {t.name for t in reader.tensors}, str(path))
 
 
 def load_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray], dict[str, Any]]:
     """(config, float32 weights by HF name, metadata incl. tokenizer arrays) of a llama GGUF file."""
-    reader = open_reader(path)
-    arrays = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type")
-    meta = metadata(reader, with_arrays=arrays)
-    cfg = config_from_gguf(meta, {t.name for t in reader.tensors}, str(path))
+    reader, meta, cfg = read_gguf(path)
     return cfg, read_gguf_weights(reader, cfg, str(path)), meta
 
 
@@ -177,28 +254,20 @@ def import_gguf(
     tokenizer: str | Path | None = None,
     force: bool = False,
 ) -> Path:
-    """Write our checkpoint for a llama GGUF file (weights dequantized to `dtype`)."""
-    out = check_output(out, force)
-    cfg, weights, meta = load_gguf(src)
-    weights = cast_weights(weights, dtype)
+    """Write our checkpoint for a llama GGUF file (weights dequantized to `dtype`). Everything is read and
+    verified (header, config, tokenizer, every tensor) before OUT is written."""
+    out = check_output(out, force, source=src)
+    reader, meta, cfg = read_gguf(src)
+    vocab = vocab_from_gguf(meta, str(src), cfg.vocab_size) if tokenizer is None else None
     with tempfile.TemporaryDirectory() as tmp:
-        if tokenizer is None:
-            vocab = vocab_from_gguf(meta, str(src))
-            if len(vocab.tokens) != cfg.vocab_size:
-                raise ConvertError(
-                    f"{src}: {len(vocab.tokens)} tokens but vocab_size {cfg.vocab_size}; file is damaged"
-                )
-            tokenizer = write_tokenizer_dir(vocab, Path(tmp) / "tokenizer")
+        if vocab is not None:
+            try:
+                tok_dir = write_tokenizer_dir(vocab, Path(tmp) / "tokenizer")
+            except ConvertError as exc:  # name the file whose tokenizer metadata is unusable
+                raise ConvertError(f"{src}: {exc}") from None
         else:
-            tokenizer = tokenizer_dir_arg(tokenizer)
-        bos, eos = meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id")
-        state = {"step": 0, "tokens_seen": 0, "imported_from": str(Path(src).resolve()), "backend": "convert"}
-        return save_checkpoint(
-            out,
-            weights,
-            cfg,
-            tokenizer_dir=tokenizer,
-            trainer_state=state,
-            bos_token_id=None if bos is None else int(bos),
-            eos_token_id=None if eos is None else int(eos),
-        )
+            tok_dir = prepare_tokenizer(tokenizer_dir_arg(tokenizer), Path(tmp) / "tokenizer", cfg.vocab_size)
+        weights = cast_weights(read_gguf_weights(reader, cfg, str(src)), dtype, src)
+        bos = token_id(meta, "tokenizer.ggml.bos_token_id", str(src), cfg.vocab_size)
+        eos = token_id(meta, "tokenizer.ggml.eos_token_id", str(src), cfg.vocab_size)
+        return write_imported(out, weights, cfg, src, tok_dir, bos, eos)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from convert.common import ConvertError
+from core.model_files import read_json_object
 
 # gguf.TokenType values (kept literal so this module needs no gguf import)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -97,11 +98,9 @@ def vocab_from_tokenizer_dir(directory: Path, vocab_size: int, pre: str | None =
     file = directory / "tokenizer.json"
     if not file.is_file():
         raise ConvertError(f"{directory} has no tokenizer.json; pass --tokenizer DIR with a byte-level BPE tokenizer")
-    try:
-        spec = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConvertError(f"{file} is not valid JSON (line {exc.lineno}); replace it with a good copy") from None
-    model = spec.get("model") or {}
+    fix = "replace it with a good copy or pass --tokenizer DIR"
+    spec = read_json_object(file, fix)
+    model = spec.get("model") if isinstance(spec.get("model"), dict) else {}
     if model.get("type") != "BPE":
         raise ConvertError(
             f"{file}: GGUF export needs a byte-level BPE tokenizer, this one is {model.get('type')}; "
@@ -117,12 +116,16 @@ def vocab_from_tokenizer_dir(directory: Path, vocab_size: int, pre: str | None =
                 f"{file}: its pre-tokenizer matches none llama.cpp knows by name ({', '.join(PRE_TOKENIZERS)}); "
                 f"pass --tokenizer-pre NAME to state the right one"
             )
+    vocab, added, merges = model.get("vocab"), spec.get("added_tokens") or [], model.get("merges") or []
+    if not isinstance(vocab, dict) or not isinstance(added, list) or not all(isinstance(a, dict) for a in added):
+        raise ConvertError(f"{file}: 'model.vocab' or 'added_tokens' has the wrong type; {fix}")
+    entries = [(t, i, NORMAL) for t, i in vocab.items()]
+    entries += [(a.get("content"), a.get("id"), CONTROL if a.get("special") else USER_DEFINED) for a in added]
+    bad = next(((t, i) for t, i, _ in entries if not isinstance(t, str) or type(i) is not int or i < 0), None)
+    if bad is not None:
+        raise ConvertError(f"{file}: vocabulary entry {bad!r} is not a token and a non-negative id; {fix}")
     tokens: list[str | None] = [None] * vocab_size
     types = [NORMAL] * vocab_size
-    entries = [(t, i, NORMAL) for t, i in model.get("vocab", {}).items()]
-    entries += [
-        (a["content"], a["id"], CONTROL if a.get("special") else USER_DEFINED) for a in spec.get("added_tokens", [])
-    ]
     for token, index, kind in entries:
         if index >= vocab_size:
             raise ConvertError(
@@ -133,19 +136,23 @@ def vocab_from_tokenizer_dir(directory: Path, vocab_size: int, pre: str | None =
     for index, token in enumerate(tokens):
         if token is None:
             tokens[index], types[index] = f"[PAD{index}]", UNUSED
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    if not isinstance(merges, list) or not all(
+        isinstance(m, str) or (isinstance(m, list) and all(isinstance(p, str) for p in m)) for m in merges
+    ):
+        raise ConvertError(f"{file}: 'merges' is not a list of token pairs; {fix}")
+    merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
 
     config_file = directory / "tokenizer_config.json"
-    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    config = read_json_object(config_file, fix) if config_file.is_file() else {}
     template = config.get("chat_template")
     if template is None and (directory / "chat_template.jinja").is_file():
-        template = (directory / "chat_template.jinja").read_text()
+        template = (directory / "chat_template.jinja").read_text(encoding="utf-8", errors="replace")
     ids = {tok: i for i, tok in enumerate(tokens)}
 
     def special(name: str) -> int | None:
         value = config.get(name)
         value = value.get("content") if isinstance(value, dict) else value
-        return ids.get(value) if value else None
+        return ids.get(value) if isinstance(value, str) else None
 
     return GGUFVocab(
         tokens=tokens,  # type: ignore[arg-type]

@@ -10,14 +10,24 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 from safetensors.numpy import save_file
 
-from convert.common import ConvertError, canonical_dtype, cast_weights, check_output
-from core.checkpoint import TOKENIZER_FILES, load_weights, read_hf_config, read_model_config, read_trainer_state
-from core.fs import atomic_path
+from convert.common import (
+    ConvertError,
+    canonical_dtype,
+    cast_weights,
+    check_output,
+    check_space,
+    load_checked_weights,
+    prepare_tokenizer,
+    writing,
+)
+from core.checkpoint import read_trainer_state
 from core.hf_config import to_hf_config
+from core.model_files import read_hf_config, read_json_object, read_model_config
 from core.weights import count_parameters
 
 HF_DTYPES = ("bf16", "fp16", "fp32")
@@ -25,7 +35,8 @@ HF_DTYPES = ("bf16", "fp16", "fp32")
 
 def model_card(name: str, cfg, dtype: str, state: dict) -> str:
     params = count_parameters(cfg)
-    trained = f"{state['tokens_seen']:,} tokens, {state.get('step', 0)} steps" if state.get("tokens_seen") else "n/a"
+    tokens, step = state.get("tokens_seen"), state.get("step", 0)
+    trained = f"{tokens:,} tokens, {step} steps" if type(tokens) is int and tokens > 0 else "n/a"
     return (
         f"---\nlibrary_name: transformers\npipeline_tag: text-generation\ntags: [llama]\n---\n\n# {name}\n\n"
         f"A Llama-architecture model ({params / 1e6:.1f}M parameters, {cfg.n_layers} layers, d_model {cfg.d_model}, "
@@ -40,28 +51,30 @@ def export_hf(ckpt: str | Path, out: str | Path, *, dtype: str = "bf16", force: 
     """Write the release directory; nothing but weights, config, tokenizer, generation config, card."""
     if dtype not in HF_DTYPES:
         raise ConvertError(f"unknown dtype '{dtype}'; choose one of {', '.join(HF_DTYPES)}")
-    out = check_output(out, force)
+    out = check_output(out, force, source=ckpt)
     ckpt = Path(ckpt)
     cfg = read_model_config(ckpt)
     hf = read_hf_config(ckpt)
     name = canonical_dtype(dtype)
-    weights = cast_weights(load_weights(ckpt, cfg), name)
-    config = to_hf_config(cfg, hf.get("bos_token_id"), hf.get("eos_token_id"), dtype=name)
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        generation = ckpt / "generation_config.json"
-        if generation.is_file():
-            shutil.copyfile(generation, tmp / "generation_config.json")
-        else:
-            ids = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}
-            (tmp / "generation_config.json").write_text(json.dumps(ids, indent=2) + "\n")
-        for file in TOKENIZER_FILES + ("chat_template.jinja",):
-            if (ckpt / file).is_file():
-                shutil.copyfile(ckpt / file, tmp / file)
-        save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
-        card = model_card(ckpt.name.removesuffix(".ckpt"), cfg, name, read_trainer_state(ckpt))
-        (tmp / "README.md").write_text(card)
+    fix = "use another checkpoint"
+    generation = ckpt / "generation_config.json"
+    generation = read_json_object(generation, fix) if generation.is_file() else None
+    with tempfile.TemporaryDirectory() as staging:
+        tok_dir = prepare_tokenizer(ckpt, Path(staging), cfg.vocab_size)
+        weights = cast_weights(load_checked_weights(ckpt, cfg, fix), name, ckpt)
+        config = to_hf_config(cfg, hf.get("bos_token_id"), hf.get("eos_token_id"), dtype=name)
+        if generation is None:
+            generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}
+        check_space(out, sum(v.nbytes for v in weights.values()))
+        with writing(out) as tmp:
+            tmp.mkdir()
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+            for file in tok_dir.iterdir() if tok_dir else ():
+                shutil.copyfile(file, tmp / file.name)
+            save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
+            card = model_card(ckpt.name.removesuffix(".ckpt"), cfg, name, read_trainer_state(ckpt))
+            (tmp / "README.md").write_text(card)
     return out
 
 

@@ -11,13 +11,17 @@
 Tensors are numpy arrays; bf16 is `ml_dtypes.bfloat16`, which safetensors' numpy API writes and
 reads bit-exactly (numpy itself has no bf16, and a cast through fp32 would not be a round trip).
 Writes and deletions go through core.fs (a hidden temporary name, fsync, rename), so a `*.ckpt`
-directory is always complete.
+directory is always complete. Reading any model directory's config and tensors, checked, is
+core/model_files.py (re-exported here, the names callers know a checkpoint by).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
+import re
 import shutil
 import time
 from pathlib import Path
@@ -25,14 +29,13 @@ from typing import Any
 
 import numpy as np
 import yaml
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.numpy import save_file
-from tqdm import tqdm
 
-from core.cli import UserError
-from core.config import Config, ConfigError, ModelConfig
-from core.fs import atomic_path, is_temporary, remove_atomically, write_text
-from core.hf_config import from_hf_config, to_hf_config
+from core.config import Config, ModelConfig
+from core.fs import atomic_path, remove_atomically, write_text
+from core.hf_config import to_hf_config
+from core.model_files import CheckpointError, is_checkpoint, read_json_object
 from core.weights import check_weights, weights_dtype
 
 TOKENIZER_FILES = (
@@ -46,10 +49,6 @@ TOKENIZER_FILES = (
 )
 LATEST = "latest"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(UserError):
-    """A checkpoint that cannot be read or written, phrased as one line with the fix."""
 
 
 # ------------------------------------------------------------------------------------------ write
@@ -86,14 +85,26 @@ def _write_files(
         (tmp / name).write_text(text)
 
     contiguous = {k: np.ascontiguousarray(v) for k, v in weights.items()}
-    save_file(contiguous, tmp / "model.safetensors", metadata={"format": "pt"})
+    save_safetensors(contiguous, tmp / "model.safetensors")
     if optimizer:
         moments = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in optimizer.items()}
-        save_file(moments, tmp / "optimizer.safetensors", metadata={"format": "pt"})
+        save_safetensors(moments, tmp / "optimizer.safetensors")
     if tokenizer_dir is not None:
         for name in TOKENIZER_FILES:
             if (Path(tokenizer_dir) / name).is_file():
                 shutil.copyfile(Path(tokenizer_dir) / name, tmp / name)
+
+
+def save_safetensors(tensors: dict[str, np.ndarray], file: Path) -> None:
+    """safetensors' save_file, with a failed write (a full disk, say) raised as the OSError it is:
+    safetensors reports it as its own SafetensorError, which would otherwise end in a traceback."""
+    try:
+        save_file(tensors, file, metadata={"format": "pt"})
+    except SafetensorError as exc:
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(file)) from None
 
 
 def save_checkpoint(
@@ -127,10 +138,10 @@ def write_latest(directory: str | Path, checkpoint: str | Path) -> None:
 def prune_checkpoints(directory: str | Path, keep_last: int, protect: tuple[str, ...] = ("final.ckpt",)) -> list[Path]:
     """Delete all but the newest `keep_last` step checkpoints; `final.ckpt` and `latest`'s target stay."""
     directory = Path(directory)
-    latest = directory / LATEST
     protected = set(protect)
-    if latest.is_file():
-        protected.add(latest.read_text().strip())
+    with contextlib.suppress(CheckpointError):
+        target = read_latest(directory)
+        protected |= {target.name} if target is not None else set()
     candidates = [p for p in list_checkpoints(directory) if p.name not in protected]
     removed = candidates[: max(0, len(candidates) - keep_last)]
     for path in removed:
@@ -141,23 +152,28 @@ def prune_checkpoints(directory: str | Path, keep_last: int, protect: tuple[str,
 # ------------------------------------------------------------------------------------------- read
 
 
-def is_checkpoint(path: str | Path) -> bool:
-    """A finished model directory: config.json plus weights (a half-written one is never under its final name)."""
-    path = Path(path)
-    return (
-        path.is_dir()
-        and not is_temporary(path)
-        and (path / "config.json").is_file()
-        and ((path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file())
-    )
-
-
 def checkpoint_step(path: str | Path) -> int:
-    state = Path(path) / "trainer_state.json"
+    """The step a checkpoint was written at, -1 when its trainer_state.json is missing or unreadable."""
     try:
-        return int(json.loads(state.read_text()).get("step", -1)) if state.is_file() else -1
-    except (ValueError, json.JSONDecodeError):
+        step = read_trainer_state(path).get("step", -1)
+    except CheckpointError:
         return -1
+    return step if isinstance(step, int) and not isinstance(step, bool) else -1
+
+
+def read_latest(directory: str | Path) -> Path | None:
+    """The checkpoint `directory/latest` names, or None without one. It must name a checkpoint inside
+    `directory`: a pointer elsewhere (`../x`, an absolute path) is refused, never followed."""
+    directory = Path(directory)
+    latest = directory / LATEST
+    if not latest.is_file():
+        return None
+    name = latest.read_text(errors="replace").strip()
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
+        raise CheckpointError(
+            f"{latest} names {name!r}, not a checkpoint in {directory}; delete {latest} or pass --resume PATH"
+        )
+    return directory / name
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:
@@ -174,11 +190,9 @@ def resolve_resume(spec: str, directory: str | Path) -> Path | None:
     anything else must be a finished checkpoint directory."""
     directory = Path(directory)
     if spec == "auto":
-        latest = directory / LATEST
-        if latest.is_file():
-            target = directory / latest.read_text().strip()
-            if is_checkpoint(target):
-                return target
+        target = read_latest(directory)
+        if target is not None and is_checkpoint(target):
+            return target
         found = list_checkpoints(directory)
         return found[-1] if found else None
     path = Path(spec)
@@ -189,126 +203,32 @@ def resolve_resume(spec: str, directory: str | Path) -> Path | None:
     return path
 
 
-def _require_dir(path: Path) -> None:
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path} (pass a *.ckpt directory written by training)")
-    if not is_checkpoint(path):
-        raise CheckpointError(f"{path} is not a model directory: it needs config.json and model.safetensors")
+def read_trainer_state(path: str | Path) -> dict[str, Any]:
+    """trainer_state.json as a dict ({} when absent: a model directory not written by training)."""
+    file = Path(path) / "trainer_state.json"
+    return read_json_object(file, "the checkpoint is damaged, resume from another") if file.is_file() else {}
 
 
-def read_json_object(file: Path, fix: str) -> dict[str, Any]:
-    """A JSON file that must hold an object (config.json, an index), or one line ending in `fix`."""
-    try:
-        value = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{file} is not valid JSON (line {exc.lineno}); {fix}") from None
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{file} is not a JSON object; {fix}")
+def state_count(state: dict[str, Any], key: str, path: str | Path, minimum: int = 0) -> int:
+    """An integer field of trainer_state.json (step, tokens_seen, world_size), checked."""
+    value = state.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise CheckpointError(
+            f"{Path(path) / 'trainer_state.json'}: '{key}' must be an integer >= {minimum}, got {value!r}; "
+            f"the checkpoint is damaged, resume from another"
+        )
     return value
 
 
-def weight_files(path: Path, fix: str = "re-download the model") -> list[Path]:
-    """The safetensors files holding a model directory's weights: one file, or the shards an index names."""
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = read_json_object(index, fix).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{index} is damaged (no weight_map); {fix}")
-        shards = sorted(set(weight_map.values()))
-        missing = [s for s in shards if not (path / s).is_file()]
-        if missing:
-            raise CheckpointError(f"{path}: shard '{missing[0]}' named in the index is missing; {fix}")
-        return [path / s for s in shards]
-    if (path / "model.safetensors").is_file():
-        return [path / "model.safetensors"]
-    if list(path.glob("*.bin")) or list(path.glob("*.pth")):
-        raise CheckpointError(
-            f"{path} has only pickle weights (*.bin); we read safetensors only: save it with safetensors"
-        )
-    raise CheckpointError(f"{path} has no model.safetensors (or index); is it a Hugging Face model directory?")
-
-
-def read_hf_config(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    _require_dir(path)
-    return read_json_object(path / "config.json", "re-export the checkpoint")
-
-
-def read_model_config(path: str | Path) -> ModelConfig:
-    try:
-        return from_hf_config(read_hf_config(path))
-    except (ConfigError, KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, CheckpointError):
-            raise
-        detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise CheckpointError(f"{Path(path)}/config.json: {detail}") from None
-
-
-IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some old exporters saved; recomputed by every model
-
-
-def _read_safetensors(file: Path, fix: str = "delete it and use another checkpoint") -> dict[str, np.ndarray]:
-    try:
-        with safe_open(file, framework="numpy") as f:
-            names = [n for n in f.keys() if not n.endswith(IGNORED_SUFFIXES)]
-            bar = tqdm(names, desc=f"read {file.name}", unit="tensor", disable=len(names) < 100 or None, leave=False)
-            return {name: f.get_tensor(name) for name in bar}
-    except (SafetensorError, OSError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{file} is corrupt or truncated ({exc}); {fix}") from None
-
-
-def load_weights(
-    path: str | Path, model_cfg: ModelConfig | None = None, fix: str = "delete it and use another checkpoint"
-) -> dict[str, np.ndarray]:
-    """All model tensors by HF name (sharded `model.safetensors.index.json` too), checked against the config.
-    Reads ours, transformers' and mlx_lm's directories; `fix` ends the message when a file is damaged."""
-    path = Path(path)
-    model_cfg = model_cfg or read_model_config(path)  # refuses what is not a model directory
-    weights = {}
-    for file in weight_files(path, fix=fix):
-        weights.update(_read_safetensors(file, fix))
-    if model_cfg.tie_embeddings:
-        weights.pop("lm_head.weight", None)  # some exporters store the tied head twice
-    biases = sorted(n for n in weights if n.endswith(".bias"))
-    if biases:
-        raise CheckpointError(f"{path}: tensor '{biases[0]}' is a bias; this model has no biases")
-    try:
-        check_weights(model_cfg, weights, source=str(path))
-    except ValueError as exc:
-        raise CheckpointError(str(exc)) from None
-    return weights
-
-
-def load_optimizer(path: str | Path) -> dict[str, np.ndarray] | None:
-    file = Path(path) / "optimizer.safetensors"
-    return _read_safetensors(file) if file.is_file() else None
-
-
-def read_trainer_state(path: str | Path) -> dict[str, Any]:
-    file = Path(path) / "trainer_state.json"
-    if not file.is_file():
-        return {}
-    try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{file} is not valid JSON; the checkpoint is damaged, resume from another") from None
-
-
-def read_eos_ids(path: str | Path) -> set[int]:
-    """The ids a model stops at: eos_token_id of generation_config.json and config.json (one id or a list)."""
-    ids: set[int] = set()
-    for name in ("generation_config.json", "config.json"):
-        file = Path(path) / name
-        try:
-            value = json.loads(file.read_text()).get("eos_token_id") if file.is_file() else None
-        except (OSError, ValueError, AttributeError):
-            continue
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, int) and not isinstance(item, bool):
-                ids.add(item)
-    return ids
-
-
 def read_train_config(path: str | Path) -> dict[str, Any] | None:
+    """train_config.yaml as a dict, None when absent."""
     file = Path(path) / "train_config.yaml"
-    return yaml.safe_load(file.read_text()) if file.is_file() else None
+    if not file.is_file():
+        return None
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise CheckpointError(f"{file} is not valid YAML; the checkpoint is damaged, use another") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{file} is not a mapping of config sections; the checkpoint is damaged, use another")
+    return raw

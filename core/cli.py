@@ -1,7 +1,16 @@
-"""What every command-line script shares: one-line errors with exit code 2, human units."""
+"""What every command-line script shares: one-line errors with exit code 2, human units.
+
+Bad input of any kind (a config key, a path, a damaged checkpoint, a full disk, a mistyped flag) ends a
+command with one `error:` line that names the problem and the fix, exit code 2, no traceback.
+`--debug` (or TINYLLAMA_DEBUG=1) shows the traceback instead.
+"""
 
 from __future__ import annotations
 
+import argparse
+import errno
+import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -16,12 +25,71 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line plus where to look (`--help`), not the whole usage block."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)  # `--resum auto` must be an error, not --resume
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (see {self.prog} --help)")
+
+
+def debugging() -> bool:
+    return "--debug" in sys.argv or os.environ.get("TINYLLAMA_DEBUG", "").strip() not in ("", "0")
+
+
+def exit_on_interrupt() -> None:
+    """Ctrl-C before a command's main work (during its imports, say) ends it with one line, exit 130.
+    Scripts call this first when run as scripts; the trainers' own Ctrl-C handling replaces it while
+    they train (save, then exit 0)."""
+
+    def handler(signum, frame):
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130)
+
+    signal.signal(signal.SIGINT, handler)
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for a failed file operation: what, where, and the usual fix."""
+    where = f" {exc.filename}" if exc.filename else ""
+    reason = exc.strerror or str(exc)
+    fix = {
+        errno.ENOSPC: "free some space or write elsewhere",
+        errno.EDQUOT: "free some space or write elsewhere",
+        errno.EACCES: "check its permissions or write elsewhere",
+        errno.EPERM: "check its permissions or write elsewhere",
+        errno.EROFS: "the file system is read-only: write elsewhere",
+        errno.ENOTDIR: "a file stands where a directory is expected: move it or choose another path",
+        errno.EISDIR: "a directory stands where a file is expected: choose another path",
+    }.get(exc.errno, "check the path")
+    return f"cannot use{where}: {reason}; {fix}"
+
+
 def run_cli(main: Callable[[], object]) -> None:
-    """Call `main`; a UserError (config, checkpoint, data, ...) becomes one line on stderr and exit 2."""
+    """Call `main`; a UserError (config, checkpoint, data, ...) or a failed file operation becomes one line
+    on stderr and exit 2 (with --debug / TINYLLAMA_DEBUG=1: the traceback)."""
+    debug = debugging()
+    if "--debug" in sys.argv:
+        sys.argv.remove("--debug")
     try:
         main()
     except UserError as exc:
+        if debug:
+            raise
         fail(str(exc))
+    except OSError as exc:
+        if debug:
+            raise
+        fail(os_error_message(exc))
+    except MemoryError:
+        if debug:
+            raise
+        fail("out of memory; use a smaller model, batch or sequence (see --dry-run)")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None

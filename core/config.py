@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +89,7 @@ class DataConfig:
 @dataclass
 class HardwareConfig:
     accelerator: str = "auto"  # auto | mlx | cuda | mps | cpu
-    devices: int = 1
+    devices: int = 0  # processes to train with: 0 = as launched; N > 1 makes train.py launch N itself
     attention: str = "sdpa"  # sdpa | flash_attn
     distributed: str = "none"  # none | ddp | fsdp
     activation_checkpointing: bool = False
@@ -98,7 +99,8 @@ class HardwareConfig:
 class OutputConfig:
     dir: str = "checkpoints"
     logs: str = "logs"
-    run_name: str = ""  # "" -> the config file's stem
+    run_name: str = ""  # "" -> the config file's stem; a plain name (its logs go to logs/<run_name>)
+    overwrite: bool = False  # a new run may replace a finished run in output.dir (else it refuses)
 
 
 @dataclass
@@ -243,15 +245,17 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate(config: Config) -> None:
-    """Check every invariant once, at load, so a bad run fails before it allocates anything."""
-    m, t, d, h = config.model, config.training, config.data, config.hardware
+MAX_POSITIONS = 1 << 20  # a bound on max_seq_len: torch's RoPE tables are max_seq_len x head_dim
+
+
+def _section_name(section: Any) -> str:
+    return next(name for name, cls in SECTIONS.items() if isinstance(section, cls))
+
+
+def validate_model(m: ModelConfig) -> None:
+    """The model's own invariants (also applied to every imported or loaded config.json)."""
     for key in ("vocab_size", "n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
         _require(getattr(m, key) > 0, f"model.{key} must be a positive integer, got {getattr(m, key)}")
-    for key in ("seq_len", "batch_size", "grad_accum", "eval_batches", "keep_last", "log_every"):
-        _require(getattr(t, key) > 0, f"training.{key} must be a positive integer, got {getattr(t, key)}")
-    for key in ("max_steps", "max_tokens", "warmup_steps", "eval_every", "save_every", "sample_tokens"):
-        _require(getattr(t, key) >= 0, f"training.{key} must be >= 0, got {getattr(t, key)}")
     _require(m.head_dim >= 0, f"model.head_dim must be >= 0 (0 means d_model // n_heads), got {m.head_dim}")
     if m.head_dim == 0:
         _require(
@@ -268,9 +272,31 @@ def validate(config: Config) -> None:
         m.resolved_head_dim % 2 == 0,
         f"head dim ({m.resolved_head_dim}) must be even for RoPE; change model.d_model or model.n_heads",
     )
-    _require(m.rope_theta > 0, f"model.rope_theta must be > 0, got {m.rope_theta}")
+    _require(math.isfinite(m.rope_theta) and m.rope_theta > 0, f"model.rope_theta must be > 0, got {m.rope_theta}")
     _require(0 < m.norm_eps < 1, f"model.norm_eps must be in (0, 1), got {m.norm_eps}")
-    _require(m.init_std > 0, f"model.init_std must be > 0, got {m.init_std}")
+    _require(math.isfinite(m.init_std) and m.init_std > 0, f"model.init_std must be > 0, got {m.init_std}")
+    _require(
+        m.max_seq_len <= MAX_POSITIONS,
+        f"model.max_seq_len {m.max_seq_len} is beyond the {MAX_POSITIONS:,} positions supported; lower it",
+    )
+
+
+def validate(config: Config) -> None:
+    """Check every invariant once, at load, so a bad run fails before it allocates anything."""
+    m, t, d, h = config.model, config.training, config.data, config.hardware
+    for section in (m, t, d):
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            values = value if isinstance(value, tuple) else (value,)
+            _require(
+                all(not isinstance(v, float) or math.isfinite(v) for v in values),
+                f"{_section_name(section)}.{f.name} must be a finite number, got {value}",
+            )
+    validate_model(m)
+    for key in ("seq_len", "batch_size", "grad_accum", "eval_batches", "keep_last", "log_every"):
+        _require(getattr(t, key) > 0, f"training.{key} must be a positive integer, got {getattr(t, key)}")
+    for key in ("max_steps", "max_tokens", "warmup_steps", "eval_every", "save_every", "sample_tokens"):
+        _require(getattr(t, key) >= 0, f"training.{key} must be >= 0, got {getattr(t, key)}")
     _require(
         t.seq_len <= m.max_seq_len,
         f"training.seq_len ({t.seq_len}) exceeds model.max_seq_len ({m.max_seq_len}); "
@@ -286,7 +312,13 @@ def validate(config: Config) -> None:
     _require(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
     _require(d.max_documents >= 0, f"data.max_documents must be >= 0 (0: all), got {d.max_documents}")
     _require(d.num_workers >= 0, f"data.num_workers must be >= 0 (0: one per core), got {d.num_workers}")
-    _require(h.devices > 0, f"hardware.devices must be a positive integer, got {h.devices}")
+    _require(h.devices >= 0, f"hardware.devices must be >= 0 (0: as launched), got {h.devices}")
+    name = config.output.run_name
+    _require(
+        name not in (".", "..") and not any(c in name for c in "/\\") and not name.startswith("~"),
+        f"output.run_name '{name}' must be a plain name (no '/', '..' or absolute path): logs go to "
+        f"output.logs/<run_name>; set output.logs to choose the directory",
+    )
     for key, options in CHOICES.items():
         section, _, name = key.partition(".")
         value = getattr(getattr(config, section), name)

@@ -13,9 +13,10 @@ import fcntl
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 TMP_MARK = ".tmp-"  # .<name>.tmp-<pid>: a path being written
 OLD_MARK = ".old-"  # .<name>.old-<pid>: the previous version, while the new one is renamed in
@@ -102,6 +103,22 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         raise
 
 
+def check_writable(path: str | Path, what: str) -> Path:
+    """Before long work: `path` can be created or replaced (its directory exists or can be made and takes a
+    file; `path` itself is not a directory). One line naming `what` (an option) otherwise."""
+    from core.cli import UserError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path.parent).close()
+    except OSError as exc:
+        raise UserError(f"{what} {path}: cannot write in {path.parent} ({exc.strerror}); choose another path") from None
+    return path
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write a text file atomically (UTF-8)."""
     with atomic_path(path) as tmp:
@@ -155,6 +172,34 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+_held: dict[Path, IO[str]] = {}  # locks this process holds for a whole run (hold_lock)
+
+
+def hold_lock(path: str | Path) -> bool:
+    """Take an exclusive lock on `path` for the rest of this process (or until `release_lock`); False at
+    once when another process holds it. The pid of the holder is written into the file, for messages."""
+    path = Path(path).resolve()
+    release_lock(path)  # this process may take its own lock again (a test running two trainers in turn)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return False
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _held[path] = handle
+    return True
+
+
+def release_lock(path: str | Path) -> None:
+    handle = _held.pop(Path(path).resolve(), None)
+    if handle is not None:
+        handle.close()  # closing the file releases the lock
 
 
 @contextlib.contextmanager

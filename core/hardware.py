@@ -42,11 +42,18 @@ PEAK_TFLOPS_BF16 = {
 FP32_FRACTION = {"H200": 0.068, "H100": 0.068, "A100": 0.0625, "RTX": 0.5, "A6000": 0.25, "V100": 0.125, "T4": 0.125}
 
 
-def peak_flops(device_name: str, dtype: str) -> float | None:
-    """Peak FLOP/s of a named device for `dtype`, or None when unknown (MFU is then not shown)."""
+# TF32 tensor cores (Ampere and later) run fp32 matmuls at half the bf16 dense rate; V100 and T4 have none.
+NO_TF32 = ("V100", "T4")
+
+
+def peak_flops(device_name: str, dtype: str, tf32: bool = False) -> float | None:
+    """Peak FLOP/s of a named device for `dtype` (fp32 matmuls on TF32 tensor cores when `tf32`), or None
+    when unknown (MFU is then not shown)."""
     for fragment, tflops in PEAK_TFLOPS_BF16.items():
         if fragment in device_name:
             if dtype == "float32" and not fragment.startswith("M"):
+                if tf32 and fragment not in NO_TF32:
+                    return tflops * 0.5 * 1e12
                 fraction = next((f for k, f in FP32_FRACTION.items() if k in fragment), 0.5)
                 return tflops * fraction * 1e12
             return tflops * 1e12

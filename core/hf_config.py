@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from core.config import ConfigError, ModelConfig
+from core.config import ConfigError, ModelConfig, validate_model
 
 _UNSUPPORTED_HF = {
     "attention_bias": (False, "attention biases"),
@@ -47,34 +48,63 @@ def to_hf_config(
     }
 
 
+def _positive_int(hf: dict[str, Any], key: str, default: Any = None) -> int:
+    value = hf.get(key, default)
+    if value is None:
+        raise ConfigError(f"'{key}' is missing")
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value != int(value) or value <= 0:
+        raise ConfigError(f"'{key}' must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _number(hf: dict[str, Any], key: str, default: float) -> float:
+    value = hf.get(key, default)
+    if value is None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"'{key}' must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _mapping(hf: dict[str, Any], key: str) -> dict[str, Any]:
+    value = hf.get(key) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"'{key}' must be an object or null, got {type(value).__name__} {value!r}")
+    return value
+
+
 def from_hf_config(hf: dict[str, Any]) -> ModelConfig:
-    """Read a Llama `config.json`; refuse features this model does not implement."""
+    """Read a Llama `config.json`; refuse features this model does not implement and any missing, non-numeric
+    or inconsistent size (so nothing is allocated from a damaged file). `auto_map` and other code-loading
+    keys are ignored: only the fields below are read."""
     model_type = hf.get("model_type")
     if model_type != "llama":
         raise ConfigError(f"unsupported model_type '{model_type}': only Llama-architecture models can be loaded")
     for key, (allowed, what) in _UNSUPPORTED_HF.items():
         if key in hf and hf[key] not in (allowed, None):
             raise ConfigError(f"unsupported {key}={hf[key]!r}: this model has no {what}")
-    rope = hf.get("rope_parameters") or {}
-    scaling = hf.get("rope_scaling") or {}
+    rope, scaling = _mapping(hf, "rope_parameters"), _mapping(hf, "rope_scaling")
     for rope_type in (rope.get("rope_type"), scaling.get("rope_type"), scaling.get("type")):
         if rope_type not in (None, "default"):
             raise ConfigError(f"unsupported RoPE scaling '{rope_type}': only plain RoPE is implemented")
-    theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
-    n_heads = int(hf["num_attention_heads"])
-    d_model = int(hf["hidden_size"])
-    head_dim = int(hf.get("head_dim") or d_model // n_heads)
-    return ModelConfig(
-        vocab_size=int(hf["vocab_size"]),
-        n_layers=int(hf["num_hidden_layers"]),
+    theta = _number(rope, "rope_theta", _number(hf, "rope_theta", 10000.0))
+    n_heads = _positive_int(hf, "num_attention_heads")
+    d_model = _positive_int(hf, "hidden_size")
+    head_dim = _positive_int(hf, "head_dim") if hf.get("head_dim") else d_model // n_heads
+    cfg = ModelConfig(
+        vocab_size=_positive_int(hf, "vocab_size"),
+        n_layers=_positive_int(hf, "num_hidden_layers"),
         d_model=d_model,
         n_heads=n_heads,
-        n_kv_heads=int(hf.get("num_key_value_heads") or n_heads),
-        d_ff=int(hf["intermediate_size"]),
+        n_kv_heads=_positive_int(hf, "num_key_value_heads", n_heads),
+        d_ff=_positive_int(hf, "intermediate_size"),
         head_dim=0 if head_dim * n_heads == d_model else head_dim,
-        rope_theta=float(theta),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        max_seq_len=int(hf.get("max_position_embeddings", 2048)),
+        rope_theta=theta,
+        norm_eps=_number(hf, "rms_norm_eps", 1e-6),
+        max_seq_len=_positive_int(hf, "max_position_embeddings", 2048),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),  # HF default
-        init_std=float(hf.get("initializer_range", 0.02)),
+        init_std=_number(hf, "initializer_range", 0.02),
     )
+    validate_model(cfg)
+    return cfg

@@ -18,17 +18,21 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from core.cli import UserError, human_bytes
 from core.config import Config
 from core.metrics import MetricsLog
 from core.schedule import lr_at, total_steps
 from core.training import (
     Start,
+    claim_output,
     dry_run_report,
+    estimate_memory,
     nonfinite_error,
     resolve_start,
     step_name,
@@ -40,15 +44,36 @@ from core.weights import flops_per_token
 if TYPE_CHECKING:  # data/ uses core; core names data's types only
     from data.store import PreparedData
 
+
+@dataclass
+class Device:
+    """What the loop needs to know of the device it trains on."""
+
+    name: str  # shown in the start line and --dry-run
+    memory: int  # bytes (0: unknown), for --dry-run and the start-up check
+    peak_flops: float | None = None  # for MFU (None: MFU not shown)
+    loss_chunk_bytes: int | None = None  # torch's fused loss works on this many bytes of logits at a time
+
+
 Capture = Callable[[], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]  # -> (weights, optimizer moments)
 
 
 class Run:
     """One training run's framework-free state: data, schedule, progress, metrics, checkpoints."""
 
-    def __init__(self, cfg: Config, backend: str, device: str, rank: int, world: int, peak: float | None):
+    def __init__(
+        self, cfg: Config, backend: str, device: Device, rank: int, world: int, any_rank: Callable[[bool], bool] = bool
+    ):
+        """`any_rank(flag)`: True on every process when any process passes True (a collective, so that all
+        ranks decide together and none is left waiting for a stopped one)."""
         self.cfg, self.t = cfg, cfg.training
-        self.backend, self.device, self.rank, self.world, self.peak = backend, device, rank, world, peak
+        self.backend, self.device, self.rank, self.world, self.any_rank = backend, device, rank, world, any_rank
+        devices = cfg.hardware.devices
+        if devices and devices != world:
+            raise UserError(
+                f"hardware.devices is {devices} but {world} process(es) run; start it with python train.py "
+                f"(it launches {devices}), or set --hardware.devices 0 to train on as many as are launched"
+            )
         self.is_main = rank == 0
         self.total = total_steps(self.t, world)
         self.tokens_per_step = self.t.batch_size * self.t.grad_accum * self.t.seq_len * world
@@ -62,14 +87,34 @@ class Run:
 
     # ------------------------------------------------------------------------------------- setup
 
-    def dry_run(self, memory_bytes: int, loss_chunk_bytes: int | None = None) -> None:
+    def dry_run(self) -> None:
         """--dry-run: size, FLOPs and the memory estimate against the device; exit 1 when it cannot fit."""
+        d = self.device
         report, fits = dry_run_report(
-            self.cfg, self.total, self.world, f"{self.backend} {self.device}", memory_bytes, loss_chunk_bytes
+            self.cfg, self.total, self.world, f"{self.backend} {d.name}", d.memory, d.loss_chunk_bytes
         )
         print(report)
         if not fits:
             raise SystemExit(1)
+
+    def claim(self, resume: str) -> None:
+        """Before any long work: the model must be able to fit the device, and rank 0 makes output.dir this
+        run's (core.training.claim_output: lock, debris, no mixing with an earlier run); every rank learns
+        whether that failed, so none is left waiting for the others."""
+        need, have = estimate_memory(self.cfg, self.device.loss_chunk_bytes)["total"], self.device.memory
+        if have and need > 1.5 * have:  # the estimate is rough: refuse only what clearly cannot fit
+            raise UserError(
+                f"this run needs about {human_bytes(need)} but {self.device.name} has {human_bytes(have)}; lower "
+                f"training.batch_size or training.seq_len, or the model size (details: --dry-run)"
+            )
+        error = None
+        if self.is_main:
+            try:
+                claim_output(self.cfg, resume)
+            except UserError as exc:
+                error = exc
+        if self.any_rank(error is not None):
+            raise error or UserError(f"rank 0 could not use output.dir {self.cfg.output.dir} (see its message)")
 
     def prepare(self, data: PreparedData, resume: str) -> Start:
         """Where the run starts, its batches and its validation set, from the prepared tokens
@@ -77,10 +122,11 @@ class Run:
         t = self.t
         self.data = data
         data.check_model_vocab(self.cfg.model.vocab_size)
-        self.start = resolve_start(self.cfg, resume, self.world)
+        self.signature = data.signature()
+        self.start = resolve_start(self.cfg, resume, self.world, self.signature)
         self.loader = data.train_batches(t.seq_len, t.batch_size, t.seed, self.rank, self.world, t.grad_accum)
         self.val = data.val_windows(t.seq_len, t.eval_batches * t.batch_size)
-        self.step, self.tokens_seen = self.start.step, self.start.tokens_seen
+        self.step, self.updates, self.tokens_seen = self.start.step, self.start.updates, self.start.tokens_seen
         self.loss, self.lr_now = float("nan"), lr_at(self.start.step, t, self.total)
         return self.start
 
@@ -101,7 +147,7 @@ class Run:
         self.wall_start = time.time() - self.start.state.get("wall_time", 0.0)
         self.meter = Throughput(self.start.step, self.total)
         self.say(
-            f"training {self.cfg.output.run_name}: {self.total} steps on {self.backend} {self.device}, "
+            f"training {self.cfg.output.run_name}: {self.total} steps on {self.backend} {self.device.name}, "
             f"{self.world} process(es); start {self.start.source} at step {self.start.step}"
         )
 
@@ -127,7 +173,7 @@ class Run:
             with StopSignal() as stop:
                 for step in range(self.start.step, self.total):
                     yield step
-                    if stop.requested:
+                    if self.any_rank(stop.requested):  # a signal seen by any rank stops every rank here
                         self.stopped = True
                         path = self._save(step_name(self.step))
                         self.say(f"stopped at step {self.step}; saved {path}; continue with --resume auto")
@@ -135,26 +181,29 @@ class Run:
         finally:
             self.bar.close()
 
-    def finite(self, step: int, loss: float, grad_norm: float) -> bool:
-        """False (and a note) when the step must be skipped; raises when training.on_nonfinite is stop."""
-        if np.isfinite(loss) and np.isfinite(grad_norm):
+    def finite(self, step: int, loss: float, grad_norm: float, weight_norm: float) -> bool:
+        """Whether the step's loss, gradient norm and updated weights' norm are finite on every rank. If
+        not: raise (training.on_nonfinite stop), or return False so the trainer undoes the update (skip)."""
+        if not self.any_rank(not all(np.isfinite(v) for v in (loss, grad_norm, weight_norm))):
             return True
         if self.t.on_nonfinite == "stop":
-            raise nonfinite_error(step + 1, loss, grad_norm)
-        self.say(f"step {step + 1}: non-finite loss or gradient, update skipped")
+            raise nonfinite_error(step + 1, loss, grad_norm, weight_norm)
+        self.say(f"step {step + 1}: non-finite loss, gradient or weights, update skipped")
         return False
 
     def end_step(self, step: int, loss: float, grad_norm: float, skipped: bool = False) -> None:
-        """Everything after an optimizer step: counters, log line and metrics, eval + sample, checkpoints."""
-        if skipped:
-            return
+        """Everything after an optimizer step: counters, log line and metrics, eval + sample, checkpoints. A
+        skipped step (its update undone) still counts: its batch was consumed, and the cadence goes on."""
         t, done = self.t, step + 1
-        self.step, self.loss = done, loss
+        self.step = done
         self.tokens_seen += self.tokens_per_step
         self.bar.update(1)
-        if self.is_main and (done % t.log_every == 0 or done == self.total):
+        if not skipped:
+            self.loss, self.updates = loss, self.updates + 1
+        if self.is_main and (done % t.log_every == 0 or done == self.total) and not skipped:
             tok_s, eta = self.meter.update(done, self.tokens_per_step)
-            mfu = tok_s * self.flops_per_token / self.world / self.peak if self.peak else None  # tok_s: all ranks
+            peak = self.device.peak_flops
+            mfu = tok_s * self.flops_per_token / self.world / peak if peak else None  # tok_s counts all ranks
             elapsed = time.time() - self.wall_start
             self.say(
                 self.log.train(
@@ -162,6 +211,7 @@ class Run:
                     self.peak_memory() or 0, grad_norm, elapsed, eta,
                 )
             )  # fmt: skip
+        paused = time.perf_counter()
         if t.eval_every and (done % t.eval_every == 0 or done == self.total):
             val = self.evaluate(self.val)
             text = self.sample_text()  # every rank: FSDP gathers weights for the forward
@@ -169,6 +219,7 @@ class Run:
                 self.say(self.log.val(done, val, self.tokens_seen, text))
         if t.save_every and done % t.save_every == 0 and done < self.total:
             self._save(step_name(done))
+        self.meter.last_time += time.perf_counter() - paused  # tok/s and ETA count training steps only
 
     def sample_text(self) -> str:
         tokenizer = self.data.tokenizer
@@ -192,10 +243,14 @@ class Run:
         weights, moments = self.capture()
         if not self.is_main:
             return None
+        broken = next((name for name, value in weights.items() if not np.isfinite(value).all()), None)
+        if broken is not None:  # never reached by a run whose steps passed `finite`; a last line of defence
+            raise UserError(f"weights are non-finite ('{broken}') at step {self.step}; no checkpoint written")
         elapsed = time.time() - self.wall_start
         state = trainer_state(
-            self.cfg, self.step, self.tokens_seen, self.lr_now, self.loss, self.backend, self.world, elapsed
-        )
+            self.cfg, self.step, self.updates, self.tokens_seen, self.lr_now, self.loss, self.backend, self.world,
+            elapsed, self.signature,
+        )  # fmt: skip
         tokenizer = self.data.tokenizer
         return write_checkpoint(
             self.cfg, name, weights, moments, state, self.data.tokenizer_dir, tokenizer.eos_id, tokenizer.bos_id

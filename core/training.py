@@ -5,7 +5,9 @@ The loop around the framework's step is core/loop.py."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,19 +15,20 @@ from typing import Any
 import numpy as np
 
 from core.checkpoint import (
-    CheckpointError,
-    load_optimizer,
-    load_weights,
+    LATEST,
+    list_checkpoints,
     prune_checkpoints,
-    read_model_config,
     read_train_config,
     read_trainer_state,
     resolve_resume,
     save_checkpoint,
+    state_count,
     write_latest,
 )
-from core.cli import UserError, human_bytes, human_count
+from core.cli import ArgumentParser, UserError, human_bytes, human_count
 from core.config import Config, load_config, override_help, parse_overrides, validate
+from core.fs import hold_lock, remove_atomically, remove_debris
+from core.model_files import CheckpointError, load_optimizer, load_weights, read_model_config
 from core.weights import count_parameters, flops_per_token, init_weights
 
 # What must match between a checkpoint's run and the resuming run for the next batch to be the same.
@@ -50,10 +53,8 @@ def load_train_config(path: str, overrides: dict[str, Any]) -> Config:
     return cfg
 
 
-def parse_train_args(doc: str, argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
-    parser = argparse.ArgumentParser(
-        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=override_help()
-    )
+def parse_train_args(doc: str, argv: list[str] | None, prog: str) -> tuple[argparse.Namespace, dict[str, Any]]:
+    parser = ArgumentParser(prog=prog, description=doc, epilog=override_help())
     parser.add_argument("--config", default="config.yaml", help="YAML run config (default: config.yaml)")
     parser.add_argument("--resume", default="", help="'auto' (newest in output.dir, if any) or a *.ckpt directory")
     parser.add_argument("--dry-run", action="store_true", help="print size, FLOPs and memory estimate, then exit")
@@ -67,34 +68,44 @@ class Start:
 
     weights: dict[str, np.ndarray]
     optimizer: dict[str, np.ndarray] | None = None
-    step: int = 0  # optimizer steps already done
+    step: int = 0  # steps already done (the schedule's and the data's position)
+    updates: int = 0  # of those, the ones whose update was applied (Adam's bias-correction count)
     tokens_seen: int = 0
     source: str = "init"
     state: dict[str, Any] = field(default_factory=dict)
 
 
-def resolve_start(cfg: Config, resume: str, world_size: int) -> Start:
-    """Resume exactly from a checkpoint, start from `training.init_from` weights, or init fresh."""
+def resolve_start(cfg: Config, resume: str, world_size: int, data: dict[str, Any] | None = None) -> Start:
+    """Resume exactly from a checkpoint, start from `training.init_from` weights, or init fresh. A resume
+    must continue the same run: same model, data (`data` is PreparedData.signature()), batch layout and
+    process count; what else changed (the schedule, say) is allowed and printed."""
     path = resolve_resume(resume, cfg.output.dir) if resume else None
     if path is not None:
-        if read_model_config(path) != cfg.model:
-            raise UserError(f"cannot resume from {path}: its model config differs from --config's; use the same model")
-        old = (read_train_config(path) or {}).get("training", {})
-        for key in RESUME_MUST_MATCH:
-            if key in old and old[key] != getattr(cfg.training, key):
-                raise UserError(
-                    f"cannot resume from {path}: training.{key} was {old[key]}, now {getattr(cfg.training, key)}; "
-                    f"keep it equal so the data order continues"
-                )
+        model = read_model_config(path)
+        if model != cfg.model:
+            diff = _differences(dataclasses.asdict(model), dataclasses.asdict(cfg.model), "model")
+            raise UserError(f"cannot resume from {path}: the model differs ({diff}); use the same model config")
         state = read_trainer_state(path)
-        if state.get("world_size", world_size) != world_size:
+        step, tokens = state_count(state, "step", path), state_count(state, "tokens_seen", path)
+        if state_count(state, "world_size", path, minimum=1) != world_size:
             raise UserError(f"cannot resume from {path}: it ran on {state['world_size']} processes, now {world_size}")
-        optimizer = load_optimizer(path)
+        _check_same_data(path, state, data)
+        old = read_train_config(path) or {}
+        old_training = old.get("training") if isinstance(old.get("training"), dict) else {}
+        for key in RESUME_MUST_MATCH:
+            if key in old_training and old_training[key] != getattr(cfg.training, key):
+                raise UserError(
+                    f"cannot resume from {path}: training.{key} was {old_training[key]}, now "
+                    f"{getattr(cfg.training, key)}; keep it equal so the data order continues"
+                )
+        changed = _differences(old_training, dataclasses.asdict(cfg.training), "training", skip=("init_from",))
+        if changed:
+            print(f"resuming {path} with changed settings: {changed}", file=sys.stderr)
+        optimizer = load_optimizer(path, cfg.model)
         if optimizer is None:
             raise UserError(f"cannot resume from {path}: it has no optimizer.safetensors (use training.init_from)")
-        return Start(
-            load_weights(path, cfg.model), optimizer, int(state["step"]), int(state["tokens_seen"]), str(path), state
-        )
+        updates = state_count(state, "updates", path) if "updates" in state else step
+        return Start(load_weights(path, cfg.model), optimizer, step, updates, tokens, str(path), state)
     if cfg.training.init_from:
         source = Path(cfg.training.init_from)
         try:
@@ -105,12 +116,85 @@ def resolve_start(cfg: Config, resume: str, world_size: int) -> Start:
     return Start(init_weights(cfg.model, cfg.training.seed))
 
 
+def _differences(old: dict[str, Any], new: dict[str, Any], section: str, skip: tuple[str, ...] = ()) -> str:
+    """`section.key old -> new` for every key both dicts hold with different values."""
+    keys = [k for k in new if k in old and k not in skip and _comparable(old[k]) != _comparable(new[k])]
+    return ", ".join(f"{section}.{k} {old[k]} -> {new[k]}" for k in keys)
+
+
+def _comparable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple | list) else value
+
+
+def _check_same_data(path: Path, state: dict[str, Any], data: dict[str, Any] | None) -> None:
+    """The resumed run must read the same tokens: same tokenizer, same prepared splits."""
+    old = state.get("data_signature")
+    if data is None or not isinstance(old, dict):
+        return  # a checkpoint from before signatures were recorded: nothing to compare
+    if old.get("tokenizer") != data["tokenizer"]:
+        raise UserError(
+            f"cannot resume from {path}: it was trained with another tokenizer (fingerprint {old.get('tokenizer')}, "
+            f"data.tokenizer now gives {data['tokenizer']}); use the run's own data.tokenizer"
+        )
+    if old.get("tokens") != data["tokens"] or old.get("sample") != data["sample"]:
+        raise UserError(
+            f"cannot resume from {path}: its data differs (dataset '{old.get('dataset')}', {old.get('tokens')} "
+            f"tokens; now '{data['dataset']}', {data['tokens']}); use the run's own data.dataset"
+        )
+
+
+def claim_output(cfg: Config, resume: str) -> None:
+    """Make output.dir this run's, before any long work: it must be a writable directory no other process
+    trains into (a lock held for the whole run), debris of killed writers is cleared, and a previous run there
+    is continued (--resume) or replaced on request (output.overwrite), never mixed with or truncated."""
+    out = Path(cfg.output.dir)
+    logs = Path(cfg.output.logs) / cfg.output.run_name
+    for path, key in ((out, "output.dir"), (logs, "output.logs")):
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{key} {path} is a file, not a directory; move it or set --{key} elsewhere")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=path).close()  # a real write: permissions, read-only mounts
+        except OSError as exc:
+            raise UserError(f"{key} {path} is not writable ({exc.strerror}); set --{key} elsewhere") from None
+    if not hold_lock(out / ".lock"):
+        holder = (out / ".lock").read_text().strip() or "?"
+        raise UserError(
+            f"another training run (pid {holder}) is writing to {out}; wait for it or set --output.dir elsewhere"
+        )
+    remove_debris(out)
+    metrics = logs / "metrics.jsonl"
+    previous = list_checkpoints(out)
+    logged = metrics.is_file() and metrics.stat().st_size > 0
+    if resume or not (previous or logged):
+        return
+    if not cfg.output.overwrite:
+        what = f"{len(previous)} checkpoint(s)" if previous else f"the log {metrics}"
+        raise UserError(
+            f"{out} already holds a run ({what}); continue it with --resume auto, or replace it with "
+            f"--output.overwrite true"
+        )
+    print(f"output.overwrite: replacing the previous run in {out} ({len(previous)} checkpoint(s))", file=sys.stderr)
+    for path in [*previous, out / LATEST, metrics, logs / "loss.png", logs / "tensorboard"]:
+        remove_atomically(path)
+
+
 def trainer_state(
-    cfg: Config, step: int, tokens_seen: int, lr: float, loss: float, backend: str, world_size: int, elapsed: float
+    cfg: Config,
+    step: int,
+    updates: int,
+    tokens_seen: int,
+    lr: float,
+    loss: float,
+    backend: str,
+    world_size: int,
+    elapsed: float,
+    data_signature: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What trainer_state.json records: enough to continue exactly, and to read the run later."""
     return {
         "step": step,
+        "updates": updates,
         "tokens_seen": tokens_seen,
         "lr": lr,
         "loss": loss,
@@ -124,6 +208,7 @@ def trainer_state(
             "batch_size": cfg.training.batch_size,
             "grad_accum": cfg.training.grad_accum,
         },
+        "data_signature": data_signature,
         "wall_time": elapsed,
     }
 
@@ -157,11 +242,11 @@ def write_checkpoint(
     return path
 
 
-def nonfinite_error(step: int, loss: float, grad_norm: float) -> UserError:
+def nonfinite_error(step: int, loss: float, grad_norm: float, weight_norm: float) -> UserError:
     """What both trainers raise when training.on_nonfinite is stop."""
     return UserError(
-        f"non-finite loss or gradient at step {step} (loss {loss}, grad norm {grad_norm}); no checkpoint written. "
-        "Lower training.lr, or set training.on_nonfinite skip"
+        f"non-finite loss, gradient or weights at step {step} (loss {loss}, grad norm {grad_norm}, weight norm "
+        f"{weight_norm}); that step is not saved. Lower training.lr, or set training.on_nonfinite skip"
     )
 
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import math
 
-import ml_dtypes
 import numpy as np
 
 from core.config import ModelConfig
 
-BFLOAT16 = np.dtype(ml_dtypes.bfloat16)  # numpy has no bf16; ml_dtypes' is what safetensors' numpy API reads
-DTYPES = {"float32": np.dtype(np.float32), "bfloat16": BFLOAT16, "float16": np.dtype(np.float16)}
+DTYPES = ("float32", "bfloat16", "float16")  # the weight dtypes a model is stored and run in
 DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "fp16": "float16", "f16": "float16"}
 
 
@@ -24,11 +22,21 @@ def canonical_dtype(name: str) -> str:
     return DTYPE_ALIASES.get(name.lower(), name.lower())
 
 
+def numpy_dtype(name: str) -> np.dtype:
+    """A weight dtype name as a numpy dtype. numpy has no bf16: it is ml_dtypes' (what safetensors' numpy API
+    reads and writes), imported here on first need only, since the import alone takes ~1.2 s."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
 def weights_dtype(weights: dict[str, np.ndarray]) -> str:
     """The dtype most of the weights' elements use, by name (float32 / bfloat16 / float16 / e.g. int8)."""
     counts: dict[str, int] = {}
     for value in weights.values():
-        name = next((k for k, v in DTYPES.items() if v == value.dtype), str(value.dtype))
+        name = value.dtype.name
         counts[name] = counts.get(name, 0) + value.size
     return max(counts, key=counts.get) if counts else "float32"
 
@@ -61,10 +69,13 @@ def parameter_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def count_parameters(cfg: ModelConfig, include_embeddings: bool = True) -> int:
-    total = sum(math.prod(s) for s in parameter_shapes(cfg).values())
-    if not include_embeddings:
-        total -= cfg.vocab_size * cfg.d_model
-    return total
+    """The parameter count of `parameter_shapes` in closed form: known without listing tensors, so a damaged
+    config.json that claims a billion layers is measured (and refused) before anything is allocated for it."""
+    d, hd = cfg.d_model, cfg.resolved_head_dim
+    per_layer = 2 * d + 2 * cfg.n_heads * hd * d + 2 * cfg.n_kv_heads * hd * d + 3 * cfg.d_ff * d
+    heads = 1 if cfg.tie_embeddings else 2
+    total = cfg.vocab_size * d * heads + d + cfg.n_layers * per_layer
+    return total if include_embeddings else total - cfg.vocab_size * d
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
@@ -100,15 +111,18 @@ def init_weights(cfg: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
 
 def check_weights(cfg: ModelConfig, weights: dict[str, np.ndarray], source: str = "weights") -> None:
     """Raise ValueError naming the first missing, unexpected or mis-shaped tensor."""
+    check_shapes(cfg, {name: tuple(value.shape) for name, value in weights.items()}, source)
+
+
+def check_shapes(cfg: ModelConfig, shapes: dict[str, tuple[int, ...]], source: str = "weights") -> None:
+    """`check_weights` on names and shapes alone (e.g. read from a file header before any tensor)."""
     expected = parameter_shapes(cfg)
-    missing = [k for k in expected if k not in weights]
+    missing = [k for k in expected if k not in shapes]
     if missing:
         raise ValueError(f"{source}: missing tensor '{missing[0]}' ({len(missing)} missing); is this a Llama model?")
-    extra = [k for k in weights if k not in expected]
+    extra = [k for k in shapes if k not in expected]
     if extra:
         raise ValueError(f"{source}: unexpected tensor '{extra[0]}' ({len(extra)} unexpected) for this config")
     for name, shape in expected.items():
-        if tuple(weights[name].shape) != shape:
-            raise ValueError(
-                f"{source}: tensor '{name}' has shape {tuple(weights[name].shape)}, config expects {shape}"
-            )
+        if tuple(shapes[name]) != shape:
+            raise ValueError(f"{source}: tensor '{name}' has shape {tuple(shapes[name])}, config expects {shape}")

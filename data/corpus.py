@@ -207,7 +207,13 @@ def cache_file(cache_dir: str | Path, first: int = 0) -> Path:
 def _cached_extract(path: Path, limit: int) -> None:
     with file_lock(path.with_suffix(".lock")):
         if not path.is_file():
-            lines = [json.dumps({"text": doc}, ensure_ascii=False) for doc in _extract(limit)]
+            try:
+                lines = [json.dumps({"text": doc}, ensure_ascii=False) for doc in _extract(limit)]
+            except (ET.ParseError, EOFError, OSError) as exc:  # reading only: a failed write is the cache's error
+                raise DataError(
+                    f"{dump_path()}: the built-in corpus dump is damaged ({exc}); reinstall it with "
+                    f"pip install --force-reinstall gensim==4.4.0"
+                ) from None
             write_text(path, "\n".join(lines) + "\n")
 
 
@@ -221,8 +227,14 @@ def documents(cache_dir: str | Path, max_documents: int = 0) -> Iterator[str]:
     if not path.is_file():
         path = cache_file(cache_dir, max_documents)
         _cached_extract(path, max_documents)
-    with open(path, encoding="utf-8") as handle:
+    with open(path, "rb") as handle:
         for i, line in enumerate(handle):
             if max_documents and i >= max_documents:
                 return
-            yield json.loads(line)["text"]
+            try:
+                text = json.loads(line)["text"]
+            except (ValueError, KeyError, TypeError):  # not UTF-8, not JSON, not {"text": ...}
+                text = None
+            if not isinstance(text, str):
+                raise DataError(f"{path}:{i + 1}: damaged extracted text of the built-in corpus; delete the file")
+            yield text

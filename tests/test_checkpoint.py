@@ -16,12 +16,8 @@ from helpers import ROOT, TINY_MODELS
 
 import core.checkpoint as ckpt_mod
 from core.checkpoint import (
-    CheckpointError,
     list_checkpoints,
-    load_optimizer,
-    load_weights,
     prune_checkpoints,
-    read_model_config,
     read_train_config,
     read_trainer_state,
     resolve_resume,
@@ -30,6 +26,7 @@ from core.checkpoint import (
 )
 from core.config import load_config
 from core.fs import remove_debris
+from core.model_files import CheckpointError, load_optimizer, load_weights, read_model_config
 from core.weights import init_weights
 from mlx_model.state import build_model as build_mlx
 from mlx_model.state import load_model as load_mlx

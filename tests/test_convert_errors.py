@@ -89,14 +89,14 @@ def test_gguf_import_refuses_damaged_and_foreign_files(capsys, tmp_path, good):
     data = (tmp_path / "m.gguf").read_bytes()
     (tmp_path / "cut.gguf").write_bytes(data[: len(data) // 2])
     (tmp_path / "junk.gguf").write_bytes(b"definitely not gguf" * 100)
-    assert "not a readable GGUF" in convert_fails(capsys, tmp_path, "import", tmp_path / "cut.gguf", tmp_path / "o")
-    assert "not a readable GGUF" in convert_fails(capsys, tmp_path, "import", tmp_path / "junk.gguf", tmp_path / "o")
+    assert "is truncated: tensor" in convert_fails(capsys, tmp_path, "import", tmp_path / "cut.gguf", tmp_path / "o")
+    assert "no GGUF magic" in convert_fails(capsys, tmp_path, "import", tmp_path / "junk.gguf", tmp_path / "o")
 
     from dataclasses import replace
 
     from convert.gguf_export import gguf_tensors, write_gguf
     from convert.gguf_tokenizer import vocab_from_tokenizer_dir
-    from core.checkpoint import load_weights
+    from core.model_files import load_weights
 
     vocab = vocab_from_tokenizer_dir(good, CFG.vocab_size)
     tensors = gguf_tensors(CFG, load_weights(good), "f32")
@@ -105,7 +105,7 @@ def test_gguf_import_refuses_damaged_and_foreign_files(capsys, tmp_path, good):
     err = convert_fails(capsys, tmp_path, "import", tmp_path / "short.gguf", tmp_path / "o.ckpt")
     assert "missing tensor 'output_norm.weight' (1 missing)" in err
     err = convert_fails(capsys, tmp_path, "import", tmp_path / "wide.gguf", tmp_path / "o.ckpt")
-    assert "tensor 'blk.0.ffn_down.weight' has shape (64, 96), the metadata implies (64, 128)" in err
+    assert "tensor 'blk.0.ffn_gate.weight' has shape (96, 64), the metadata implies (128, 64)" in err
 
     writer = gguf.GGUFWriter(tmp_path / "qwen.gguf", "qwen2")
     writer.add_tensor("token_embd.weight", np.zeros((8, 4), np.float32))

@@ -11,7 +11,7 @@ from helpers import GGUF_MODELS, TEXT, make_checkpoint, run_convert
 
 from convert.gguf_export import export_gguf
 from convert.gguf_import import import_gguf, load_gguf, metadata, open_reader
-from core.checkpoint import load_weights, read_model_config
+from core.model_files import load_weights, read_model_config
 from torch_model.state import load_model as load_torch
 
 # max |logit difference| vs the source checkpoint, logits of max |3.2..3.5|; measured (docs/convert.md):

@@ -12,8 +12,9 @@ from helpers import GGUF_MODELS, greedy_mlx, make_checkpoint, run_convert, write
 
 from convert.hf_export import export_hf
 from convert.mlx_export import export_mlx
-from core.checkpoint import load_weights, save_checkpoint
-from core.weights import BFLOAT16, count_parameters
+from core.checkpoint import save_checkpoint
+from core.model_files import load_weights
+from core.weights import count_parameters, numpy_dtype
 from mlx_model.state import load_model as load_mlx
 from torch_model.state import load_model as load_torch
 
@@ -63,7 +64,9 @@ def test_import_of_sharded_transformers_directory(tmp_path, dtype, tie):
             continue
         expected = value.float().numpy()
         assert np.array_equal(weights[name].astype(np.float32), expected), name
-    assert {v.dtype for v in weights.values()} == {BFLOAT16 if dtype == torch.bfloat16 else np.dtype(np.float32)}
+    assert {v.dtype for v in weights.values()} == {
+        numpy_dtype("bfloat16") if dtype == torch.bfloat16 else np.dtype(np.float32)
+    }
 
     from transformers import LlamaForCausalLM
 

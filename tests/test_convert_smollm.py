@@ -15,7 +15,7 @@ from helpers import greedy_mlx, greedy_torch
 
 from convert.gguf_export import export_gguf
 from convert.gguf_import import import_gguf, load_gguf, metadata, open_reader
-from core.checkpoint import load_weights, read_model_config
+from core.model_files import load_weights, read_model_config
 from mlx_model.state import load_model as load_mlx
 from torch_model.state import build_model as build_torch
 from torch_model.state import load_model as load_torch

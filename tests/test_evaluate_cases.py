@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -143,3 +145,18 @@ def test_bad_input_is_one_line_and_exit_2(ckpt, capsys):
     assert "corrupt or truncated" in run(["--checkpoints", str(ckpt / "c/*.ckpt"), *cases], capsys)
     (ckpt / "c" / "m.ckpt" / "config.json").write_text("{")
     assert "config.json is not valid JSON" in run(["--checkpoints", str(ckpt / "c/*.ckpt"), *cases], capsys)
+
+
+def test_a_case_that_cannot_be_scored_is_reported_not_a_crash(ckpt, capsys):
+    """An `expect` longer than the model's context (128 tokens here) is a row of its own, left out of the rates."""
+    long = " ".join(f"w{5 + i % 80}" for i in range(200))
+    write(ckpt, f"- {{name: fits, prompt: w5 w6, expect: w7}}\n- {{name: too-long, prompt: w5, expect: '{long}'}}\n")
+    out = ckpt / "r.json"
+    records = ev.main(["--checkpoints", str(ckpt / "c/m.ckpt"), "--cases", str(ckpt / "cases.yaml"),
+                       "--backend", "torch", "--out", str(out), "--val-tokens", "-1"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert "case 'too-long' cannot be scored (expect is 200 tokens, the context only 128)" in err
+    cases = {c["name"]: c for c in json.loads(out.read_text())[0]["cases"]}
+    assert cases["too-long"]["rank"] is None and cases["too-long"]["hit"] is False and "error" in cases["too-long"]
+    assert cases["fits"]["rank"] >= 1 and "error" not in cases["fits"]
+    assert records[0]["top1"] == float(cases["fits"]["rank"] == 1)  # over the one case that could be scored

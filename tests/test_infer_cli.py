@@ -172,4 +172,4 @@ def test_script_runs_as_the_readme_says(our_ckpt, tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1
-    assert "config.json: missing key" in done.stderr
+    assert "config.json: 'num_attention_heads' is missing" in done.stderr

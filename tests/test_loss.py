@@ -17,6 +17,7 @@ from helpers import mlx_cross_entropy, random_weights, tokens_for, torch_cross_e
 import torch_model.loss as loss_module
 from core.weights import init_weights
 from mlx_model.state import build_model as build_mlx
+from torch_model.loss import keep_eager_under_compile
 from torch_model.state import build_model as build_torch
 
 
@@ -123,6 +124,7 @@ def test_compiled_model_trains_with_the_fused_loss():
     cfg = TINY_MODELS["mha4-untied"]
     eager = build_torch(cfg, init_weights(cfg, 0))
     compiled_base = build_torch(cfg, init_weights(cfg, 0))
+    keep_eager_under_compile()
     compiled = torch.compile(compiled_base)
     tokens = torch.from_numpy(tokens_for(cfg, 2, 9, seed=1))
     losses = []

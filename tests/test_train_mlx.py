@@ -13,7 +13,8 @@ import pytest
 from helpers import ROOT, assert_same_logits_elsewhere, max_weight_diff, smoke_argv, train_losses
 
 import train_mlx
-from core.checkpoint import is_checkpoint, list_checkpoints, load_weights, read_trainer_state
+from core.checkpoint import list_checkpoints, read_trainer_state
+from core.model_files import is_checkpoint, load_weights
 
 pytestmark = pytest.mark.slow  # each test trains end to end
 
@@ -81,7 +82,7 @@ def test_sigint_saves_a_resumable_checkpoint(tmp_path, data_cache):
 def test_nonfinite_loss_stops_without_a_checkpoint(tmp_path, data_cache):
     from core.cli import UserError
 
-    with pytest.raises(UserError, match="non-finite loss or gradient at step"):
+    with pytest.raises(UserError, match="non-finite loss, gradient or weights at step"):
         run(tmp_path, data_cache, "--training.lr", "1e30", "--training.warmup_steps", "0", "--training.grad_clip", "0",
             "--training.max_steps", "3", "--training.min_lr", "0")  # fmt: skip
     assert list_checkpoints(tmp_path / "ckpt") == []
@@ -91,7 +92,7 @@ def test_nonfinite_steps_can_be_skipped(tmp_path, data_cache, capsys):
     run(tmp_path, data_cache, "--training.lr", "1e30", "--training.warmup_steps", "0", "--training.grad_clip", "0",
         "--training.max_steps", "3", "--training.min_lr", "0", "--training.on_nonfinite", "skip")  # fmt: skip
     captured = capsys.readouterr()
-    assert "step 2: non-finite loss or gradient, update skipped" in captured.out + captured.err
+    assert "step 2: non-finite loss, gradient or weights, update skipped" in captured.out + captured.err
     assert all(np.isfinite(v).all() for v in load_weights(tmp_path / "ckpt" / "final.ckpt").values())
 
 

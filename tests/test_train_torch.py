@@ -11,8 +11,9 @@ import pytest
 from helpers import ROOT, assert_same_logits_elsewhere, max_weight_diff, smoke_argv, train_losses
 
 import train_cuda
-from core.checkpoint import is_checkpoint, list_checkpoints, read_trainer_state
+from core.checkpoint import list_checkpoints, read_trainer_state
 from core.cli import human_bytes
+from core.model_files import is_checkpoint
 
 pytestmark = pytest.mark.slow  # each test trains end to end
 

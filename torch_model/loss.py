@@ -52,7 +52,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_h.mul_(grad_loss), grad_w.mul_(grad_loss).to(ctx.weight_dtype), None, None
 
 
-@torch.compiler.disable  # eager kernels with reused buffers; torch.compile graphs the model around it
+def keep_eager_under_compile() -> None:
+    """Make torch.compile graph the model around the chunked loss, which runs eagerly with its reused
+    buffers. Called before compiling (torch_model/wrap.py), not at import: `torch.compiler.disable` imports
+    torch._dynamo, 1.7 s that every eager process (infer, evaluate, CPU training) would pay for nothing."""
+    global _chunked
+    if not getattr(_chunked, "_eager_under_compile", False):
+        _chunked = torch.compiler.disable(_chunked)
+        _chunked._eager_under_compile = True
+
+
 def _chunked(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int, with_grads: bool):
     """Loss (and d loss / d h, d loss / d weight) over row chunks of h: (N, d), weight: (V, d).
     Matmuls run in h's dtype; the weight gradient is summed in fp32 and returned in the weight's."""

@@ -6,6 +6,8 @@ trainer_state.json, which is exactly what torch's AdamW keeps per parameter."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -26,12 +28,13 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.A
 
 
 def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, np.ndarray]:
+    """The moments as "<param>.exp_avg" / "<param>.exp_avg_sq" fp32 numpy arrays; zeros for a parameter torch
+    has not stepped yet (its state is created lazily), so every checkpoint can be resumed."""
     out = {}
     for name, p in unwrap(model).named_parameters():
-        state = optimizer.state.get(p)
-        if state:
-            out[f"{name}.exp_avg"] = to_numpy(state["exp_avg"].float())
-            out[f"{name}.exp_avg_sq"] = to_numpy(state["exp_avg_sq"].float())
+        state = optimizer.state.get(p) or {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+        out[f"{name}.exp_avg"] = to_numpy(state["exp_avg"].float())
+        out[f"{name}.exp_avg_sq"] = to_numpy(state["exp_avg_sq"].float())
     return out
 
 
@@ -60,3 +63,16 @@ def _like(param: torch.Tensor, full: np.ndarray) -> torch.Tensor:
 
         return distribute_tensor(tensor, param.device_mesh, param.placements)
     return tensor
+
+
+def snapshot(model, optimizer):
+    """Copies of the weights and AdamW state, to undo an update that training.on_nonfinite skip rejects."""
+    return [p.detach().clone() for p in model.parameters()], copy.deepcopy(optimizer.state_dict())
+
+
+@torch.no_grad()
+def restore(model, optimizer, before) -> None:
+    weights, state = before
+    for p, saved in zip(model.parameters(), weights, strict=True):
+        p.copy_(saved)
+    optimizer.load_state_dict(state)

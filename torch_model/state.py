@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.checkpoint import load_weights, read_model_config
 from core.cli import UserError
 from core.config import ModelConfig
-from core.weights import BFLOAT16, init_weights, runtime_dtype
+from core.model_files import load_weights, read_model_config
+from core.weights import init_weights, numpy_dtype, runtime_dtype
 from torch_model.model import Model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -18,7 +18,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def to_torch(array: np.ndarray) -> torch.Tensor:
     """numpy -> torch, bit-exact for bf16 (ml_dtypes) too."""
-    if array.dtype == BFLOAT16:
+    if array.dtype.name == "bfloat16":
         return torch.from_numpy(np.ascontiguousarray(array).view(np.int16).copy()).view(torch.bfloat16)
     return torch.from_numpy(np.array(array))
 
@@ -28,7 +28,7 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
         tensor = tensor.full_tensor()
     tensor = tensor.detach().cpu().contiguous()
     if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).numpy().copy().view(BFLOAT16)
+        return tensor.view(torch.int16).numpy().copy().view(numpy_dtype("bfloat16"))
     return tensor.numpy().copy()
 
 
@@ -84,3 +84,9 @@ def load_model(
     if dtype is None:
         dtype = runtime_dtype(weights)
     return build_model(cfg, weights, dtype=dtype, device=device), cfg
+
+
+def weight_norm(model) -> float:
+    """Norm of this rank's weights (its shards under FSDP): finite or not is what the loop asks."""
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+    return torch.linalg.vector_norm(torch.stack([p.detach().float().norm() for p in local])).item()

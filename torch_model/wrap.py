@@ -1,0 +1,41 @@
+"""How train_cuda.py wraps the model for its hardware: flash-attn kernels, activation checkpointing, DDP or
+FSDP2 under torchrun, torch.compile on CUDA. The wrapped model keeps HF parameter names (state.unwrap)."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from torch_model.loss import keep_eager_under_compile
+
+
+def wrap_model(model, cfg, device):
+    """DDP or FSDP2 under torchrun, activation checkpointing and torch.compile by config."""
+    h = cfg.hardware
+    if h.attention == "flash_attn":
+        from torch_model.flash import enable_flash_attn
+
+        enable_flash_attn(model)
+    if h.activation_checkpointing:
+        for block in model.model.layers:
+            block.forward = _checkpointed(block.forward)
+    if dist.is_initialized() and h.distributed == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.model.layers:
+            fully_shard(block)
+        fully_shard(model)
+    elif dist.is_initialized():
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.training.compile and device.type == "cuda":
+        keep_eager_under_compile()
+        model = torch.compile(model)
+    return model
+
+
+def _checkpointed(forward):
+    from torch.utils.checkpoint import checkpoint
+
+    return lambda *args: checkpoint(forward, *args, use_reentrant=False)

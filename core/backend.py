@@ -27,6 +27,7 @@ from core import generate as driver
 from core.cli import UserError
 from core.config import ModelConfig
 from core.hardware import is_apple_silicon
+from core.sampling import SamplingParams
 
 BACKENDS = ("auto", "mlx", "torch", "cuda", "mps", "cpu")
 
@@ -53,15 +54,24 @@ class Backend:
     def label(self) -> str:
         return f"{self.name} {self.device} {self.dtype}"
 
-    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, **sampling: Any) -> Iterator[int]:
-        """New token ids one at a time (sampling keywords: see core.generate.generate)."""
-        return driver.generate(self.new_decoder, self.config.max_seq_len, prompt_ids, max_new_tokens, **sampling)
+    def generate(
+        self, prompt_ids: Sequence[int], max_new_tokens: int, seed: int | None = None, eos_id: Any = None, **sampling
+    ) -> Iterator[int]:
+        """New token ids one at a time. `sampling`: temperature (0: greedy), top_k, top_p, repetition_penalty
+        (core.sampling.SamplingParams); `eos_id`: an id or ids to stop before."""
+        params = SamplingParams(**sampling)
+        return driver.generate(
+            self.new_decoder, self.config.max_seq_len, prompt_ids, max_new_tokens, params, seed, eos_id
+        )
 
     def generate_batch(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, **sampling: Any
-    ) -> Iterator[tuple[int, list[int]]]:
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, seed: int | None = None, eos_id: Any = None,
+        **sampling,
+    ) -> Iterator[tuple[int, list[int]]]:  # fmt: skip
         """(prompt index, new ids) per prompt, equal-length prompts batched (core.generate.generate_batch)."""
-        return driver.generate_batch(self.new_decoder, self.config.max_seq_len, prompts, max_new_tokens, **sampling)
+        params = SamplingParams(**sampling)
+        args = (self.new_decoder, self.config.max_seq_len, prompts, max_new_tokens, params, seed, eos_id)
+        return driver.generate_batch(*args)
 
     def score(
         self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 32

@@ -31,6 +31,7 @@ class Decoder(Protocol):
 
 
 NewDecoder = Callable[[bool], Decoder]  # greedy -> a fresh session
+GREEDY = SamplingParams()
 
 
 def decode_steps(
@@ -63,16 +64,12 @@ def generate(
     max_seq_len: int,
     prompt_ids: Sequence[int],
     max_new_tokens: int,
-    temperature: float = 0.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
+    params: SamplingParams = GREEDY,
     seed: int | None = None,
     eos_id: int | Iterable[int] | None = None,
 ) -> Iterator[int]:
     """Yield new token ids one at a time; stops after `max_new_tokens` or before an EOS id (not yielded).
     A prompt too long for the context is trimmed from the left with a warning (core.sampling.fit_prompt)."""
-    params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
     ids, max_new_tokens, note = fit_prompt(prompt_ids, max_seq_len, max_new_tokens)
     if note:
         warnings.warn(note, stacklevel=3)
@@ -88,17 +85,13 @@ def generate_batch(
     max_seq_len: int,
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
-    temperature: float = 0.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
+    params: SamplingParams = GREEDY,
     seed: int | None = None,
     eos_id: int | Iterable[int] | None = None,
 ) -> Iterator[tuple[int, list[int]]]:
     """Several prompts: those of equal length run together as one batch (no padding, so no mask is
     needed), groups one after another. Yields (prompt index, new ids) as each group finishes; each result
     equals `generate(..., prompts[i], ...)` with the same seed."""
-    params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
     stop = eos_set(eos_id)
     groups: dict[tuple[int, int], list[int]] = {}
     fitted = []

@@ -26,6 +26,7 @@ import numpy as np
 
 from core.cli import UserError, human_bytes
 from core.config import Config
+from core.fs import release_lock
 from core.metrics import MetricsLog
 from core.schedule import lr_at, total_steps
 from core.training import (
@@ -228,14 +229,16 @@ class Run:
         return self.t.sample_prompt + tokenizer.decode(list(new))
 
     def finish(self) -> None:
-        """final.ckpt, the loss plot and what to try next (nothing more after a stop signal)."""
-        if self.stopped:
-            return
-        path = self._save("final.ckpt")
+        """final.ckpt, the loss plot and what to try next (nothing more after a stop signal); output.dir is
+        released for the next run."""
+        if not self.stopped:
+            path = self._save("final.ckpt")
+            if self.is_main:
+                self.log.plot()
+                self.say(f'done: {path}\ntry: python infer.py --ckpt {path} --prompt "{self.t.sample_prompt}"')
         if self.is_main:
-            self.log.plot()
             self.log.close()
-            self.say(f'done: {path}\ntry: python infer.py --ckpt {path} --prompt "{self.t.sample_prompt}"')
+            release_lock(Path(self.cfg.output.dir) / ".lock")
 
     def _save(self, name: str) -> Path | None:
         if not (self.is_main or self.capture_on_every_rank):

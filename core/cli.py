@@ -45,11 +45,13 @@ def debugging() -> bool:
 def exit_on_interrupt() -> None:
     """Ctrl-C before a command's main work (during its imports, say) ends it with one line, exit 130.
     Scripts call this first when run as scripts; the trainers' own Ctrl-C handling replaces it while
-    they train (save, then exit 0)."""
+    they train (save, then exit 0). The process ends at once (`os._exit`): an exception raised from a
+    signal handler can land inside any library's import and come out as a different error with a
+    traceback; whatever was being written then is left as debris that the next start clears."""
 
     def handler(signum, frame):
-        print("interrupted", file=sys.stderr)
-        raise SystemExit(130)
+        print("interrupted", file=sys.stderr, flush=True)
+        os._exit(130)
 
     signal.signal(signal.SIGINT, handler)
 

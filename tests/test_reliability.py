@@ -263,11 +263,29 @@ def test_pickles_and_remote_code_are_never_run(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_ctrl_c_while_importing_is_one_line(tmp_path, data_cache):
-    proc = subprocess.Popen(script_argv("torch", tmp_path, data_cache), cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.6)  # inside `import torch`
+    """A sitecustomize makes `import torch` wait (after leaving a marker), so the signal surely lands there."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    marker = tmp_path / "importing-torch"
+    (hook / "sitecustomize.py").write_text(f"""
+import importlib.abc, sys, time
+class Slow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            open({str(marker)!r}, "w").close()
+            time.sleep(30)
+        return None
+sys.meta_path.insert(0, Slow())
+""")
+    env = dict(os.environ, PYTHONPATH=str(hook))
+    argv = script_argv("torch", tmp_path, data_cache)
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and err.strip() == "interrupted", err
+    assert marker.exists() and proc.returncode == 130 and err.strip() == "interrupted", err
 
 
 def test_trainers_refuse_the_other_frameworks_accelerator_and_a_wrong_process_count(tmp_path, data_cache):

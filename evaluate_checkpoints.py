@@ -25,14 +25,14 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-from core.backend import BACKENDS, pick
-from core.cases import case_tokens, load_cases
-from core.checkpoint import read_train_config, read_trainer_state
-from core.cli import ArgumentParser, UserError, human_count, run_cli
-from core.config import Config, config_from_dict
-from core.fs import atomic_path, check_writable, write_text
-from core.model_files import read_model_config
-from core.weights import DTYPES
+from tinyllama.core.backend import BACKENDS, pick
+from tinyllama.core.cases import case_tokens, load_cases
+from tinyllama.core.checkpoint import read_train_config, read_trainer_state
+from tinyllama.core.cli import ArgumentParser, UserError, human_count, run_cli
+from tinyllama.core.config import Config, config_from_dict
+from tinyllama.core.fs import atomic_path, check_writable, write_text
+from tinyllama.core.model_files import read_model_config
+from tinyllama.core.weights import DTYPES
 
 DEFAULT_CASES = Path(__file__).resolve().parent / "cases" / "wiki_basics.yaml"
 CASE_KEYS = ("name", "prompt", "expect", "rank", "hit", "logprob", "mean_logprob")
@@ -74,8 +74,8 @@ def expand(patterns: list[str]) -> list[Path]:
 
 def val_tokens(run: Config, fingerprint: str | None, build: bool) -> tuple[Any, str | None]:
     """The run's validation tokens (1-D), or None and why not. Only reads a prepared cache unless `build`."""
-    from data.prepare import prepare_data
-    from data.store import PreparedData, find_prepared
+    from tinyllama.data.prepare import prepare_data
+    from tinyllama.data.store import PreparedData, find_prepared
 
     try:
         if build:
@@ -103,7 +103,7 @@ def validation(path: Path, fingerprint: str, args: argparse.Namespace, memo: dic
     tokens, note = memo[key]
     if tokens is None:
         return None, note
-    from data.loader import val_windows
+    from tinyllama.data.loader import val_windows
 
     t = run.training
     if args.val_tokens is None:
@@ -118,11 +118,11 @@ def validation(path: Path, fingerprint: str, args: argparse.Namespace, memo: dic
 
 
 def evaluate(path: Path, args: argparse.Namespace, cases, memo: dict) -> dict[str, Any]:
-    from data.tokenizer import checkpoint_tokenizer
+    from tinyllama.data.tokenizer import checkpoint_tokenizer
 
     tok = checkpoint_tokenizer(path, args.tokenizer, read_model_config(path).vocab_size)
     name, device = pick(args.backend)
-    backend = import_module(f"{name}_model.generate").load_backend(path, args.dtype, device)
+    backend = import_module(f"tinyllama.{name}_model.generate").load_backend(path, args.dtype, device)
     pairs = [case_tokens(case, tok.encode_prompt) for case in cases]
     context = backend.config.max_seq_len
     scorable = [i for i, (prompt, cont) in enumerate(pairs) if prompt and cont and len(cont) < context]
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> list[dict[st
 
     args = parse_args(argv)
     if fast_blas and pick(args.backend)[0] == "mlx":
-        from mlx_model.blas import ensure_fast_blas
+        from tinyllama.mlx_model.blas import ensure_fast_blas
 
         ensure_fast_blas()  # Linux: re-exec with OpenBLAS preloaded (this process never runs torch)
     for option in ("out", "plot"):
@@ -270,5 +270,10 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> list[dict[st
     return records
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `tinyllama-eval` command."""
     run_cli(lambda: main(fast_blas=True))
+
+
+if __name__ == "__main__":
+    cli()

@@ -18,11 +18,11 @@ import time
 from importlib import import_module
 from pathlib import Path
 
-from core.backend import BACKENDS, Backend, pick
-from core.cli import ArgumentParser, UserError, human_bytes, human_count, run_cli
-from core.model_files import read_eos_ids, read_model_config
-from core.sampling import SamplingParams, TextStream, fit_prompt
-from core.weights import DTYPES
+from tinyllama.core.backend import BACKENDS, Backend, pick
+from tinyllama.core.cli import ArgumentParser, UserError, human_bytes, human_count, run_cli
+from tinyllama.core.model_files import read_eos_ids, read_model_config
+from tinyllama.core.sampling import SamplingParams, TextStream, fit_prompt
+from tinyllama.core.weights import DTYPES
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> None:
     cfg = read_model_config(args.ckpt)  # fails early, in one line, on a missing or broken checkpoint
     name, device = pick(args.backend)
     if fast_blas and name == "mlx":
-        from mlx_model.blas import ensure_fast_blas
+        from tinyllama.mlx_model.blas import ensure_fast_blas
 
         ensure_fast_blas()  # Linux: re-exec with OpenBLAS preloaded (this process never runs torch)
     try:
@@ -124,10 +124,10 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> None:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     prompts = read_prompts(args)
-    from data.tokenizer import checkpoint_tokenizer
+    from tinyllama.data.tokenizer import checkpoint_tokenizer
 
     tok = checkpoint_tokenizer(args.ckpt, args.tokenizer, cfg.vocab_size)
-    backend = import_module(f"{name}_model.generate").load_backend(args.ckpt, args.dtype, device)
+    backend = import_module(f"tinyllama.{name}_model.generate").load_backend(args.ckpt, args.dtype, device)
     seed = args.seed
     if seed is None and not params.greedy:
         seed = int(time.time_ns() % 2**31)
@@ -156,5 +156,10 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> None:
             report(stream_one(backend, tok, line.rstrip("\n"), opts, args.max_new_tokens))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `tinyllama-infer` command."""
     run_cli(lambda: main(fast_blas=True))
+
+
+if __name__ == "__main__":
+    cli()

@@ -13,7 +13,7 @@ hardware.devices N > 1 starts N processes on this machine with the framework's o
 from __future__ import annotations
 
 if __name__ == "__main__":
-    from core.cli import exit_on_interrupt
+    from tinyllama.core.cli import exit_on_interrupt
 
     exit_on_interrupt()
 
@@ -21,10 +21,10 @@ import os
 import sys
 from pathlib import Path
 
-from core.backend import pick
-from core.cli import UserError, run_cli
-from core.config import load_config
-from core.training import parse_train_args
+from tinyllama.core.backend import pick
+from tinyllama.core.cli import UserError, exit_on_interrupt, run_cli
+from tinyllama.core.config import load_config
+from tinyllama.core.training import parse_train_args
 
 ROOT = Path(__file__).resolve().parent
 
@@ -53,5 +53,11 @@ def main(argv: list[str]) -> None:
     os.execv(cmd[0], cmd)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `tinyllama-train` command."""
+    exit_on_interrupt()
     run_cli(lambda: main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    cli()

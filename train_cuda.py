@@ -11,7 +11,7 @@ Same skeleton, log lines and checkpoints as train_mlx.py. Any config key: --sect
 from __future__ import annotations
 
 if __name__ == "__main__":
-    from core.cli import exit_on_interrupt
+    from tinyllama.core.cli import exit_on_interrupt
 
     exit_on_interrupt()  # Ctrl-C while importing torch: one line, no traceback
 
@@ -21,19 +21,18 @@ import sys
 
 import torch
 import torch.distributed as dist
-
-from core.backend import pick
-from core.cli import UserError, run_cli
-from core.generate import mean_loss
-from core.hardware import cpu_name, peak_flops, system_memory_bytes
-from core.loop import Device, Run
-from core.training import load_train_config, parse_train_args
-from data.prepare import prepare_data
-from torch_model.generate import as_backend, peak_memory
-from torch_model.loss import chunk_bytes as loss_chunk_bytes
-from torch_model.optim import load_optimizer_state, make_optimizer, optimizer_state, restore, snapshot
-from torch_model.state import build_model, model_state, resolve_device, weight_norm
-from torch_model.wrap import wrap_model
+from tinyllama.core.backend import pick
+from tinyllama.core.cli import UserError, run_cli
+from tinyllama.core.generate import mean_loss
+from tinyllama.core.hardware import cpu_name, peak_flops, system_memory_bytes
+from tinyllama.core.loop import Device, Run
+from tinyllama.core.training import load_train_config, parse_train_args
+from tinyllama.data.prepare import prepare_data
+from tinyllama.torch_model.generate import as_backend, peak_memory
+from tinyllama.torch_model.loss import chunk_bytes as loss_chunk_bytes
+from tinyllama.torch_model.optim import load_optimizer_state, make_optimizer, optimizer_state, restore, snapshot
+from tinyllama.torch_model.state import build_model, model_state, resolve_device, weight_norm
+from tinyllama.torch_model.wrap import wrap_model
 
 
 def main(argv: list[str] | None = None) -> None:

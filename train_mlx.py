@@ -13,10 +13,10 @@ from __future__ import annotations
 import sys
 from functools import partial
 
-from mlx_model.blas import ensure_fast_blas
+from tinyllama.mlx_model.blas import ensure_fast_blas
 
 if __name__ == "__main__":
-    from core.cli import exit_on_interrupt
+    from tinyllama.core.cli import exit_on_interrupt
 
     exit_on_interrupt()  # Ctrl-C while importing: one line, no traceback
     ensure_fast_blas()  # re-exec with OpenBLAS on Linux, before MLX is loaded
@@ -25,16 +25,15 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map
-
-from core.cli import UserError, run_cli
-from core.generate import mean_loss
-from core.hardware import apple_chip, cpu_name, peak_flops, system_memory_bytes
-from core.loop import Device, Run
-from core.training import load_train_config, parse_train_args
-from data.prepare import prepare_data
-from mlx_model.generate import as_backend
-from mlx_model.optim import apply_weight_decay, load_optimizer_state, make_optimizer, optimizer_state
-from mlx_model.state import build_model, model_state
+from tinyllama.core.cli import UserError, run_cli
+from tinyllama.core.generate import mean_loss
+from tinyllama.core.hardware import apple_chip, cpu_name, peak_flops, system_memory_bytes
+from tinyllama.core.loop import Device, Run
+from tinyllama.core.training import load_train_config, parse_train_args
+from tinyllama.data.prepare import prepare_data
+from tinyllama.mlx_model.generate import as_backend
+from tinyllama.mlx_model.optim import apply_weight_decay, load_optimizer_state, make_optimizer, optimizer_state
+from tinyllama.mlx_model.state import build_model, model_state
 
 
 def build_step(model, optimizer, cfg, world_size: int):

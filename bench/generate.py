@@ -27,9 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.checkpoint import save_checkpoint  # noqa: E402
-from core.config import load_config  # noqa: E402
-from core.weights import count_parameters, init_weights  # noqa: E402
+from tinyllama.core.checkpoint import save_checkpoint  # noqa: E402
+from tinyllama.core.config import load_config  # noqa: E402
+from tinyllama.core.weights import count_parameters, init_weights  # noqa: E402
 
 SAMPLED = {"temperature": 0.8, "top_p": 0.95}
 
@@ -57,8 +57,7 @@ def mlx_side(ckpt: str, prompt: list[int], n: int, repeats: int) -> dict[str, fl
     from mlx_lm.generate import generate_step
     from mlx_lm.sample_utils import make_sampler
     from mlx_lm.utils import load_model as mlx_lm_load_model
-
-    from mlx_model.generate import load_backend
+    from tinyllama.mlx_model.generate import load_backend
 
     ours = load_backend(ckpt)
     ref, _ = mlx_lm_load_model(Path(ckpt))
@@ -93,7 +92,7 @@ def torch_side(ckpt: str, prompt: list[int], n: int, repeats: int, threads: int 
     if threads:
         torch.set_num_threads(threads)
 
-    from torch_model.generate import load_backend
+    from tinyllama.torch_model.generate import load_backend
 
     ours = load_backend(ckpt, device="cpu")
     ref = LlamaForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
@@ -120,7 +119,7 @@ def run_side(side: str, args: argparse.Namespace, ckpt: Path) -> dict[str, float
     """One side in a fresh process (OpenBLAS preloaded for MLX on Linux, never for torch)."""
     env = dict(os.environ)
     if side == "mlx":
-        from mlx_model.blas import find_openblas
+        from tinyllama.mlx_model.blas import find_openblas
 
         lib = find_openblas()
         if lib and sys.platform == "linux" and "openblas" not in env.get("LD_PRELOAD", ""):

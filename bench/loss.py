@@ -39,10 +39,9 @@ def timed(fn, repeats: int) -> float:
 
 def torch_step(cfg, variant: str, repeats: int) -> dict:
     import torch
+    from tinyllama.core.weights import init_weights
+    from tinyllama.torch_model.state import build_model
     from torch.nn.functional import cross_entropy
-
-    from core.weights import init_weights
-    from torch_model.state import build_model
 
     model = build_model(cfg.model, init_weights(cfg.model, 0))
     tokens = torch.randint(0, cfg.model.vocab_size, (cfg.training.batch_size, cfg.training.seq_len + 1))
@@ -60,13 +59,12 @@ def torch_step(cfg, variant: str, repeats: int) -> dict:
 
 
 def mlx_head(cfg, variant: str, repeats: int) -> dict:
-    from mlx_model.blas import ensure_fast_blas
+    from tinyllama.mlx_model.blas import ensure_fast_blas
 
     ensure_fast_blas()
     import mlx.core as mx
     from mlx.nn.losses import cross_entropy
-
-    from mlx_model.loss import linear_cross_entropy
+    from tinyllama.mlx_model.loss import linear_cross_entropy
 
     n, d, v = cfg.training.batch_size * cfg.training.seq_len, cfg.model.d_model, cfg.model.vocab_size
     h, weight = mx.random.normal((n, d)), mx.random.normal((v, d)) * 0.02
@@ -84,9 +82,8 @@ def mlx_head(cfg, variant: str, repeats: int) -> dict:
 
 def adamw(cfg, variant: str, repeats: int) -> dict:
     import torch
-
-    from core.weights import init_weights
-    from torch_model.state import build_model
+    from tinyllama.core.weights import init_weights
+    from tinyllama.torch_model.state import build_model
 
     model = build_model(cfg.model, init_weights(cfg.model, 0))
     for p in model.parameters():
@@ -104,7 +101,7 @@ ROWS = {
 
 
 def worker(args) -> None:
-    from core.config import load_config
+    from tinyllama.core.config import load_config
 
     cfg = load_config(args.config, {"training.batch_size": args.batch_size, "training.seq_len": args.seq_len})
     measure = ROWS[args.row][0]
@@ -122,8 +119,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.row:
         return worker(args)
-    from core.cli import human_bytes
-    from core.hardware import cpu_name
+    from tinyllama.core.cli import human_bytes
+    from tinyllama.core.hardware import cpu_name
 
     common = ["--config", args.config, "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
               "--repeats", str(args.repeats)]  # fmt: skip

@@ -23,11 +23,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ["TOKENIZERS_PARALLELISM"] = "true"
 
-from core.config import DataConfig  # noqa: E402
-from core.hardware import cpu_name  # noqa: E402
-from data.prepare import prepare_data  # noqa: E402
-from data.sources import resolve_source  # noqa: E402
-from data.tokenizer import load_tokenizer  # noqa: E402
+from tinyllama.core.config import DataConfig  # noqa: E402
+from tinyllama.core.hardware import cpu_name  # noqa: E402
+from tinyllama.data.prepare import prepare_data  # noqa: E402
+from tinyllama.data.sources import resolve_source  # noqa: E402
+from tinyllama.data.tokenizer import load_tokenizer  # noqa: E402
 
 
 def main() -> None:

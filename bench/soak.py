@@ -26,8 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.checkpoint import list_checkpoints, read_trainer_state  # noqa: E402
-from core.model_files import load_weights  # noqa: E402
+from tinyllama.core.checkpoint import list_checkpoints, read_trainer_state  # noqa: E402
+from tinyllama.core.model_files import load_weights  # noqa: E402
 
 LR = "3e-3"  # configs/smoke.yaml's lr, also used as min_lr: no decay, so max_steps changes nothing
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mlx_model.blas import ensure_fast_blas  # noqa: E402
+from tinyllama.mlx_model.blas import ensure_fast_blas  # noqa: E402
 
 if __name__ == "__main__":
     ensure_fast_blas()
@@ -28,14 +28,13 @@ import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import numpy as np  # noqa: E402
 from mlx.utils import tree_map  # noqa: E402
-
-from core.config import load_config  # noqa: E402
-from core.hardware import cpu_name  # noqa: E402
-from core.hf_config import to_hf_config  # noqa: E402
-from core.weights import init_weights  # noqa: E402
-from mlx_model.optim import load_optimizer_state, make_optimizer  # noqa: E402
-from mlx_model.state import build_model, load_state  # noqa: E402
-from train_mlx import build_step  # noqa: E402
+from tinyllama.core.config import load_config  # noqa: E402
+from tinyllama.core.hardware import cpu_name  # noqa: E402
+from tinyllama.core.hf_config import to_hf_config  # noqa: E402
+from tinyllama.core.weights import init_weights  # noqa: E402
+from tinyllama.mlx_model.optim import load_optimizer_state, make_optimizer  # noqa: E402
+from tinyllama.mlx_model.state import build_model, load_state  # noqa: E402
+from tinyllama.train_mlx import build_step  # noqa: E402
 
 
 def mlx_lm_model(cfg):

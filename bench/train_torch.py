@@ -25,14 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-from core.config import load_config  # noqa: E402
-from core.hardware import cpu_name, peak_flops  # noqa: E402
-from core.hf_config import to_hf_config  # noqa: E402
-from core.weights import flops_per_token, init_weights  # noqa: E402
-from torch_model.loss import keep_eager_under_compile  # noqa: E402
-from torch_model.optim import make_optimizer  # noqa: E402
-from torch_model.state import build_model  # noqa: E402
+from tinyllama.core.config import load_config  # noqa: E402
+from tinyllama.core.hardware import cpu_name, peak_flops  # noqa: E402
+from tinyllama.core.hf_config import to_hf_config  # noqa: E402
+from tinyllama.core.weights import flops_per_token, init_weights  # noqa: E402
+from tinyllama.torch_model.loss import keep_eager_under_compile  # noqa: E402
+from tinyllama.torch_model.optim import make_optimizer  # noqa: E402
+from tinyllama.torch_model.state import build_model  # noqa: E402
 
 
 def plain_loss(logits, targets):

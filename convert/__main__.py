@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from core.cli import ArgumentParser, run_cli
+from tinyllama.core.cli import ArgumentParser, run_cli
 
 EXAMPLES = """examples:
   python -m convert import path/to/SmolLM2-135M checkpoints/smollm2.ckpt        # HF directory (sharded ok)
@@ -119,17 +119,17 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "import":
         if Path(args.src).suffix.lower() == ".gguf":
-            from convert.gguf_import import import_gguf
+            from tinyllama.convert.gguf_import import import_gguf
 
             dtype = "float32" if args.dtype == "auto" else args.dtype
             out = import_gguf(args.src, args.out, dtype=dtype, tokenizer=args.tokenizer, force=args.force)
         else:
-            from convert.hf_import import import_hf
+            from tinyllama.convert.hf_import import import_hf
 
             out = import_hf(args.src, args.out, dtype=args.dtype, tokenizer=args.tokenizer, force=args.force)
         print(f"wrote {out}  (fine-tune it with --training.init_from {out})")
     elif args.command == "export-gguf":
-        from convert.gguf_export import export_gguf
+        from tinyllama.convert.gguf_export import export_gguf
 
         out = export_gguf(
             args.ckpt,
@@ -141,25 +141,30 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(f"wrote {out}")
     elif args.command == "export-mlx":
-        from convert.mlx_export import export_mlx
+        from tinyllama.convert.mlx_export import export_mlx
 
         out = export_mlx(
             args.ckpt, args.out, q_bits=args.q_bits, q_group_size=args.q_group_size, dtype=args.dtype, force=args.force
         )
         print(f"wrote {out}  (python -c \"import mlx_lm; mlx_lm.load('{out}')\")")
     elif args.command == "export-hf":
-        from convert.hf_export import export_hf, push_to_hub
+        from tinyllama.convert.hf_export import export_hf, push_to_hub
 
         out = export_hf(args.ckpt, args.out, dtype=args.dtype, force=args.force)
         print(f"wrote {out}")
         if args.push_to_hub:
             print(f"uploaded: {push_to_hub(out, args.push_to_hub, private=args.private)}")
     elif args.command == "inspect":
-        from convert.describe import describe, format_info
+        from tinyllama.convert.describe import describe, format_info
 
         info = describe(args.path)
         print(json.dumps(info, indent=2, default=str) if args.json else format_info(info))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `tinyllama-convert` command."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

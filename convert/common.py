@@ -20,13 +20,12 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError
-
-from core.checkpoint import TOKENIZER_FILES, save_checkpoint
-from core.cli import UserError, human_bytes
-from core.config import ConfigError, ModelConfig, validate_model
-from core.fs import atomic_path
-from core.model_files import load_weights, read_json_object
-from core.weights import canonical_dtype, numpy_dtype
+from tinyllama.core.checkpoint import TOKENIZER_FILES, save_checkpoint
+from tinyllama.core.cli import UserError, human_bytes
+from tinyllama.core.config import ConfigError, ModelConfig, validate_model
+from tinyllama.core.fs import atomic_path
+from tinyllama.core.model_files import load_weights, read_json_object
+from tinyllama.core.weights import canonical_dtype, numpy_dtype
 
 FP16_MAX = 65504.0
 

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError, safe_open
-
-from convert.common import ConvertError
-from core.checkpoint import read_trainer_state
-from core.cli import human_bytes, human_count
-from core.model_files import read_hf_config, read_model_config
-from core.weights import count_parameters
+from tinyllama.convert.common import ConvertError
+from tinyllama.core.checkpoint import read_trainer_state
+from tinyllama.core.cli import human_bytes, human_count
+from tinyllama.core.model_files import read_hf_config, read_model_config
+from tinyllama.core.weights import count_parameters
 
 SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "U32": "uint32 (packed)"}
 
@@ -69,7 +68,7 @@ def describe_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def describe_gguf(path: Path) -> dict[str, Any]:
-    from convert.gguf_import import config_from_gguf, metadata, open_reader
+    from tinyllama.convert.gguf_import import config_from_gguf, metadata, open_reader
 
     reader = open_reader(path)
     meta = metadata(reader)

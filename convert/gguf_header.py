@@ -12,7 +12,7 @@ import mmap
 import struct
 from pathlib import Path
 
-from convert.common import ConvertError
+from tinyllama.convert.common import ConvertError
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)

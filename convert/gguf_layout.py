@@ -8,8 +8,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
-
-from core.config import ModelConfig
+from tinyllama.core.config import ModelConfig
 
 _GGUF_LAYER_NAMES = {
     "input_layernorm": "attn_norm",

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from convert.common import ConvertError
-from core.model_files import read_json_object
+from tinyllama.convert.common import ConvertError
+from tinyllama.core.model_files import read_json_object
 
 # gguf.TokenType values (kept literal so this module needs no gguf import)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6

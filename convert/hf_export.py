@@ -14,8 +14,7 @@ import tempfile
 from pathlib import Path
 
 from safetensors.numpy import save_file
-
-from convert.common import (
+from tinyllama.convert.common import (
     ConvertError,
     canonical_dtype,
     cast_weights,
@@ -25,10 +24,10 @@ from convert.common import (
     prepare_tokenizer,
     writing,
 )
-from core.checkpoint import read_trainer_state
-from core.hf_config import to_hf_config
-from core.model_files import read_hf_config, read_json_object, read_model_config
-from core.weights import count_parameters
+from tinyllama.core.checkpoint import read_trainer_state
+from tinyllama.core.hf_config import to_hf_config
+from tinyllama.core.model_files import read_hf_config, read_json_object, read_model_config
+from tinyllama.core.weights import count_parameters
 
 HF_DTYPES = ("bf16", "fp16", "fp32")
 

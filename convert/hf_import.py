@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from convert.common import (
+from tinyllama.convert.common import (
     ConvertError,
     cast_weights,
     check_model_config,
@@ -23,10 +23,10 @@ from convert.common import (
     tokenizer_dir_arg,
     write_imported,
 )
-from core.config import ConfigError, ModelConfig
-from core.hf_config import from_hf_config
-from core.model_files import read_json_object
-from core.weights import runtime_dtype
+from tinyllama.core.config import ConfigError, ModelConfig
+from tinyllama.core.hf_config import from_hf_config
+from tinyllama.core.model_files import read_json_object
+from tinyllama.core.weights import runtime_dtype
 
 FIX = "re-download the model"
 

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from convert.common import (
+from tinyllama.convert.common import (
     ConvertError,
     check_output,
     check_space,
@@ -29,9 +29,9 @@ from convert.common import (
     prepare_tokenizer,
     writing,
 )
-from core.hf_config import to_hf_config
-from core.model_files import read_hf_config, read_json_object, read_model_config, weight_files
-from core.weights import count_parameters, weights_dtype
+from tinyllama.core.hf_config import to_hf_config
+from tinyllama.core.model_files import read_hf_config, read_json_object, read_model_config, weight_files
+from tinyllama.core.weights import count_parameters, weights_dtype
 
 Q_BITS = (2, 3, 4, 5, 6, 8)
 Q_GROUP_SIZES = (32, 64, 128)

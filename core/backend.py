@@ -1,7 +1,7 @@
 """The interface between the scripts and the two frameworks: which one runs here, and a loaded model.
 
     name, device = pick("auto")                                  # ("mlx", "gpu") on Apple Silicon, else torch
-    backend = import_module(f"{name}_model.generate").load_backend("checkpoints/final.ckpt", None, device)
+    backend = import_module(f"tinyllama.{name}_model.generate").load_backend("checkpoints/final.ckpt", None, device)
     for token in backend.generate(prompt_ids, 50, temperature=0.8, seed=0): ...
     backend.score(pairs); backend.mean_loss(windows, batch_size=8); backend.peak_memory()
 
@@ -22,12 +22,11 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-
-from core import generate as driver
-from core.cli import UserError
-from core.config import ModelConfig
-from core.hardware import is_apple_silicon
-from core.sampling import SamplingParams
+from tinyllama.core import generate as driver
+from tinyllama.core.cli import UserError
+from tinyllama.core.config import ModelConfig
+from tinyllama.core.hardware import is_apple_silicon
+from tinyllama.core.sampling import SamplingParams
 
 BACKENDS = ("auto", "mlx", "torch", "cuda", "mps", "cpu")
 

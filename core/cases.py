@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-
-from core.cli import UserError
+from tinyllama.core.cli import UserError
 
 FIELDS = ("prompt", "expect", "name", "tags", "source")
 NO_SPACE_BEFORE = tuple(".,;:!?)]}'\"%")

@@ -31,12 +31,11 @@ import numpy as np
 import yaml
 from safetensors import SafetensorError
 from safetensors.numpy import save_file
-
-from core.config import Config, ModelConfig
-from core.fs import atomic_path, remove_atomically, write_text
-from core.hf_config import to_hf_config
-from core.model_files import CheckpointError, is_checkpoint, read_json_object
-from core.weights import check_weights, weights_dtype
+from tinyllama.core.config import Config, ModelConfig
+from tinyllama.core.fs import atomic_path, remove_atomically, write_text
+from tinyllama.core.hf_config import to_hf_config
+from tinyllama.core.model_files import CheckpointError, is_checkpoint, read_json_object
+from tinyllama.core.weights import check_weights, weights_dtype
 
 TOKENIZER_FILES = (
     "tokenizer.json",

@@ -31,6 +31,9 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         kwargs.setdefault("allow_abbrev", False)  # `--resum auto` must be an error, not --resume
+        command = os.path.basename(sys.argv[0])
+        if command.startswith("tinyllama-"):  # an installed console command names itself in usage and errors
+            kwargs["prog"] = command
         super().__init__(*args, **kwargs)
         self.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-
-from core.cli import UserError
+from tinyllama.core.cli import UserError
 
 
 class ConfigError(UserError):
@@ -215,13 +215,33 @@ def config_from_dict(raw: dict[str, Any], overrides: dict[str, Any] | None = Non
     return config
 
 
+BUNDLED = Path(__file__).resolve().parent.parent  # the repository root in a clone, tinyllama/ when installed
+
+
+def find_config(path: str | Path) -> Path:
+    """The YAML file that --config names: the path as given, else the config of that name that comes
+    with the code (config.yaml, configs/smoke.yaml, or just `smoke`), so the installed commands work
+    from any directory."""
+    path = Path(path)
+    if path.is_file() or path.is_absolute():
+        return path
+    for bundled in (BUNDLED / path, BUNDLED / "configs" / path, BUNDLED / "configs" / f"{path}.yaml"):
+        if bundled.is_file():
+            print(f"config: {path} is not here; using the bundled {bundled}", file=sys.stderr)
+            return bundled
+    return path
+
+
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:
     """Read a YAML config (or only defaults when path is None), apply overrides, validate."""
     raw: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
+        path = find_config(path)
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path} (pass an existing YAML file, e.g. config.yaml)")
+            bundled = ", ".join(sorted(p.stem for p in (BUNDLED / "configs").glob("*.yaml")))
+            raise ConfigError(
+                f"config file not found: {path} (pass an existing YAML file, config.yaml, or a bundled name: {bundled})"
+            )
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

@@ -106,7 +106,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
 def check_writable(path: str | Path, what: str) -> Path:
     """Before long work: `path` can be created or replaced (its directory exists or can be made and takes a
     file; `path` itself is not a directory). One line naming `what` (an option) otherwise."""
-    from core.cli import UserError
+    from tinyllama.core.cli import UserError
 
     path = Path(path)
     if path.is_dir():

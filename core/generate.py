@@ -15,9 +15,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
-
-from core.cases import score_layout, split_scores
-from core.sampling import SamplingParams, eos_set, fit_prompt, select_token
+from tinyllama.core.cases import score_layout, split_scores
+from tinyllama.core.sampling import SamplingParams, eos_set, fit_prompt, select_token
 
 
 class Decoder(Protocol):

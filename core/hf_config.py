@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from core.config import ConfigError, ModelConfig, validate_model
+from tinyllama.core.config import ConfigError, ModelConfig, validate_model
 
 _UNSUPPORTED_HF = {
     "attention_bias": (False, "attention biases"),

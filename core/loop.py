@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from core.cli import UserError, human_bytes
-from core.config import Config
-from core.fs import release_lock
-from core.metrics import MetricsLog
-from core.schedule import lr_at, total_steps
-from core.training import (
+from tinyllama.core.cli import UserError, human_bytes
+from tinyllama.core.config import Config
+from tinyllama.core.fs import release_lock
+from tinyllama.core.metrics import MetricsLog
+from tinyllama.core.schedule import lr_at, total_steps
+from tinyllama.core.training import (
     Start,
     claim_output,
     dry_run_report,
@@ -40,10 +39,10 @@ from core.training import (
     trainer_state,
     write_checkpoint,
 )
-from core.weights import flops_per_token
+from tinyllama.core.weights import flops_per_token
 
 if TYPE_CHECKING:  # data/ uses core; core names data's types only
-    from data.store import PreparedData
+    from tinyllama.data.store import PreparedData
 
 
 @dataclass

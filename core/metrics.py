@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from core.cli import human_bytes, human_count, human_duration
+from tinyllama.core.cli import human_bytes, human_count, human_duration
 
 
 def format_train_line(

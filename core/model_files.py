@@ -16,13 +16,12 @@ from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
+from tinyllama.core.cli import UserError
+from tinyllama.core.config import ConfigError, ModelConfig
+from tinyllama.core.fs import is_temporary
+from tinyllama.core.hf_config import from_hf_config
+from tinyllama.core.weights import numpy_dtype, parameter_shapes
 from tqdm import tqdm
-
-from core.cli import UserError
-from core.config import ConfigError, ModelConfig
-from core.fs import is_temporary
-from core.hf_config import from_hf_config
-from core.weights import numpy_dtype, parameter_shapes
 
 
 class CheckpointError(UserError):

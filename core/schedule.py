@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from core.config import TrainingConfig
+from tinyllama.core.config import TrainingConfig
 
 
 def lr_at(step: int, cfg: TrainingConfig, total_steps: int) -> float:

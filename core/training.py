@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from core.checkpoint import (
+from tinyllama.core.checkpoint import (
     LATEST,
     list_checkpoints,
     prune_checkpoints,
@@ -25,11 +24,11 @@ from core.checkpoint import (
     state_count,
     write_latest,
 )
-from core.cli import ArgumentParser, UserError, human_bytes, human_count
-from core.config import Config, load_config, override_help, parse_overrides, validate
-from core.fs import hold_lock, remove_atomically, remove_debris
-from core.model_files import CheckpointError, load_optimizer, load_weights, read_model_config
-from core.weights import count_parameters, flops_per_token, init_weights
+from tinyllama.core.cli import ArgumentParser, UserError, human_bytes, human_count
+from tinyllama.core.config import Config, load_config, override_help, parse_overrides, validate
+from tinyllama.core.fs import hold_lock, remove_atomically, remove_debris
+from tinyllama.core.model_files import CheckpointError, load_optimizer, load_weights, read_model_config
+from tinyllama.core.weights import count_parameters, flops_per_token, init_weights
 
 # What must match between a checkpoint's run and the resuming run for the next batch to be the same.
 RESUME_MUST_MATCH = ("seed", "seq_len", "batch_size", "grad_accum")

@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-from core.config import ModelConfig
+from tinyllama.core.config import ModelConfig
 
 DTYPES = ("float32", "bfloat16", "float16")  # the weight dtypes a model is stored and run in
 DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "fp16": "float16", "f16": "float16"}

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.fs import file_lock, write_text
-from data.util import DataError, stable_hash
+from tinyllama.core.fs import file_lock, write_text
+from tinyllama.data.util import DataError, stable_hash
 
 if TYPE_CHECKING:
     from mwparserfromhell.nodes import Template

@@ -13,8 +13,7 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
-
-from data.util import DataError
+from tinyllama.data.util import DataError
 
 
 class BatchLoader:

@@ -30,14 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from core.cli import ArgumentParser, UserError, run_cli
-from core.config import DataConfig, load_config, override_help, parse_overrides
-from core.fs import MARKS, OLD_MARK, atomic_path, file_lock, remove, write_json
-from data.sources import Source, resolve_source
-from data.store import FORMAT, SHARD_TOKENS, SPLITS, PreparedData, ShardWriter, read_meta, token_dtype
-from data.tokenizer import Tokenizer, load_tokenizer
-from data.util import DataError, cache_error, stable_hash
+from tinyllama.core.cli import ArgumentParser, UserError, run_cli
+from tinyllama.core.config import DataConfig, load_config, override_help, parse_overrides
+from tinyllama.core.fs import MARKS, OLD_MARK, atomic_path, file_lock, remove, write_json
+from tinyllama.data.sources import Source, resolve_source
+from tinyllama.data.store import FORMAT, SHARD_TOKENS, SPLITS, PreparedData, ShardWriter, read_meta, token_dtype
+from tinyllama.data.tokenizer import Tokenizer, load_tokenizer
+from tinyllama.data.util import DataError, cache_error, stable_hash
 
 CHUNK_CHARS = 1 << 18
 BATCH_CHARS = 1 << 22  # ~4 MB of text per encode_batch call: enough to keep every core busy
@@ -414,5 +413,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `tinyllama-prepare` command."""
     run_cli(lambda: sys.exit(main()))
+
+
+if __name__ == "__main__":
+    cli()

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from data import corpus
-from data.util import DataError, file_stamp, go_offline, hub_reachable, json_type, os_reason, stable_hash
+from tinyllama.data import corpus
+from tinyllama.data.util import DataError, file_stamp, go_offline, hub_reachable, json_type, os_reason, stable_hash
 
 OPENERS: dict[str, Callable[..., IO[bytes]]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 COMPRESSION = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz"}

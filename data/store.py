@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from data.loader import BatchLoader, val_windows
-from data.tokenizer import Tokenizer
-from data.util import DataError, json_type, os_reason, stable_hash
+from tinyllama.data.loader import BatchLoader, val_windows
+from tinyllama.data.tokenizer import Tokenizer
+from tinyllama.data.util import DataError, json_type, os_reason, stable_hash
 
 FORMAT = 1
 SPLITS = ("train", "val")

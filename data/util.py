@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from core.cli import UserError
+from tinyllama.core.cli import UserError
 
 _TRUE = {"1", "true", "yes", "on"}
 

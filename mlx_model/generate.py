@@ -15,10 +15,9 @@ from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
-
-from core.backend import Backend
-from mlx_model.model import Model
-from mlx_model.state import load_model
+from tinyllama.core.backend import Backend
+from tinyllama.mlx_model.model import Model
+from tinyllama.mlx_model.state import load_model
 
 
 def last_logits(model: Model, tokens: mx.array, cache: list) -> mx.array:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
-
-from core.config import ModelConfig
-from mlx_model.loss import linear_cross_entropy
+from tinyllama.core.config import ModelConfig
+from tinyllama.mlx_model.loss import linear_cross_entropy
 
 
 class RMSNorm(nn.Module):

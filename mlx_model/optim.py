@@ -12,10 +12,9 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
-
-from core.config import TrainingConfig
-from core.weights import is_decayed
-from mlx_model.state import to_numpy
+from tinyllama.core.config import TrainingConfig
+from tinyllama.core.weights import is_decayed
+from tinyllama.mlx_model.state import to_numpy
 
 
 def make_optimizer(cfg: TrainingConfig) -> optim.Adam:

@@ -8,11 +8,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
-
-from core.config import ModelConfig
-from core.model_files import load_weights, read_model_config
-from core.weights import init_weights, numpy_dtype, runtime_dtype
-from mlx_model.model import Model
+from tinyllama.core.config import ModelConfig
+from tinyllama.core.model_files import load_weights, read_model_config
+from tinyllama.core.weights import init_weights, numpy_dtype, runtime_dtype
+from tinyllama.mlx_model.model import Model
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 

@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-from core.checkpoint import save_checkpoint
-from core.config import ModelConfig
-from core.model_files import load_weights
-from core.weights import init_weights
+from tinyllama.core.checkpoint import save_checkpoint
+from tinyllama.core.config import ModelConfig
+from tinyllama.core.model_files import load_weights
+from tinyllama.core.weights import init_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -225,9 +224,8 @@ def assert_same_logits_elsewhere(ckpt: Path, text: str = "The history of") -> No
     import mlx.core as mx
     import torch
     from mlx_lm import load as mlx_lm_load
+    from tinyllama.torch_model.state import load_model
     from transformers import AutoModelForCausalLM
-
-    from torch_model.state import load_model
 
     model, tokenizer = mlx_lm_load(str(ckpt))
     ids = tokenizer.encode(text)

@@ -11,11 +11,10 @@ import ml_dtypes
 import mlx.core as mx
 import numpy as np
 import pytest
+import tinyllama.core.checkpoint as ckpt_mod
 import torch
 from helpers import ROOT, TINY_MODELS
-
-import core.checkpoint as ckpt_mod
-from core.checkpoint import (
+from tinyllama.core.checkpoint import (
     list_checkpoints,
     prune_checkpoints,
     read_train_config,
@@ -24,16 +23,16 @@ from core.checkpoint import (
     save_checkpoint,
     write_latest,
 )
-from core.config import load_config
-from core.fs import remove_debris
-from core.model_files import CheckpointError, load_optimizer, load_weights, read_model_config
-from core.weights import init_weights
-from mlx_model.state import build_model as build_mlx
-from mlx_model.state import load_model as load_mlx
-from mlx_model.state import model_state as mlx_state
-from torch_model.state import build_model as build_torch
-from torch_model.state import load_model as load_torch
-from torch_model.state import model_state as torch_state
+from tinyllama.core.config import load_config
+from tinyllama.core.fs import remove_debris
+from tinyllama.core.model_files import CheckpointError, load_optimizer, load_weights, read_model_config
+from tinyllama.core.weights import init_weights
+from tinyllama.mlx_model.state import build_model as build_mlx
+from tinyllama.mlx_model.state import load_model as load_mlx
+from tinyllama.mlx_model.state import model_state as mlx_state
+from tinyllama.torch_model.state import build_model as build_torch
+from tinyllama.torch_model.state import load_model as load_torch
+from tinyllama.torch_model.state import model_state as torch_state
 
 
 def fake_optimizer(weights, seed=0):

@@ -6,10 +6,9 @@ import dataclasses
 
 import pytest
 from helpers import ROOT, TINY_MODELS
-
-from core.config import Config, ConfigError, load_config, parse_overrides, save_config
-from core.hf_config import from_hf_config, to_hf_config
-from core.weights import count_parameters
+from tinyllama.core.config import Config, ConfigError, load_config, parse_overrides, save_config
+from tinyllama.core.hf_config import from_hf_config, to_hf_config
+from tinyllama.core.weights import count_parameters
 
 
 def test_precedence_defaults_then_yaml_then_cli(tmp_path):

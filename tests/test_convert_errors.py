@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 from helpers import GGUF_MODELS, make_checkpoint, random_weights, run_convert, write_word_tokenizer
 from safetensors.numpy import load_file, save_file
-
-from convert.__main__ import main
-from core.checkpoint import save_checkpoint
-from core.cli import run_cli
-from core.config import ModelConfig
+from tinyllama.convert.__main__ import main
+from tinyllama.core.checkpoint import save_checkpoint
+from tinyllama.core.cli import run_cli
+from tinyllama.core.config import ModelConfig
 
 CFG = GGUF_MODELS["mha4-tied"]
 
@@ -82,8 +81,7 @@ def test_import_refuses_corrupt_and_pickle_weights(capsys, tmp_path, good):
 
 def test_gguf_import_refuses_damaged_and_foreign_files(capsys, tmp_path, good):
     import gguf
-
-    from convert.gguf_export import export_gguf
+    from tinyllama.convert.gguf_export import export_gguf
 
     export_gguf(good, tmp_path / "m.gguf", dtype="f32")
     data = (tmp_path / "m.gguf").read_bytes()
@@ -94,9 +92,9 @@ def test_gguf_import_refuses_damaged_and_foreign_files(capsys, tmp_path, good):
 
     from dataclasses import replace
 
-    from convert.gguf_export import gguf_tensors, write_gguf
-    from convert.gguf_tokenizer import vocab_from_tokenizer_dir
-    from core.model_files import load_weights
+    from tinyllama.convert.gguf_export import gguf_tensors, write_gguf
+    from tinyllama.convert.gguf_tokenizer import vocab_from_tokenizer_dir
+    from tinyllama.core.model_files import load_weights
 
     vocab = vocab_from_tokenizer_dir(good, CFG.vocab_size)
     tensors = gguf_tensors(CFG, load_weights(good), "f32")

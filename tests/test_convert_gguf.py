@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 from helpers import GGUF_MODELS, TEXT, make_checkpoint, run_convert
-
-from convert.gguf_export import export_gguf
-from convert.gguf_import import import_gguf, load_gguf, metadata, open_reader
-from core.model_files import load_weights, read_model_config
-from torch_model.state import load_model as load_torch
+from tinyllama.convert.gguf_export import export_gguf
+from tinyllama.convert.gguf_import import import_gguf, load_gguf, metadata, open_reader
+from tinyllama.core.model_files import load_weights, read_model_config
+from tinyllama.torch_model.state import load_model as load_torch
 
 # max |logit difference| vs the source checkpoint, logits of max |3.2..3.5|; measured (docs/convert.md):
 # f32 2.4e-6, f16 2.7e-3, bf16 2.7e-2, q8_0 9.0e-2 -- each bound is about twice the worst measured

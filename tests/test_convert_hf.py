@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 from helpers import GGUF_MODELS, greedy_mlx, make_checkpoint, run_convert, write_bpe_tokenizer
-
-from convert.hf_export import export_hf
-from convert.mlx_export import export_mlx
-from core.checkpoint import save_checkpoint
-from core.model_files import load_weights
-from core.weights import count_parameters, numpy_dtype
-from mlx_model.state import load_model as load_mlx
-from torch_model.state import load_model as load_torch
+from tinyllama.convert.hf_export import export_hf
+from tinyllama.convert.mlx_export import export_mlx
+from tinyllama.core.checkpoint import save_checkpoint
+from tinyllama.core.model_files import load_weights
+from tinyllama.core.weights import count_parameters, numpy_dtype
+from tinyllama.mlx_model.state import load_model as load_mlx
+from tinyllama.torch_model.state import load_model as load_torch
 
 TOKENS = np.random.default_rng(1).integers(0, 290, size=(2, 17))
 

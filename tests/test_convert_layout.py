@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pytest
 from helpers import GGUF_MODELS, write_bpe_tokenizer
-
-from convert.gguf_layout import gguf_names, hf_to_gguf_name, permute_qk, unpermute_qk
-from convert.gguf_tokenizer import detect_pre
-from core.weights import parameter_shapes
+from tinyllama.convert.gguf_layout import gguf_names, hf_to_gguf_name, permute_qk, unpermute_qk
+from tinyllama.convert.gguf_tokenizer import detect_pre
+from tinyllama.core.weights import parameter_shapes
 
 
 @pytest.mark.parametrize("n_head,head_dim", [(4, 16), (3, 64), (1, 8)])

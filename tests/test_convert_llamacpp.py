@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 from helpers import GGUF_MODELS, TEXT, make_checkpoint
-
-from convert.gguf_export import export_gguf
-from torch_model.state import load_model as load_torch
+from tinyllama.convert.gguf_export import export_gguf
+from tinyllama.torch_model.state import load_model as load_torch
 
 llama_cpp = pytest.importorskip("llama_cpp")
 

@@ -24,11 +24,10 @@ import numpy as np
 import pytest
 from helpers import GGUF_MODELS, ROOT, make_checkpoint, random_weights
 from safetensors.numpy import load_file, save_file
-
-from convert.__main__ import main
-from core.checkpoint import save_checkpoint
-from core.cli import run_cli
-from core.fs import MARKS
+from tinyllama.convert.__main__ import main
+from tinyllama.core.checkpoint import save_checkpoint
+from tinyllama.core.cli import run_cli
+from tinyllama.core.fs import MARKS
 
 CFG = GGUF_MODELS["mha4-tied"]
 MEMORY_LIMIT = 6 << 30  # a run that tried to allocate for an absurd config would die here, not take the machine
@@ -153,9 +152,9 @@ def evil_pickle(path: Path, marker: Path) -> Path:
 
 def gguf_of(good: Path, path: Path, cfg=CFG, edit=None, weights=None, dtype="f32", pre=None) -> Path:
     """A GGUF written with our exporter's pieces: metadata from `cfg` (may lie), tensors optionally edited."""
-    from convert.gguf_export import gguf_tensors, write_gguf
-    from convert.gguf_tokenizer import vocab_from_tokenizer_dir
-    from core.model_files import load_weights
+    from tinyllama.convert.gguf_export import gguf_tensors, write_gguf
+    from tinyllama.convert.gguf_tokenizer import vocab_from_tokenizer_dir
+    from tinyllama.core.model_files import load_weights
 
     tensors = gguf_tensors(CFG, weights or load_weights(good), dtype)
     if edit:
@@ -481,7 +480,7 @@ def case_gguf_other_architecture(d, good):
 
 
 def case_gguf_nan(d, good):
-    from core.model_files import load_weights
+    from tinyllama.core.model_files import load_weights
 
     weights = load_weights(good)
     weights["model.layers.0.mlp.down_proj.weight"][1, 1] = np.nan
@@ -680,7 +679,7 @@ def test_read_only_output_is_refused_before_the_work(tmp_path, good):
 
 @pytest.mark.slow
 def test_full_disk_is_refused_before_the_work_and_keeps_the_old_output(tmp_path, good):
-    from convert.hf_import import import_hf
+    from tinyllama.convert.hf_import import import_hf
 
     with small_disk(tmp_path / "disk") as disk:
         import_hf(good, disk / "m.ckpt")  # fits: 360 kB of weights on 1 MB
@@ -705,9 +704,9 @@ def test_full_disk_is_refused_before_the_work_and_keeps_the_old_output(tmp_path,
 )
 def test_disk_full_mid_write_leaves_no_debris_and_the_old_output_intact(argv, capsys, tmp_path, good, monkeypatch):
     """The free-space check is switched off so the write itself hits ENOSPC on a real 1 MB tmpfs."""
-    import convert.common
+    from tinyllama.convert import common as convert_common
 
-    monkeypatch.setattr(convert.common, "free_bytes", lambda path: 1 << 40)
+    monkeypatch.setattr(convert_common, "free_bytes", lambda path: 1 << 40)
     with small_disk(tmp_path / "disk") as disk:
         out = disk / "m"
         existing = Path(argv[2].format(out=out))
@@ -725,18 +724,18 @@ def test_disk_full_mid_write_leaves_no_debris_and_the_old_output_intact(argv, ca
 
 @pytest.mark.slow
 def test_export_mlx_disk_full_mid_write(capsys, tmp_path, good, monkeypatch):
-    import convert.common
+    from tinyllama.convert import common as convert_common
 
-    monkeypatch.setattr(convert.common, "free_bytes", lambda path: 1 << 40)
+    monkeypatch.setattr(convert_common, "free_bytes", lambda path: 1 << 40)
     with small_disk(tmp_path / "disk", "64k") as disk:
         args = ["export-mlx", good, disk / "mlx", "--q-group-size", "32", "--q-bits", "8"]
         refused_in_process(capsys, (disk, good.parent), args, disk / "mlx", "writing failed")
 
 
 def test_output_folders_made_for_a_failed_write_are_removed(capsys, tmp_path, good, monkeypatch):
-    import convert.common
+    from tinyllama.convert import common as convert_common
 
-    monkeypatch.setattr(convert.common, "free_bytes", lambda path: 1 << 40)
+    monkeypatch.setattr(convert_common, "free_bytes", lambda path: 1 << 40)
     with small_disk(tmp_path / "disk", "64k") as disk:
         refused_in_process(capsys, (disk, good.parent), ["export-hf", good, disk / "a" / "b" / "hf"], "writing failed")
         assert not (disk / "a").exists()
@@ -746,8 +745,8 @@ def test_output_folders_made_for_a_failed_write_are_removed(capsys, tmp_path, go
 
 
 def test_import_of_a_sharded_directory_is_verified_and_exact(tmp_path, good):
-    from convert.hf_import import import_hf
-    from core.model_files import load_weights
+    from tinyllama.convert.hf_import import import_hf
+    from tinyllama.core.model_files import load_weights
 
     out = import_hf(sharded(good, tmp_path), tmp_path / "o.ckpt")
     source, imported = load_weights(good), load_weights(out)
@@ -756,8 +755,8 @@ def test_import_of_a_sharded_directory_is_verified_and_exact(tmp_path, good):
 
 
 def test_gguf_import_verifies_before_writing_and_output_is_finite(tmp_path, good):
-    from convert.gguf_import import import_gguf
-    from core.model_files import load_weights
+    from tinyllama.convert.gguf_import import import_gguf
+    from tinyllama.core.model_files import load_weights
 
     out = import_gguf(gguf_of(good, tmp_path / "m.gguf", dtype="q8_0"), tmp_path / "o.ckpt")
     weights = load_weights(out)  # core's loader checks names, shapes, dtypes and finiteness again

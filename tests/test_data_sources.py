@@ -10,12 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from core.config import DataConfig
-from data import util
-from data.prepare import prepare_data
-from data.sources import resolve_source
-from data.util import DataError
+from tinyllama.core.config import DataConfig
+from tinyllama.data import util
+from tinyllama.data.prepare import prepare_data
+from tinyllama.data.sources import resolve_source
+from tinyllama.data.util import DataError
 
 DOCS = ["The first document is about rivers.", "The second one is about mountains.", "A third, on deserts."]
 
@@ -72,7 +71,7 @@ def test_empty_corpus(tmp_path):
 
 
 def test_corpus_shorter_than_a_sequence(tmp_path):
-    from data.loader import BatchLoader
+    from tinyllama.data.loader import BatchLoader
 
     (tmp_path / "tiny.txt").write_text("Too short.")
     prepared = prepare(tmp_path, str(tmp_path / "tiny.txt"))
@@ -155,8 +154,8 @@ def test_data_pipeline_never_imports_torch_or_mlx(hf_dir, tmp_path):
     (tmp_path / "a.txt").write_text(" ".join(DOCS * 30))
     code = f"""
 import sys
-from core.config import DataConfig
-from data import corpus, loader, prepare, sources, store, tokenizer, util
+from tinyllama.core.config import DataConfig
+from tinyllama.data import corpus, loader, prepare, sources, store, tokenizer, util
 docs = list(sources.resolve_source({str(hf_dir)!r}, streaming=True).documents())
 assert len(docs) == 12, docs
 data = prepare.prepare_data(DataConfig(dataset={str(tmp_path / "a.txt")!r}, cache_dir={str(tmp_path)!r}), False)

@@ -7,10 +7,9 @@ import socket
 import time
 
 import pytest
-
-from data import util
-from data.tokenizer import Tokenizer, load_tokenizer
-from data.util import DataError
+from tinyllama.data import util
+from tinyllama.data.tokenizer import Tokenizer, load_tokenizer
+from tinyllama.data.util import DataError
 
 REFERENCE_TEXTS = [
     "Hello world",
@@ -174,7 +173,7 @@ def test_slow_gpt2_style_directory(tmp_path):
     """A directory with only vocab.json + merges.txt (GPT-2's original files) becomes a fast tokenizer."""
     import shutil
 
-    from data.tokenizer import packaged_files
+    from tinyllama.data.tokenizer import packaged_files
 
     vocab, merges = packaged_files()
     shutil.copy(vocab, tmp_path / "vocab.json")

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 from helpers import ROOT, TINY_MODELS, random_weights, write_word_tokenizer
+from tinyllama.core.cases import Case, CaseError, case_tokens, load_cases
+from tinyllama.core.checkpoint import save_checkpoint
+from tinyllama.core.cli import run_cli
 
-import evaluate_checkpoints as ev
-from core.cases import Case, CaseError, case_tokens, load_cases
-from core.checkpoint import save_checkpoint
-from core.cli import run_cli
+from tinyllama import evaluate_checkpoints as ev
 
 
 def write(tmp_path, text):
@@ -76,7 +76,7 @@ def test_shipped_case_file_is_valid():
 
 
 def test_continuation_tokens_are_those_of_running_text():
-    from data.tokenizer import load_tokenizer
+    from tinyllama.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer("gpt2")
     prompt, cont = case_tokens(Case("c", "The capital of France is", "Paris"), tok.encode)
@@ -94,14 +94,14 @@ def test_batched_scores_equal_one_unpadded_pass_per_case(backend):
     pairs = [(rng.integers(0, cfg.vocab_size, n).tolist(), rng.integers(0, cfg.vocab_size, m).tolist()) for n, m in
              ((3, 1), (9, 4), (1, 2), (20, 3), (5, 5))]  # fmt: skip
     if backend == "mlx":
-        from mlx_model.generate import as_backend
-        from mlx_model.state import build_model
+        from tinyllama.mlx_model.generate import as_backend
+        from tinyllama.mlx_model.state import build_model
 
         model = build_model(cfg, weights)
         forward = lambda ids: np.array(model(mx.array([ids]))[0])  # noqa: E731
     else:
-        from torch_model.generate import as_backend
-        from torch_model.state import build_model
+        from tinyllama.torch_model.generate import as_backend
+        from tinyllama.torch_model.state import build_model
 
         model = build_model(cfg, weights).eval()
         forward = lambda ids: model(torch.tensor([ids]))[0].detach().numpy()  # noqa: E731

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from helpers import TINY_MODELS, random_weights, torch_cross_entropy, write_word_tokenizer
+from tinyllama.core.checkpoint import save_checkpoint
+from tinyllama.core.cli import run_cli
+from tinyllama.core.config import Config, DataConfig, ModelConfig, TrainingConfig
 
-import evaluate_checkpoints as ev
-from core.checkpoint import save_checkpoint
-from core.cli import run_cli
-from core.config import Config, DataConfig, ModelConfig, TrainingConfig
+from tinyllama import evaluate_checkpoints as ev
 
 CASES = """\
 - prompt: w5 w6
@@ -92,7 +92,7 @@ def test_three_checkpoints_give_table_records_and_plot(smoke, capsys):
 
 def train_on_sentence(sentence: list[int], vocab: int, steps: int = 100) -> dict[str, np.ndarray]:
     """A tiny torch model fitted to one repeated sentence; returns its weights (numpy, HF names)."""
-    from torch_model.state import build_model, model_state
+    from tinyllama.torch_model.state import build_model, model_state
 
     cfg = ModelConfig(vocab_size=vocab, n_layers=2, d_model=48, n_heads=4, n_kv_heads=2, d_ff=96, max_seq_len=64)
     torch.manual_seed(0)
@@ -174,17 +174,16 @@ def test_mean_loss_equals_numpy_cross_entropy(backend):
     weights = random_weights(cfg)
     windows = np.random.default_rng(0).integers(0, cfg.vocab_size, (5, 17))
     if backend == "torch":
-        from torch_model.generate import as_backend
-        from torch_model.state import build_model
+        from tinyllama.torch_model.generate import as_backend
+        from tinyllama.torch_model.state import build_model
 
         model = build_model(cfg, weights).eval()
         with torch.no_grad():
             logits = model(torch.from_numpy(windows[:, :-1])).numpy()
     else:
         import mlx.core as mx
-
-        from mlx_model.generate import as_backend
-        from mlx_model.state import build_model
+        from tinyllama.mlx_model.generate import as_backend
+        from tinyllama.mlx_model.state import build_model
 
         model = build_model(cfg, weights)
         logits = np.array(model(mx.array(windows[:, :-1])))
@@ -201,7 +200,7 @@ def test_val_loss_is_the_trainers_own(tmp_path, data_cache, backend, capsys):
     loss the trainer logged at its last step (same windows, same weighting), on either backend."""
     from helpers import smoke_argv
 
-    import train_cuda
+    from tinyllama import train_cuda
 
     args = ("--training.max_steps", "6", "--training.eval_every", "6", "--training.save_every", "0")
     train_cuda.main(smoke_argv(tmp_path, data_cache, "--hardware.accelerator", "cpu", *args))

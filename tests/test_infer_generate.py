@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 from helpers import TINY_MODELS, random_weights
-
-from mlx_model.generate import as_backend as mlx_backend
-from mlx_model.state import build_model as build_mlx
-from torch_model.generate import as_backend as torch_backend
-from torch_model.state import build_model as build_torch
+from tinyllama.mlx_model.generate import as_backend as mlx_backend
+from tinyllama.mlx_model.state import build_model as build_mlx
+from tinyllama.torch_model.generate import as_backend as torch_backend
+from tinyllama.torch_model.state import build_model as build_torch
 
 GEN = {"mlx": mlx_backend, "torch": torch_backend}
 PROMPT = [5, 17, 3, 42, 8, 11, 29]
@@ -127,10 +126,9 @@ def test_batch_equals_one_by_one(backend):
 
 def test_matches_transformers_generate(tmp_path):
     """Greedy (also with a repetition penalty) equals transformers' generate on a directory it wrote."""
+    from tinyllama.mlx_model.state import load_model as load_mlx
+    from tinyllama.torch_model.state import load_model as load_torch
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from mlx_model.state import load_model as load_mlx
-    from torch_model.state import load_model as load_torch
 
     torch.manual_seed(0)
     hf_cfg = LlamaConfig(

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from core.sampling import (
+from tinyllama.core.sampling import (
     SamplingParams,
     TextStream,
     apply_repetition_penalty,
@@ -93,7 +92,7 @@ def test_fit_prompt():
 
 
 def test_text_stream_holds_back_split_characters():
-    from data.tokenizer import load_tokenizer
+    from tinyllama.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer("gpt2")
     text = " naïve café — 日本語 🙂 done"
@@ -108,8 +107,7 @@ def test_text_stream_holds_back_split_characters():
 
 def test_text_stream_keeps_separators_of_word_tokenizers(tmp_path):
     from helpers import write_word_tokenizer
-
-    from data.tokenizer import Tokenizer
+    from tinyllama.data.tokenizer import Tokenizer
 
     tok = Tokenizer.from_dir(write_word_tokenizer(tmp_path / "tok", 20))
     stream = TextStream(tok.decode, tok.encode("w3 w4"))

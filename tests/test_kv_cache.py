@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 from helpers import TINY_MODELS, random_weights
-
-from mlx_model.state import build_model as build_mlx
-from torch_model.state import build_model as build_torch
+from tinyllama.mlx_model.state import build_model as build_mlx
+from tinyllama.torch_model.state import build_model as build_torch
 
 # (chunk sizes fed one after another): plain prefill + decode, a cached prefill at a non-zero
 # offset, and chunks that cross the cache's 256-position growth boundary.

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 from helpers import random_weights, tokens_for, write_word_tokenizer
-
-from core.checkpoint import save_checkpoint
-from mlx_model.state import build_model as build_mlx
-from mlx_model.state import load_model as load_mlx
-from torch_model.state import build_model as build_torch
-from torch_model.state import load_model as load_torch
+from tinyllama.core.checkpoint import save_checkpoint
+from tinyllama.mlx_model.state import build_model as build_mlx
+from tinyllama.mlx_model.state import load_model as load_mlx
+from tinyllama.torch_model.state import build_model as build_torch
+from tinyllama.torch_model.state import load_model as load_torch
 
 TOL = 1e-4
 

@@ -15,14 +15,13 @@ import numpy as np
 import pytest
 from helpers import ROOT, file_hashes, max_weight_diff, smoke_argv, train_losses
 from safetensors.numpy import save_file
+from tinyllama.core.checkpoint import list_checkpoints, read_trainer_state, resolve_resume
+from tinyllama.core.cli import UserError
+from tinyllama.core.config import ConfigError, load_config
+from tinyllama.core.fs import is_temporary
+from tinyllama.core.model_files import CheckpointError, load_optimizer, load_weights, read_model_config
 
-import train_cuda
-import train_mlx
-from core.checkpoint import list_checkpoints, read_trainer_state, resolve_resume
-from core.cli import UserError
-from core.config import ConfigError, load_config
-from core.fs import is_temporary
-from core.model_files import CheckpointError, load_optimizer, load_weights, read_model_config
+from tinyllama import train_cuda, train_mlx
 
 TRAINERS = {"mlx": train_mlx.main, "torch": lambda argv: train_cuda.main([*argv, "--hardware.accelerator", "cpu"])}
 SCRIPT = {"mlx": "train_mlx.py", "torch": "train_cuda.py"}
@@ -180,7 +179,7 @@ def test_damaged_trainer_state_and_moments_are_named(tmp_path, data_cache):
 
 @pytest.mark.slow
 def test_weights_are_checked_from_the_header_before_anything_is_read(tmp_path, data_cache, monkeypatch):
-    import core.model_files as model_files
+    import tinyllama.core.model_files as model_files
 
     out = train("torch", tmp_path, data_cache, "--training.max_steps", "1", *QUIET) / "final.ckpt"
     weights = load_weights(out)
@@ -226,10 +225,10 @@ def test_malformed_config_json_is_one_named_line(tmp_path, data_cache, change, m
 def test_pickles_and_remote_code_are_never_run(tmp_path, capsys):
     """A directory holding only a pickle is refused without unpickling it; `auto_map` code is never imported."""
     from helpers import TINY_MODELS, random_weights, write_word_tokenizer
+    from tinyllama.core.checkpoint import save_checkpoint
+    from tinyllama.core.cli import run_cli
 
-    import infer
-    from core.checkpoint import save_checkpoint
-    from core.cli import run_cli
+    from tinyllama import infer
 
     marker = tmp_path / "pwned"
 
@@ -455,7 +454,7 @@ def test_tokens_per_second_count_training_steps_only(tmp_path, data_cache, monke
     advances it by 1 s, an eval by 100 s."""
     import types
 
-    import core.loop
+    from tinyllama.core import loop as core_loop
 
     clock = [0.0]
 
@@ -463,10 +462,10 @@ def test_tokens_per_second_count_training_steps_only(tmp_path, data_cache, monke
         clock[0] += 1.0
         return clock[0]
 
-    monkeypatch.setattr(core.loop, "time", types.SimpleNamespace(perf_counter=tick, time=time.time))
-    original = core.loop.Run.sample_text
+    monkeypatch.setattr(core_loop, "time", types.SimpleNamespace(perf_counter=tick, time=time.time))
+    original = core_loop.Run.sample_text
     monkeypatch.setattr(
-        core.loop.Run, "sample_text", lambda self: clock.__setitem__(0, clock[0] + 100) or original(self)
+        core_loop.Run, "sample_text", lambda self: clock.__setitem__(0, clock[0] + 100) or original(self)
     )
     args = ("--training.max_steps", "8", "--training.eval_every", "2", "--training.log_every", "2",
             "--training.save_every", "0", "--training.eval_batches", "1")  # fmt: skip
@@ -477,7 +476,7 @@ def test_tokens_per_second_count_training_steps_only(tmp_path, data_cache, monke
 
 
 def test_mfu_uses_the_tf32_peak_when_tf32_is_on():
-    from core.hardware import peak_flops
+    from tinyllama.core.hardware import peak_flops
 
     assert peak_flops("NVIDIA H100 80GB HBM3", "float32", tf32=True) == pytest.approx(494.5e12)
     assert peak_flops("NVIDIA H100 80GB HBM3", "float32") == pytest.approx(989e12 * 0.068)

@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 from helpers import ROOT, assert_same_logits_elsewhere, max_weight_diff, smoke_argv, train_losses
+from tinyllama.core.checkpoint import list_checkpoints, read_trainer_state
+from tinyllama.core.model_files import is_checkpoint, load_weights
 
-import train_mlx
-from core.checkpoint import list_checkpoints, read_trainer_state
-from core.model_files import is_checkpoint, load_weights
+from tinyllama import train_mlx
 
 pytestmark = pytest.mark.slow  # each test trains end to end
 
@@ -80,7 +80,7 @@ def test_sigint_saves_a_resumable_checkpoint(tmp_path, data_cache):
 
 
 def test_nonfinite_loss_stops_without_a_checkpoint(tmp_path, data_cache):
-    from core.cli import UserError
+    from tinyllama.core.cli import UserError
 
     with pytest.raises(UserError, match="non-finite loss, gradient or weights at step"):
         run(tmp_path, data_cache, "--training.lr", "1e30", "--training.warmup_steps", "0", "--training.grad_clip", "0",

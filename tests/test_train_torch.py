@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 from helpers import ROOT, assert_same_logits_elsewhere, max_weight_diff, smoke_argv, train_losses
+from tinyllama.core.checkpoint import list_checkpoints, read_trainer_state
+from tinyllama.core.cli import human_bytes
+from tinyllama.core.model_files import is_checkpoint
 
-import train_cuda
-from core.checkpoint import list_checkpoints, read_trainer_state
-from core.cli import human_bytes
-from core.model_files import is_checkpoint
+from tinyllama import train_cuda
 
 pytestmark = pytest.mark.slow  # each test trains end to end
 
@@ -94,15 +94,15 @@ def test_torchrun_two_processes_match_one(tmp_path, data_cache, strategy):
 
 
 def test_flash_attn_asked_for_but_missing_is_a_clear_error(tmp_path, data_cache):
-    from core.cli import UserError
+    from tinyllama.core.cli import UserError
 
     with pytest.raises(UserError, match="flash"):
         run(tmp_path, data_cache, "--hardware.attention", "flash_attn", "--training.max_steps", "1")
 
 
 def test_dry_run_counts_the_chunked_loss_not_full_logits(capsys):
-    from core.config import load_config
-    from core.training import estimate_memory
+    from tinyllama.core.config import load_config
+    from tinyllama.core.training import estimate_memory
 
     argv = ["--config", str(ROOT / "configs/gpt2-124m.yaml"), "--dry-run", "--hardware.accelerator", "cpu"]
     train_cuda.main(argv)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-
-from core.cli import UserError
-from torch_model.model import Attention
+from tinyllama.core.cli import UserError
+from tinyllama.torch_model.model import Attention
 
 
 def flash_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:

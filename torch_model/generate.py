@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from core.backend import Backend
-from torch_model.model import Model
-from torch_model.state import load_model, resolve_device, unwrap
+from tinyllama.core.backend import Backend
+from tinyllama.torch_model.model import Model
+from tinyllama.torch_model.state import load_model, resolve_device, unwrap
 
 
 def last_logits(model: Model, tokens: torch.Tensor, cache: list) -> torch.Tensor:

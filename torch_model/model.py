@@ -10,9 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from core.config import ModelConfig
-from torch_model.loss import linear_cross_entropy
+from tinyllama.core.config import ModelConfig
+from tinyllama.torch_model.loss import linear_cross_entropy
 
 
 class RMSNorm(nn.Module):

@@ -10,10 +10,9 @@ import copy
 
 import numpy as np
 import torch
-
-from core.config import TrainingConfig
-from core.weights import is_decayed
-from torch_model.state import to_numpy, to_torch, unwrap
+from tinyllama.core.config import TrainingConfig
+from tinyllama.core.weights import is_decayed
+from tinyllama.torch_model.state import to_numpy, to_torch, unwrap
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.AdamW:

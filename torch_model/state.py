@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from core.cli import UserError
-from core.config import ModelConfig
-from core.model_files import load_weights, read_model_config
-from core.weights import init_weights, numpy_dtype, runtime_dtype
-from torch_model.model import Model
+from tinyllama.core.cli import UserError
+from tinyllama.core.config import ModelConfig
+from tinyllama.core.model_files import load_weights, read_model_config
+from tinyllama.core.weights import init_weights, numpy_dtype, runtime_dtype
+from tinyllama.torch_model.model import Model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

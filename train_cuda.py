@@ -21,6 +21,7 @@ import sys
 
 import torch
 import torch.distributed as dist
+
 from tinyllama.core.backend import pick
 from tinyllama.core.cli import UserError, run_cli
 from tinyllama.core.generate import mean_loss

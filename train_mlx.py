@@ -25,6 +25,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map
+
 from tinyllama.core.cli import UserError, run_cli
 from tinyllama.core.generate import mean_loss
 from tinyllama.core.hardware import apple_chip, cpu_name, peak_flops, system_memory_bytes

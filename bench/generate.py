@@ -57,6 +57,7 @@ def mlx_side(ckpt: str, prompt: list[int], n: int, repeats: int) -> dict[str, fl
     from mlx_lm.generate import generate_step
     from mlx_lm.sample_utils import make_sampler
     from mlx_lm.utils import load_model as mlx_lm_load_model
+
     from tinyllama.mlx_model.generate import load_backend
 
     ours = load_backend(ckpt)

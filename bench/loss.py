@@ -39,9 +39,10 @@ def timed(fn, repeats: int) -> float:
 
 def torch_step(cfg, variant: str, repeats: int) -> dict:
     import torch
+    from torch.nn.functional import cross_entropy
+
     from tinyllama.core.weights import init_weights
     from tinyllama.torch_model.state import build_model
-    from torch.nn.functional import cross_entropy
 
     model = build_model(cfg.model, init_weights(cfg.model, 0))
     tokens = torch.randint(0, cfg.model.vocab_size, (cfg.training.batch_size, cfg.training.seq_len + 1))
@@ -64,6 +65,7 @@ def mlx_head(cfg, variant: str, repeats: int) -> dict:
     ensure_fast_blas()
     import mlx.core as mx
     from mlx.nn.losses import cross_entropy
+
     from tinyllama.mlx_model.loss import linear_cross_entropy
 
     n, d, v = cfg.training.batch_size * cfg.training.seq_len, cfg.model.d_model, cfg.model.vocab_size
@@ -82,6 +84,7 @@ def mlx_head(cfg, variant: str, repeats: int) -> dict:
 
 def adamw(cfg, variant: str, repeats: int) -> dict:
     import torch
+
     from tinyllama.core.weights import init_weights
     from tinyllama.torch_model.state import build_model
 

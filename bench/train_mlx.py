@@ -28,6 +28,7 @@ import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import numpy as np  # noqa: E402
 from mlx.utils import tree_map  # noqa: E402
+
 from tinyllama.core.config import load_config  # noqa: E402
 from tinyllama.core.hardware import cpu_name  # noqa: E402
 from tinyllama.core.hf_config import to_hf_config  # noqa: E402

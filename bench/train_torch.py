@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
 from tinyllama.core.config import load_config  # noqa: E402
 from tinyllama.core.hardware import cpu_name, peak_flops  # noqa: E402
 from tinyllama.core.hf_config import to_hf_config  # noqa: E402

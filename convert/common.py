@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError
+
 from tinyllama.core.checkpoint import TOKENIZER_FILES, save_checkpoint
 from tinyllama.core.cli import UserError, human_bytes
 from tinyllama.core.config import ConfigError, ModelConfig, validate_model

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError, safe_open
+
 from tinyllama.convert.common import ConvertError
 from tinyllama.core.checkpoint import read_trainer_state
 from tinyllama.core.cli import human_bytes, human_count

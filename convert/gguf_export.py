@@ -13,13 +13,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
+
 from tinyllama.convert.common import FP16_MAX, ConvertError, check_output, check_space, load_checked_weights, writing
 from tinyllama.convert.gguf_layout import hf_to_gguf_name, permute_qk, qk_heads
 from tinyllama.convert.gguf_tokenizer import GGUFVocab, vocab_from_tokenizer_dir
 from tinyllama.core.config import ModelConfig
 from tinyllama.core.model_files import read_hf_config, read_model_config
 from tinyllama.core.weights import numpy_dtype
-from tqdm import tqdm
 
 GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
 

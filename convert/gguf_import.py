@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
+
 from tinyllama.convert.common import (
     ConvertError,
     cast_weights,
@@ -27,13 +29,13 @@ from tinyllama.convert.gguf_layout import gguf_names, qk_heads, unpermute_qk
 from tinyllama.convert.gguf_tokenizer import GGUFVocab, write_tokenizer_dir
 from tinyllama.core.config import ModelConfig
 from tinyllama.core.weights import parameter_shapes
-from tqdm import tqdm
 
 
 def open_reader(path: str | Path):
     """A GGUFReader, or one clear line when the file is missing, not GGUF, truncated or has absurd counts
     (the header is walked with bounds from the file size first: `convert.gguf_header`)."""
     import gguf
+
     from tinyllama.convert.gguf_header import check_gguf_header
 
     path = Path(path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+
 from tinyllama.core.config import ModelConfig
 
 _GGUF_LAYER_NAMES = {

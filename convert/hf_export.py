@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from safetensors.numpy import save_file
+
 from tinyllama.convert.common import (
     ConvertError,
     canonical_dtype,

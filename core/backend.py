@@ -22,6 +22,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+
 from tinyllama.core import generate as driver
 from tinyllama.core.cli import UserError
 from tinyllama.core.config import ModelConfig

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+
 from tinyllama.core.cli import UserError
 
 FIELDS = ("prompt", "expect", "name", "tags", "source")

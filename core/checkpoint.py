@@ -31,6 +31,7 @@ import numpy as np
 import yaml
 from safetensors import SafetensorError
 from safetensors.numpy import save_file
+
 from tinyllama.core.config import Config, ModelConfig
 from tinyllama.core.fs import atomic_path, remove_atomically, write_text
 from tinyllama.core.hf_config import to_hf_config

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from tinyllama.core.cli import UserError
 
 
@@ -101,6 +102,7 @@ class OutputConfig:
     logs: str = "logs"
     run_name: str = ""  # "" -> the config file's stem; a plain name (its logs go to logs/<run_name>)
     overwrite: bool = False  # a new run may replace a finished run in output.dir (else it refuses)
+    report_to: str = "none"  # none | tensorboard | wandb: also log the metrics there
 
 
 @dataclass
@@ -125,6 +127,7 @@ CHOICES = {
     "hardware.accelerator": ("auto", "mlx", "cuda", "mps", "cpu"),
     "hardware.attention": ("sdpa", "flash_attn"),
     "hardware.distributed": ("none", "ddp", "fsdp"),
+    "output.report_to": ("none", "tensorboard", "wandb"),
 }
 ALIASES = {"hardware.accelerator": {"gpu": "cuda"}, "training.dtype": {"fp32": "float32", "bf16": "bfloat16"}}
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
+
 from tinyllama.core.cases import score_layout, split_scores
 from tinyllama.core.sampling import SamplingParams, eos_set, fit_prompt, select_token
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from tinyllama.core.cli import UserError, human_bytes
 from tinyllama.core.config import Config
 from tinyllama.core.fs import release_lock

@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
+from tqdm import tqdm
+
 from tinyllama.core.cli import UserError
 from tinyllama.core.config import ConfigError, ModelConfig
 from tinyllama.core.fs import is_temporary
 from tinyllama.core.hf_config import from_hf_config
 from tinyllama.core.weights import numpy_dtype, parameter_shapes
-from tqdm import tqdm
 
 
 class CheckpointError(UserError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from tinyllama.core.config import ModelConfig
 
 DTYPES = ("float32", "bfloat16", "float16")  # the weight dtypes a model is stored and run in

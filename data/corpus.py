@@ -1,9 +1,11 @@
 """The built-in corpus: English Wikipedia articles that ship inside the `gensim` wheel, as plain text.
 
-gensim's test data holds a shortened dump of the first enwiki articles (Anarchism, Autism,
-Albedo, Alabama, Aristotle, ...; 106 articles, ~2.8 MB of text, CC BY-SA 3.0). We find
-the file without importing gensim, strip the wiki markup once and cache the plain text under
-data.cache_dir, so the default `make train` works offline with only the project's requirements.
+gensim 4.4.0's test data holds a shortened dump of the first enwiki articles (Anarchism, Autism,
+Albedo, Alabama, Aristotle, ...; 106 articles, ~2.8 MB of text, CC BY-SA 3.0). The first use
+downloads that wheel with pip (from whatever index pip is set up with), keeps only the 1.7 MB dump
+(checked against its SHA-256) in the user's cache, and deletes the wheel: gensim and its ~170 MB of
+dependencies (scipy, ...) are never installed. The markup is stripped once and the plain text cached
+under data.cache_dir; after that the corpus works offline.
 
 Markup stripping: mwparserfromhell parses each article; we render only what a reader sees as
 running text: links become their label, templates/tables/references/files/categories disappear,
@@ -14,17 +16,22 @@ imported only when an extraction runs (~0.1 s), so every other source skips it.
 from __future__ import annotations
 
 import bz2
+import hashlib
 import importlib.metadata
-import importlib.util
 import itertools
 import json
+import os
 import re
+import subprocess
+import sys
+import tempfile
 import xml.etree.ElementTree as ET
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tinyllama.core.fs import file_lock, write_text
+from tinyllama.core.fs import atomic_path, file_lock, write_text
 from tinyllama.data.util import DataError, stable_hash
 
 if TYPE_CHECKING:
@@ -32,6 +39,9 @@ if TYPE_CHECKING:
     from mwparserfromhell.wikicode import Wikicode
 
 DUMP = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+DUMP_WHEEL = "gensim==4.4.0"  # any of its wheels: the dump is the same file in each
+DUMP_SHA256 = "a53f4648dec40467ebdcbc7a1307eddb51fe6e28e9309f6ebde81ba0d04bea2d"
+DUMP_SIZE = 1_695_871
 EXTRACTOR_VERSION = 3  # bump when the markup stripping below changes what it produces
 SOURCE_NOTE = "English Wikipedia articles (CC BY-SA 3.0) from the gensim wheel's test data"
 
@@ -149,15 +159,52 @@ def wiki_to_text(wikitext: str) -> str:
 
 
 def dump_path() -> Path:
-    """The bz2 XML dump inside the installed gensim package (found without importing gensim)."""
-    spec = importlib.util.find_spec("gensim")
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(root) / DUMP
-        if path.is_file():
-            return path
+    """The bz2 XML dump in the user's cache ($TINYLLAMA_CACHE, else ~/.cache/tinyllama), fetched on first use."""
+    home = (
+        os.environ.get("TINYLLAMA_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tinyllama"
+    )
+    path = Path(home) / Path(DUMP).name
+    if not (path.is_file() and path.stat().st_size == DUMP_SIZE):
+        with file_lock(path.with_name(path.name + ".lock")):
+            if not (path.is_file() and path.stat().st_size == DUMP_SIZE):
+                with atomic_path(path) as tmp:
+                    tmp.write_bytes(_fetch_dump())
+    return path
+
+
+# pip resolves a wheel for this machine; if gensim has none for it (a newer Python, say), the Linux one.
+_PLATFORMS = ([], ["--platform", "manylinux_2_28_x86_64", "--python-version", "3.11", "--implementation", "cp"])
+
+
+def _fetch_dump() -> bytes:
+    """The dump's bytes, read out of a gensim wheel that pip downloads into a temporary folder."""
+    print(
+        f"built-in corpus: downloading the {DUMP_WHEEL} wheel (~28 MB) to keep its 1.7 MB Wikipedia sample "
+        "(gensim itself is not installed)",
+        file=sys.stderr,
+    )
+    error = ""
+    for platform in _PLATFORMS:
+        with tempfile.TemporaryDirectory() as tmp:
+            pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d", tmp]
+            result = subprocess.run([*pip, *platform, DUMP_WHEEL], capture_output=True, text=True)
+            wheels = sorted(Path(tmp).glob("gensim-*.whl"))
+            if result.returncode or not wheels:
+                lines = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+                error = lines[-1] if lines else (result.stderr.strip().splitlines() or ["pip failed"])[-1]
+                continue
+            try:
+                with zipfile.ZipFile(wheels[0]) as wheel:
+                    data = wheel.read(f"gensim/{DUMP}")
+            except (zipfile.BadZipFile, KeyError, OSError) as exc:
+                raise DataError(f"{wheels[0].name}: no readable Wikipedia sample in it ({exc})") from None
+            if hashlib.sha256(data).hexdigest() != DUMP_SHA256:
+                raise DataError(f"{wheels[0].name}: its Wikipedia sample is not the expected file (SHA-256 differs)")
+            return data
     raise DataError(
-        "the built-in corpus needs the 'gensim' package (its wheel ships the Wikipedia sample); "
-        "run `pip install -r requirements.txt` or set data.dataset to your own text files"
+        f"the built-in corpus could not be downloaded (`pip download {DUMP_WHEEL}`: {error}); "
+        "check the network or pip's index, or set data.dataset to your own text files"
     )
 
 
@@ -166,7 +213,7 @@ def fingerprint() -> dict[str, Any]:
     return {
         "kind": "builtin",
         "dump": DUMP,
-        "size": dump_path().stat().st_size,
+        "size": DUMP_SIZE,
         "extractor": EXTRACTOR_VERSION,
         "parser": importlib.metadata.version("mwparserfromhell"),
     }
@@ -211,8 +258,7 @@ def _cached_extract(path: Path, limit: int) -> None:
                 lines = [json.dumps({"text": doc}, ensure_ascii=False) for doc in _extract(limit)]
             except (ET.ParseError, EOFError, OSError) as exc:  # reading only: a failed write is the cache's error
                 raise DataError(
-                    f"{dump_path()}: the built-in corpus dump is damaged ({exc}); reinstall it with "
-                    f"pip install --force-reinstall gensim==4.4.0"
+                    f"{dump_path()}: the built-in corpus dump is damaged ({exc}); delete it to download it again"
                 ) from None
             write_text(path, "\n".join(lines) + "\n")
 

@@ -13,6 +13,7 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
+
 from tinyllama.data.util import DataError
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from tinyllama.core.cli import ArgumentParser, UserError, run_cli
 from tinyllama.core.config import DataConfig, load_config, override_help, parse_overrides
 from tinyllama.core.fs import MARKS, OLD_MARK, atomic_path, file_lock, remove, write_json

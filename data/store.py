@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from tinyllama.data.loader import BatchLoader, val_windows
 from tinyllama.data.tokenizer import Tokenizer
 from tinyllama.data.util import DataError, json_type, os_reason, stable_hash

@@ -27,10 +27,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tinyllama.core.fs import atomic_path, file_lock, write_json, write_text
-from tinyllama.data.util import DataError, hub_reachable, json_type, os_reason
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as Backend
+
+from tinyllama.core.fs import atomic_path, file_lock, write_json, write_text
+from tinyllama.data.util import DataError, hub_reachable, json_type, os_reason
 
 EOS = "<|endoftext|>"  # GPT-2's end-of-text token, also the EOS of trained BPEs
 GPT2_ALIASES = ("gpt2", "openai-community/gpt2")

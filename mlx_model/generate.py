@@ -15,6 +15,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
+
 from tinyllama.core.backend import Backend
 from tinyllama.mlx_model.model import Model
 from tinyllama.mlx_model.state import load_model

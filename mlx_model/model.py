@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
+
 from tinyllama.core.config import ModelConfig
 from tinyllama.mlx_model.loss import linear_cross_entropy
 

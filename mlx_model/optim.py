@@ -12,6 +12,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
+
 from tinyllama.core.config import TrainingConfig
 from tinyllama.core.weights import is_decayed
 from tinyllama.mlx_model.state import to_numpy

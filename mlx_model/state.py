@@ -8,6 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
+
 from tinyllama.core.config import ModelConfig
 from tinyllama.core.model_files import load_weights, read_model_config
 from tinyllama.core.weights import init_weights, numpy_dtype, runtime_dtype

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from helpers import TINY_MODELS  # noqa: E402
+
 from tinyllama.core.config import ModelConfig  # noqa: E402
 
 

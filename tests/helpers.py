@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 from tinyllama.core.checkpoint import save_checkpoint
 from tinyllama.core.config import ModelConfig
 from tinyllama.core.model_files import load_weights
@@ -224,8 +225,9 @@ def assert_same_logits_elsewhere(ckpt: Path, text: str = "The history of") -> No
     import mlx.core as mx
     import torch
     from mlx_lm import load as mlx_lm_load
-    from tinyllama.torch_model.state import load_model
     from transformers import AutoModelForCausalLM
+
+    from tinyllama.torch_model.state import load_model
 
     model, tokenizer = mlx_lm_load(str(ckpt))
     ids = tokenizer.encode(text)

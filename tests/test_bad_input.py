@@ -19,12 +19,12 @@ if __name__ == "__main__":  # run as a script to rewrite docs/errors.md: the rep
 
 from helpers import ROOT, file_hashes, smoke_argv, write_word_tokenizer
 from safetensors.numpy import save_file
+
+from tinyllama import evaluate_checkpoints, infer, train, train_cuda, train_mlx
 from tinyllama.convert.__main__ import main as convert_main
 from tinyllama.core.cli import run_cli
 from tinyllama.core.model_files import load_optimizer, load_weights
 from tinyllama.data.prepare import main as prepare_main
-
-from tinyllama import evaluate_checkpoints, infer, train, train_cuda, train_mlx
 
 DOC = ROOT / "docs" / "errors.md"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4

@@ -11,9 +11,10 @@ import ml_dtypes
 import mlx.core as mx
 import numpy as np
 import pytest
-import tinyllama.core.checkpoint as ckpt_mod
 import torch
 from helpers import ROOT, TINY_MODELS
+
+import tinyllama.core.checkpoint as ckpt_mod
 from tinyllama.core.checkpoint import (
     list_checkpoints,
     prune_checkpoints,

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 from helpers import ROOT, TINY_MODELS
+
 from tinyllama.core.config import Config, ConfigError, load_config, parse_overrides, save_config
 from tinyllama.core.hf_config import from_hf_config, to_hf_config
 from tinyllama.core.weights import count_parameters

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from helpers import GGUF_MODELS, make_checkpoint, random_weights, run_convert, write_word_tokenizer
 from safetensors.numpy import load_file, save_file
+
 from tinyllama.convert.__main__ import main
 from tinyllama.core.checkpoint import save_checkpoint
 from tinyllama.core.cli import run_cli
@@ -81,6 +82,7 @@ def test_import_refuses_corrupt_and_pickle_weights(capsys, tmp_path, good):
 
 def test_gguf_import_refuses_damaged_and_foreign_files(capsys, tmp_path, good):
     import gguf
+
     from tinyllama.convert.gguf_export import export_gguf
 
     export_gguf(good, tmp_path / "m.gguf", dtype="f32")

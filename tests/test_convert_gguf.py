@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import GGUF_MODELS, TEXT, make_checkpoint, run_convert
+
 from tinyllama.convert.gguf_export import export_gguf
 from tinyllama.convert.gguf_import import import_gguf, load_gguf, metadata, open_reader
 from tinyllama.core.model_files import load_weights, read_model_config

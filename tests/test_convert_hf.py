@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import GGUF_MODELS, greedy_mlx, make_checkpoint, run_convert, write_bpe_tokenizer
+
 from tinyllama.convert.hf_export import export_hf
 from tinyllama.convert.mlx_export import export_mlx
 from tinyllama.core.checkpoint import save_checkpoint

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from helpers import GGUF_MODELS, write_bpe_tokenizer
+
 from tinyllama.convert.gguf_layout import gguf_names, hf_to_gguf_name, permute_qk, unpermute_qk
 from tinyllama.convert.gguf_tokenizer import detect_pre
 from tinyllama.core.weights import parameter_shapes

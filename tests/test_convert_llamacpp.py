@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import GGUF_MODELS, TEXT, make_checkpoint
+
 from tinyllama.convert.gguf_export import export_gguf
 from tinyllama.torch_model.state import load_model as load_torch
 

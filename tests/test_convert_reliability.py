@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from helpers import GGUF_MODELS, ROOT, make_checkpoint, random_weights
 from safetensors.numpy import load_file, save_file
+
 from tinyllama.convert.__main__ import main
 from tinyllama.core.checkpoint import save_checkpoint
 from tinyllama.core.cli import run_cli

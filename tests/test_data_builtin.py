@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
+import hashlib
 import re
 
 import numpy as np
 import pytest
+
 from tinyllama.core.config import DataConfig
 from tinyllama.data import corpus
 from tinyllama.data.corpus import wiki_to_text
@@ -71,11 +72,22 @@ def test_prepare_builtin_round_trip(tmp_path, articles):
     assert "Wikipedia" in prepared.meta["source"]["description"]
 
 
-def test_missing_gensim_is_one_clear_line(monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gensim" else real(name, *a))
-    with pytest.raises(DataError, match="needs the 'gensim' package.*pip install -r requirements.txt"):
+def test_the_dump_is_fetched_from_the_wheel_without_installing_gensim(tmp_path, monkeypatch):
+    """A real `pip download` into a temporary folder; only the checked 1.7 MB file stays."""
+    monkeypatch.setenv("TINYLLAMA_CACHE", str(tmp_path))
+    path = corpus.dump_path()
+    assert path.parent == tmp_path and hashlib.sha256(path.read_bytes()).hexdigest() == corpus.DUMP_SHA256
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, path.name + ".lock"]  # no wheel left
+    monkeypatch.setattr(corpus, "_fetch_dump", lambda: pytest.fail("downloaded again"))
+    assert corpus.dump_path() == path
+
+
+def test_a_failed_download_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYLLAMA_CACHE", str(tmp_path))
+    monkeypatch.setattr(corpus, "DUMP_WHEEL", "gensim==0.0.1")  # no such release on any index
+    with pytest.raises(DataError, match=r"could not be downloaded \(`pip download gensim==0.0.1`: ERROR.*data.dataset"):
         corpus.dump_path()
+    assert not any(p.suffix == ".bz2" for p in tmp_path.iterdir())
 
 
 def test_wiki_markup_is_stripped():

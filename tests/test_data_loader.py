@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from tinyllama.data.loader import BatchLoader, val_windows
 from tinyllama.data.store import ConcatTokens
 from tinyllama.data.util import DataError

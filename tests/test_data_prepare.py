@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tinyllama.core.config import DataConfig
 from tinyllama.data import prepare
 from tinyllama.data.prepare import main, prepare_data

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tinyllama.core.config import DataConfig
 from tinyllama.core.fs import file_lock
 from tinyllama.data.prepare import prepare_data

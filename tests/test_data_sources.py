@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from tinyllama.core.config import DataConfig
 from tinyllama.data import util
 from tinyllama.data.prepare import prepare_data

@@ -7,6 +7,7 @@ import socket
 import time
 
 import pytest
+
 from tinyllama.data import util
 from tinyllama.data.tokenizer import Tokenizer, load_tokenizer
 from tinyllama.data.util import DataError

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 from helpers import ROOT, TINY_MODELS, random_weights, write_word_tokenizer
+
+from tinyllama import evaluate_checkpoints as ev
 from tinyllama.core.cases import Case, CaseError, case_tokens, load_cases
 from tinyllama.core.checkpoint import save_checkpoint
 from tinyllama.core.cli import run_cli
-
-from tinyllama import evaluate_checkpoints as ev
 
 
 def write(tmp_path, text):

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from helpers import TINY_MODELS, random_weights, torch_cross_entropy, write_word_tokenizer
+
+from tinyllama import evaluate_checkpoints as ev
 from tinyllama.core.checkpoint import save_checkpoint
 from tinyllama.core.cli import run_cli
 from tinyllama.core.config import Config, DataConfig, ModelConfig, TrainingConfig
-
-from tinyllama import evaluate_checkpoints as ev
 
 CASES = """\
 - prompt: w5 w6
@@ -182,6 +182,7 @@ def test_mean_loss_equals_numpy_cross_entropy(backend):
             logits = model(torch.from_numpy(windows[:, :-1])).numpy()
     else:
         import mlx.core as mx
+
         from tinyllama.mlx_model.generate import as_backend
         from tinyllama.mlx_model.state import build_model
 

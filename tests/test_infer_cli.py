@@ -11,10 +11,10 @@ import sys
 import pytest
 import torch
 from helpers import ROOT, TINY_MODELS, random_weights, write_word_tokenizer
-from tinyllama.core.checkpoint import save_checkpoint
-from tinyllama.core.cli import run_cli
 
 from tinyllama import infer
+from tinyllama.core.checkpoint import save_checkpoint
+from tinyllama.core.cli import run_cli
 
 PROMPT = "w5 w17 w3 w42 w8"
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import TINY_MODELS, random_weights
+
 from tinyllama.mlx_model.generate import as_backend as mlx_backend
 from tinyllama.mlx_model.state import build_model as build_mlx
 from tinyllama.torch_model.generate import as_backend as torch_backend
@@ -126,9 +127,10 @@ def test_batch_equals_one_by_one(backend):
 
 def test_matches_transformers_generate(tmp_path):
     """Greedy (also with a repetition penalty) equals transformers' generate on a directory it wrote."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     from tinyllama.mlx_model.state import load_model as load_mlx
     from tinyllama.torch_model.state import load_model as load_torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     hf_cfg = LlamaConfig(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from tinyllama.core.sampling import (
     SamplingParams,
     TextStream,
@@ -107,6 +108,7 @@ def test_text_stream_holds_back_split_characters():
 
 def test_text_stream_keeps_separators_of_word_tokenizers(tmp_path):
     from helpers import write_word_tokenizer
+
     from tinyllama.data.tokenizer import Tokenizer
 
     tok = Tokenizer.from_dir(write_word_tokenizer(tmp_path / "tok", 20))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import TINY_MODELS, random_weights
+
 from tinyllama.mlx_model.state import build_model as build_mlx
 from tinyllama.torch_model.state import build_model as build_torch
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
-import tinyllama.torch_model.loss as loss_module
 import torch
 from helpers import mlx_cross_entropy, random_weights, tokens_for, torch_cross_entropy
+
+import tinyllama.torch_model.loss as loss_module
 from tinyllama.core.weights import init_weights
 from tinyllama.mlx_model.state import build_model as build_mlx
 from tinyllama.torch_model.loss import keep_eager_under_compile
@@ -80,8 +81,9 @@ def test_bf16_autocast_matches_the_autocast_logits_path(monkeypatch):
 @pytest.mark.parametrize("chunk_rows", [5, 1000])
 def test_mlx_fused_loss_and_gradients_equal_autodiff_through_logits(tiny_model_cfg, chunk_rows, monkeypatch):
     import mlx.nn as nn
-    import tinyllama.mlx_model.loss as mlx_loss
     from mlx.utils import tree_flatten
+
+    import tinyllama.mlx_model.loss as mlx_loss
 
     cfg = tiny_model_cfg
     monkeypatch.setattr(mlx_loss, "CHUNK_BYTES", chunk_rows * cfg.vocab_size * 4)

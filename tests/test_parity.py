@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import random_weights, tokens_for, write_word_tokenizer
+
 from tinyllama.core.checkpoint import save_checkpoint
 from tinyllama.mlx_model.state import build_model as build_mlx
 from tinyllama.mlx_model.state import load_model as load_mlx

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from helpers import ROOT, file_hashes, max_weight_diff, smoke_argv, train_losses
 from safetensors.numpy import save_file
+
+from tinyllama import train_cuda, train_mlx
 from tinyllama.core.checkpoint import list_checkpoints, read_trainer_state, resolve_resume
 from tinyllama.core.cli import UserError
 from tinyllama.core.config import ConfigError, load_config
 from tinyllama.core.fs import is_temporary
 from tinyllama.core.model_files import CheckpointError, load_optimizer, load_weights, read_model_config
-
-from tinyllama import train_cuda, train_mlx
 
 TRAINERS = {"mlx": train_mlx.main, "torch": lambda argv: train_cuda.main([*argv, "--hardware.accelerator", "cpu"])}
 SCRIPT = {"mlx": "train_mlx.py", "torch": "train_cuda.py"}
@@ -225,10 +225,10 @@ def test_malformed_config_json_is_one_named_line(tmp_path, data_cache, change, m
 def test_pickles_and_remote_code_are_never_run(tmp_path, capsys):
     """A directory holding only a pickle is refused without unpickling it; `auto_map` code is never imported."""
     from helpers import TINY_MODELS, random_weights, write_word_tokenizer
-    from tinyllama.core.checkpoint import save_checkpoint
-    from tinyllama.core.cli import run_cli
 
     from tinyllama import infer
+    from tinyllama.core.checkpoint import save_checkpoint
+    from tinyllama.core.cli import run_cli
 
     marker = tmp_path / "pwned"
 

@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 from helpers import ROOT, assert_same_logits_elsewhere, max_weight_diff, smoke_argv, train_losses
-from tinyllama.core.checkpoint import list_checkpoints, read_trainer_state
-from tinyllama.core.model_files import is_checkpoint, load_weights
 
 from tinyllama import train_mlx
+from tinyllama.core.checkpoint import list_checkpoints, read_trainer_state
+from tinyllama.core.model_files import is_checkpoint, load_weights
 
 pytestmark = pytest.mark.slow  # each test trains end to end
 

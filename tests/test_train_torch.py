@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 from helpers import ROOT, assert_same_logits_elsewhere, max_weight_diff, smoke_argv, train_losses
+
+from tinyllama import train_cuda
 from tinyllama.core.checkpoint import list_checkpoints, read_trainer_state
 from tinyllama.core.cli import human_bytes
 from tinyllama.core.model_files import is_checkpoint
-
-from tinyllama import train_cuda
 
 pytestmark = pytest.mark.slow  # each test trains end to end
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from tinyllama.core.cli import UserError
 from tinyllama.torch_model.model import Attention
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from tinyllama.core.backend import Backend
 from tinyllama.torch_model.model import Model
 from tinyllama.torch_model.state import load_model, resolve_device, unwrap

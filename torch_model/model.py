@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 from tinyllama.core.config import ModelConfig
 from tinyllama.torch_model.loss import linear_cross_entropy
 

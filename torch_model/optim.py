@@ -10,6 +10,7 @@ import copy
 
 import numpy as np
 import torch
+
 from tinyllama.core.config import TrainingConfig
 from tinyllama.core.weights import is_decayed
 from tinyllama.torch_model.state import to_numpy, to_torch, unwrap

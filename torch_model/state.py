@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from tinyllama.core.cli import UserError
 from tinyllama.core.config import ModelConfig
 from tinyllama.core.model_files import load_weights, read_model_config

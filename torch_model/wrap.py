@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+
 from tinyllama.torch_model.loss import keep_eager_under_compile
 
 

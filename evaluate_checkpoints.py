@@ -32,7 +32,7 @@ from tinyllama.core.cli import ArgumentParser, UserError, human_count, run_cli
 from tinyllama.core.config import Config, config_from_dict
 from tinyllama.core.fs import atomic_path, check_writable, write_text
 from tinyllama.core.model_files import read_model_config
-from tinyllama.core.weights import DTYPES
+from tinyllama.core.weights import dtype_arg
 
 DEFAULT_CASES = Path(__file__).resolve().parent / "cases" / "wiki_basics.yaml"
 CASE_KEYS = ("name", "prompt", "expect", "rank", "hit", "logprob", "mean_logprob")
@@ -40,12 +40,20 @@ CASE_KEYS = ("name", "prompt", "expect", "rank", "hit", "logprob", "mean_logprob
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = ArgumentParser(prog="evaluate_checkpoints.py", description=__doc__)
-    p.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint directories or quoted globs")
+    p.add_argument("--checkpoints", "--model", nargs="+", required=True, help="checkpoint directories or quoted globs")
     p.add_argument("--cases", default=str(DEFAULT_CASES), help="YAML case file (default: cases/wiki_basics.yaml)")
     p.add_argument("--tokenizer", help="gpt2, a HF tokenizer name/directory or tokenizer.json (default: each ckpt's)")
-    p.add_argument("--top-k", type=int, default=5, help="a case hits when its answer ranks <= k (default: %(default)s)")
+    p.add_argument(
+        "--hit-k",
+        "--top-k",
+        dest="hit_k",
+        type=int,
+        default=5,
+        help="a case hits when its answer ranks <= k (default: %(default)s); --top-k is the same option, the "
+        "name older commands use (in infer.py --top-k is a sampling option)",
+    )
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="default: %(default)s")
-    p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: the checkpoint's)")
+    p.add_argument("--dtype", type=dtype_arg(), help="weights dtype: float32|fp32|f32, bfloat16|bf16, float16|fp16|f16")
     val_help = (
         "validation tokens to score (default: the run's own eval set, training.eval_batches x batch_size windows, "
         "so val_loss equals the trainer's); 0 = the whole split, -1 = skip"
@@ -55,8 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", help="write records to a .json or .csv file")
     p.add_argument("--plot", help="write a PNG of the metrics against training step")
     args = p.parse_args(argv)
-    if args.top_k < 1:
-        p.error("--top-k must be >= 1")
+    if args.hit_k < 1:
+        p.error("--hit-k must be >= 1")
     if args.out and Path(args.out).suffix.lower() not in (".json", ".csv"):
         p.error("--out must end in .json or .csv")
     return args
@@ -136,7 +144,7 @@ def evaluate(path: Path, args: argparse.Namespace, cases, memo: dict) -> dict[st
             records.append({**dict(zip(CASE_KEYS, values, strict=True)), "error": why})
             continue
         rank, logprobs = scores[i]
-        values = (case.name, case.prompt, case.expect, rank, rank <= args.top_k, sum(logprobs))
+        values = (case.name, case.prompt, case.expect, rank, rank <= args.hit_k, sum(logprobs))
         records.append(dict(zip(CASE_KEYS, (*values, sum(logprobs) / len(logprobs)), strict=True)))
     scored = [r for r in records if r["rank"] is not None] or [{"rank": 0, "hit": False}]
     val, note = validation(path, tok.fingerprint(), args, memo)
@@ -150,7 +158,7 @@ def evaluate(path: Path, args: argparse.Namespace, cases, memo: dict) -> dict[st
         "val_loss": backend.mean_loss(*val) if val is not None else None,
         "top1": sum(r["rank"] == 1 for r in scored) / len(scored),  # over the cases that could be scored
         "topk": sum(r["hit"] for r in scored) / len(scored),
-        "k": args.top_k,
+        "k": args.hit_k,
         "cases": records,
         "_note": note,
     }
@@ -260,12 +268,12 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> list[dict[st
                 f"note: case '{case['name']}' cannot be scored ({case['error']}); left out of top1/topk",
                 file=sys.stderr,
             )
-    print(table(records, args.top_k))
+    print(table(records, args.hit_k))
     if args.out:
         write_out(records, Path(args.out))
         print(f"wrote {args.out}", file=sys.stderr)
     if args.plot:
-        plot(records, Path(args.plot), args.top_k)
+        plot(records, Path(args.plot), args.hit_k)
         print(f"wrote {args.plot}", file=sys.stderr)
     return records
 

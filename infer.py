@@ -4,6 +4,9 @@
     python infer.py --ckpt checkpoints/final.ckpt --temperature 0 --max-new-tokens 40 --prompt "A" --prompt "B"
     python infer.py --ckpt checkpoints/final.ckpt --prompt-file prompts.txt --seed 0    # one prompt per line
     python infer.py --ckpt checkpoints/final.ckpt                                      # interactive prompt loop
+    echo "Once upon a time" | python infer.py --model checkpoints/final.ckpt -p - --temp 0.7 --min-p 0.05
+
+mlx_lm's names work too: --model for --ckpt, --max-tokens, --temp, -p.
 
 Text streams to stdout as it is generated (the prompt first); speed and memory go to stderr.
 --tokenizer defaults to the one saved in the checkpoint. --backend auto picks MLX on Apple Silicon,
@@ -22,23 +25,34 @@ from tinyllama.core.backend import BACKENDS, Backend, pick
 from tinyllama.core.cli import ArgumentParser, UserError, human_bytes, human_count, run_cli
 from tinyllama.core.model_files import read_eos_ids, read_model_config
 from tinyllama.core.sampling import SamplingParams, TextStream, fit_prompt
-from tinyllama.core.weights import DTYPES
+from tinyllama.core.weights import dtype_arg
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = ArgumentParser(prog="infer.py", description=__doc__)
-    p.add_argument("--ckpt", required=True, help="checkpoint directory (*.ckpt) or any Llama HF model directory")
+    p.add_argument(
+        "--ckpt", "--model", required=True, help="checkpoint directory (*.ckpt) or any Llama HF model directory"
+    )
     p.add_argument("--tokenizer", help="gpt2, a HF tokenizer name/directory or tokenizer.json (default: the ckpt's)")
-    p.add_argument("--prompt", action="append", default=[], help="prompt text; repeat for several (batched)")
+    p.add_argument(
+        "-p", "--prompt", action="append", default=[], help="prompt text; repeat for several (batched); - = stdin"
+    )
     p.add_argument("--prompt-file", help="a text file with one prompt per line (blank lines skipped)")
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="default: %(default)s")
-    p.add_argument("--max-new-tokens", type=int, default=100, help="default: %(default)s")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: %(default)s)")
+    p.add_argument("--max-new-tokens", "--max-tokens", type=int, default=100, help="default: %(default)s")
+    p.add_argument("--temperature", "--temp", type=float, default=0.8, help="0 = greedy (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens; 0 = all")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass; 1 = off (default: %(default)s)")
+    p.add_argument(
+        "--min-p", type=float, default=0.0, help="drop tokens below min-p x the top one's probability; 0 = off"
+    )
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (CTRL); 1 = off")
     p.add_argument("--seed", type=int, help="seed for sampling (default: a fresh one, printed on stderr)")
-    p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: the checkpoint's)")
+    p.add_argument(
+        "--dtype",
+        type=dtype_arg(),
+        help="weights dtype: float32|fp32|f32, bfloat16|bf16, float16|fp16|f16 (default: the checkpoint's)",
+    )
     args = p.parse_args(argv)
     if args.max_new_tokens < 1:
         p.error("--max-new-tokens must be >= 1")
@@ -47,6 +61,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt)
+    if "-" in prompts:  # `--prompt -`: the whole of standard input is one prompt
+        try:
+            stdin = sys.stdin.read()
+        except UnicodeDecodeError as exc:
+            raise UserError(f"standard input is not UTF-8 text (byte offset {exc.start})") from None
+        if not stdin.strip():
+            raise UserError("--prompt - read an empty standard input; pipe the prompt in (echo 'text' | ...)")
+        prompts = [stdin.rstrip("\n") if p == "-" else p for p in prompts]
     if args.prompt_file:
         file = Path(args.prompt_file)
         if not file.is_file():
@@ -120,7 +142,7 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> None:
 
         ensure_fast_blas()  # Linux: re-exec with OpenBLAS preloaded (this process never runs torch)
     try:
-        params = SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
+        params = SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.min_p)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     prompts = read_prompts(args)

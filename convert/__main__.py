@@ -12,6 +12,20 @@ import json
 from pathlib import Path
 
 from tinyllama.core.cli import ArgumentParser, run_cli
+from tinyllama.core.weights import canonical_dtype, dtype_arg
+
+GGUF_NAMES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}  # GGUF spells the float types its own way
+
+
+def gguf_type(text: str) -> str:
+    """--dtype of export-gguf: GGUF's names (f16, q8_0, ...), float types in any spelling."""
+    from tinyllama.convert.gguf_export import GGUF_DTYPES
+
+    name = GGUF_NAMES.get(canonical_dtype(text.strip()), text.strip().lower())
+    if name not in GGUF_DTYPES:
+        raise argparse.ArgumentTypeError(f"unknown GGUF type {text!r}; use one of {', '.join(GGUF_DTYPES)}")
+    return name
+
 
 EXAMPLES = """examples:
   python -m convert import path/to/SmolLM2-135M checkpoints/smollm2.ckpt        # HF directory (sharded ok)
@@ -24,6 +38,8 @@ EXAMPLES = """examples:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from tinyllama.convert.gguf_export import GGUF_DTYPES
+
     parser = ArgumentParser(
         prog="python -m convert",
         description="Move Llama models between our checkpoints, Hugging Face, GGUF (llama.cpp/Ollama) and MLX.",
@@ -47,8 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dtype",
         default="auto",
-        choices=("auto", "float32", "bfloat16"),
-        help="weight dtype (auto: bfloat16 sources stay bfloat16, everything else float32)",
+        type=dtype_arg(("float32", "bfloat16"), extra=("auto",)),
+        help="weight dtype: auto | float32 (fp32) | bfloat16 (bf16); auto: bfloat16 sources stay bfloat16, "
+        "everything else float32",
     )
     p.add_argument("--tokenizer", metavar="DIR", help="use this tokenizer directory instead of the source's")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
@@ -64,8 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dtype",
         default="f16",
-        choices=("f16", "bf16", "f32", "q8_0"),
-        help="tensor type for matrices (q8_0: 8-bit blocks of 32, ~1/4 of f32's size)",
+        type=gguf_type,
+        help=f"tensor type for matrices: {', '.join(GGUF_DTYPES)} (float16/fp16 = f16, ...; q8_0: 8-bit blocks of "
+        "32, ~1/4 of f32's size)",
     )
     p.add_argument("--tokenizer", metavar="DIR", help="take tokenizer.json from DIR instead of the checkpoint")
     p.add_argument(
@@ -87,8 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--q-group-size", type=int, default=64, help="weights sharing one scale: 32, 64, 128")
     p.add_argument(
         "--dtype",
-        choices=("float16", "bfloat16", "float32"),
-        help="dtype of scales and unquantized tensors (default: the checkpoint's)",
+        type=dtype_arg(),
+        help="dtype of scales and unquantized tensors: float32|fp32|f32, bfloat16|bf16, float16|fp16|f16 "
+        "(default: the checkpoint's)",
     )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
 
@@ -100,7 +119,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("ckpt", help="checkpoint directory")
     p.add_argument("out", help="directory to write")
-    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="weight dtype (default bf16)")
+    p.add_argument(
+        "--dtype",
+        default="bfloat16",
+        type=dtype_arg(),
+        help="weight dtype: float32|fp32|f32, bfloat16|bf16, float16|fp16|f16 (default: bfloat16)",
+    )
     p.add_argument("--push-to-hub", metavar="REPO", help="also upload to this Hub repo (needs network + login)")
     p.add_argument("--private", action="store_true", help="create the Hub repo private")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")

@@ -28,9 +28,7 @@ from tinyllama.convert.common import (
 from tinyllama.core.checkpoint import read_trainer_state
 from tinyllama.core.hf_config import to_hf_config
 from tinyllama.core.model_files import read_hf_config, read_json_object, read_model_config
-from tinyllama.core.weights import count_parameters
-
-HF_DTYPES = ("bf16", "fp16", "fp32")
+from tinyllama.core.weights import DTYPE_SPELLINGS, DTYPES, count_parameters
 
 
 def model_card(name: str, cfg, dtype: str, state: dict) -> str:
@@ -47,10 +45,10 @@ def model_card(name: str, cfg, dtype: str, state: dict) -> str:
     )
 
 
-def export_hf(ckpt: str | Path, out: str | Path, *, dtype: str = "bf16", force: bool = False) -> Path:
+def export_hf(ckpt: str | Path, out: str | Path, *, dtype: str = "bfloat16", force: bool = False) -> Path:
     """Write the release directory; nothing but weights, config, tokenizer, generation config, card."""
-    if dtype not in HF_DTYPES:
-        raise ConvertError(f"unknown dtype '{dtype}'; choose one of {', '.join(HF_DTYPES)}")
+    if canonical_dtype(dtype) not in DTYPES:
+        raise ConvertError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPE_SPELLINGS.values())}")
     out = check_output(out, force, source=ckpt)
     ckpt = Path(ckpt)
     cfg = read_model_config(ckpt)

@@ -31,7 +31,7 @@ from tinyllama.convert.common import (
 )
 from tinyllama.core.hf_config import to_hf_config
 from tinyllama.core.model_files import read_hf_config, read_json_object, read_model_config, weight_files
-from tinyllama.core.weights import count_parameters, weights_dtype
+from tinyllama.core.weights import canonical_dtype, count_parameters, weights_dtype
 
 Q_BITS = (2, 3, 4, 5, 6, 8)
 Q_GROUP_SIZES = (32, 64, 128)
@@ -92,6 +92,7 @@ def export_mlx(
         raise ConvertError(f"--q-bits {q_bits} is not supported; choose one of {', '.join(map(str, Q_BITS))}")
     if q_group_size not in Q_GROUP_SIZES:
         raise ConvertError(f"--q-group-size {q_group_size} is not supported; choose 32, 64 or 128")
+    dtype = None if dtype is None else canonical_dtype(dtype)
     if dtype is not None and dtype not in MLX_DTYPES:
         raise ConvertError(f"--dtype {dtype} is not supported; choose one of {', '.join(MLX_DTYPES)}")
     out = check_output(out, force, source=ckpt)

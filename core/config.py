@@ -24,20 +24,25 @@ class ConfigError(UserError):
     """A config problem, phrased as one line that names the key and the fix."""
 
 
+def opt(default: Any, meaning: str) -> Any:
+    """A config field with its one-line meaning, which `--help` and docs/configuration.md show."""
+    return field(default=default, metadata={"help": meaning})
+
+
 @dataclass
 class ModelConfig:
-    vocab_size: int = 50257
-    n_layers: int = 6
-    d_model: int = 384
-    n_heads: int = 6
-    n_kv_heads: int = 2
-    d_ff: int = 1024
-    head_dim: int = 0  # 0: d_model // n_heads (imported models may differ)
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    max_seq_len: int = 1024
-    tie_embeddings: bool = True
-    init_std: float = 0.02
+    vocab_size: int = opt(50257, "tokenizer vocabulary size (rows of the embedding); must cover the tokenizer")
+    n_layers: int = opt(6, "transformer blocks")
+    d_model: int = opt(384, "hidden size")
+    n_heads: int = opt(6, "query heads")
+    n_kv_heads: int = opt(2, "key/value heads (grouped-query attention); divides n_heads")
+    d_ff: int = opt(1024, "SwiGLU hidden size")
+    head_dim: int = opt(0, "per-head size; 0 = d_model / n_heads (imported models may differ)")
+    rope_theta: float = opt(10000.0, "RoPE base frequency")
+    norm_eps: float = opt(1e-5, "RMSNorm epsilon")
+    max_seq_len: int = opt(1024, "longest context the model is built for (RoPE table, generation limit)")
+    tie_embeddings: bool = opt(True, "share the token embedding with the output head")
+    init_std: float = opt(0.02, "standard deviation of the initial weights")
 
     @property
     def resolved_head_dim(self) -> int:
@@ -46,63 +51,71 @@ class ModelConfig:
 
 @dataclass
 class TrainingConfig:
-    seq_len: int = 256
-    batch_size: int = 16
-    grad_accum: int = 1
-    max_steps: int = 2000
-    max_tokens: int = 0  # > 0 overrides max_steps: steps = ceil(max_tokens / tokens per step)
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # global-norm clip; 0 disables
-    dtype: str = "float32"  # float32 | bfloat16 (weights/compute; norms, softmax, loss stay fp32)
-    seed: int = 1337
-    eval_every: int = 200
-    eval_batches: int = 20
-    save_every: int = 500
-    keep_last: int = 3
-    compile: bool = True
-    log_every: int = 10
-    on_nonfinite: str = "stop"  # stop | skip
-    sample_prompt: str = "The history of"
-    sample_tokens: int = 48
-    init_from: str = ""  # a checkpoint directory whose weights start a new run
+    seq_len: int = opt(256, "tokens per training window")
+    batch_size: int = opt(16, "windows per micro-batch (per process)")
+    grad_accum: int = opt(1, "micro-batches per optimizer step")
+    max_steps: int = opt(2000, "optimizer steps to train")
+    max_tokens: int = opt(0, "> 0: train this many tokens instead (steps = ceil(max_tokens / tokens per step))")
+    lr: float = opt(1e-3, "peak learning rate (after warmup)")
+    min_lr: float = opt(1e-4, "learning rate at the end of the cosine decay")
+    warmup_steps: int = opt(100, "steps of linear warmup from 0 to lr")
+    weight_decay: float = opt(0.1, "AdamW weight decay on matrices (not on norms)")
+    betas: tuple[float, float] = opt((0.9, 0.95), "AdamW betas, as `0.9,0.95` on the command line")
+    eps: float = opt(1e-8, "AdamW epsilon")
+    grad_clip: float = opt(1.0, "global gradient-norm clip; 0 = off")
+    dtype: str = opt(
+        "float32", "weights and compute: float32 (fp32, f32) | bfloat16 (bf16); norms, softmax, loss stay fp32"
+    )
+    seed: int = opt(1337, "seed of the initial weights and of the data order")
+    eval_every: int = opt(200, "steps between validation losses (and a text sample)")
+    eval_batches: int = opt(20, "validation batches per evaluation")
+    save_every: int = opt(500, "steps between checkpoints (a final one is always written)")
+    keep_last: int = opt(3, "newest step checkpoints kept (older ones are deleted; final.ckpt always stays)")
+    compile: bool = opt(True, "compile the step (mx.compile / torch.compile)")
+    log_every: int = opt(10, "steps between log lines and metrics.jsonl records")
+    on_nonfinite: str = opt(
+        "stop", "a NaN/inf loss, gradient or weight: stop (exit 2; earlier checkpoints stay) | skip (undo that step)"
+    )
+    sample_prompt: str = opt("The history of", "prompt of the text sample printed at each evaluation and at the end")
+    sample_tokens: int = opt(48, "tokens generated for that sample")
+    init_from: str = opt("", "a checkpoint directory whose weights start a new run (fine-tuning)")
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "builtin"  # builtin | file/glob | .jsonl | .parquet | a Hugging Face dataset name
-    tokenizer: str = "gpt2"  # gpt2 | HF name or path | tokenizer.json | bpe:<vocab size>
-    val_fraction: float = 0.02
-    text_field: str = "text"
-    dataset_config: str = ""  # HF dataset config name (e.g. wikitext-103-raw-v1)
-    split: str = "train"
-    streaming: bool = False
-    max_documents: int = 0  # 0: all
-    cache_dir: str = "data_cache"
-    num_workers: int = 0  # 0: one per CPU core
-    encoding_errors: str = "strict"  # strict | replace (undecodable bytes in text files)
+    dataset: str = opt(
+        "builtin", "builtin | a text file or glob | .jsonl | .parquet | a saved dataset | a Hugging Face dataset name"
+    )
+    tokenizer: str = opt(
+        "gpt2", "gpt2 | a Hugging Face tokenizer name or directory | tokenizer.json | bpe:<vocab size>"
+    )
+    val_fraction: float = opt(0.02, "share of documents held out for validation, in (0, 1)")
+    text_field: str = opt("text", "the text column of .jsonl / .parquet / Hugging Face datasets")
+    dataset_config: str = opt("", "Hugging Face dataset config name (e.g. wikitext-103-raw-v1)")
+    split: str = opt("train", "Hugging Face dataset split to read")
+    streaming: bool = opt(False, "stream a Hugging Face dataset instead of downloading it whole")
+    max_documents: int = opt(0, "read only the first N documents; 0 = all")
+    cache_dir: str = opt("data_cache", "where prepared token files are cached")
+    num_workers: int = opt(0, "tokenizer processes; 0 = one per CPU core")
+    encoding_errors: str = opt("strict", "undecodable bytes in text files: strict (refuse, naming the file) | replace")
 
 
 @dataclass
 class HardwareConfig:
-    accelerator: str = "auto"  # auto | mlx | cuda | mps | cpu
-    devices: int = 0  # processes to train with: 0 = as launched; N > 1 makes train.py launch N itself
-    attention: str = "sdpa"  # sdpa | flash_attn
-    distributed: str = "none"  # none | ddp | fsdp
-    activation_checkpointing: bool = False
+    accelerator: str = opt("auto", "auto | mlx | cuda (gpu) | mps | cpu; auto = MLX on Apple Silicon, else torch")
+    devices: int = opt(0, "processes to train with: 0 = as launched; N > 1 makes train.py launch N itself")
+    attention: str = opt("sdpa", "sdpa (torch/MLX fused attention) | flash_attn (the flash-attn package, CUDA)")
+    distributed: str = opt("none", "none | ddp | fsdp (torch); MLX averages gradients over mlx.launch processes")
+    activation_checkpointing: bool = opt(False, "recompute activations in the backward pass to save memory (torch)")
 
 
 @dataclass
 class OutputConfig:
-    dir: str = "checkpoints"
-    logs: str = "logs"
-    run_name: str = ""  # "" -> the config file's stem; a plain name (its logs go to logs/<run_name>)
-    overwrite: bool = False  # a new run may replace a finished run in output.dir (else it refuses)
-    report_to: str = "none"  # none | tensorboard | wandb: also log the metrics there
+    dir: str = opt("checkpoints", "where checkpoints go (*.ckpt directories, `latest` pointer)")
+    logs: str = opt("logs", "where logs go: <logs>/<run_name>/metrics.jsonl and loss.png")
+    run_name: str = opt("", "a plain name for the logs folder; empty = the config file's name")
+    overwrite: bool = opt(False, "a new run may replace a finished run in output.dir (else it refuses)")
+    report_to: str = opt("none", "none | tensorboard | wandb: also log the metrics there (the `logging` extra)")
 
 
 @dataclass
@@ -129,7 +142,10 @@ CHOICES = {
     "hardware.distributed": ("none", "ddp", "fsdp"),
     "output.report_to": ("none", "tensorboard", "wandb"),
 }
-ALIASES = {"hardware.accelerator": {"gpu": "cuda"}, "training.dtype": {"fp32": "float32", "bf16": "bfloat16"}}
+ALIASES = {
+    "hardware.accelerator": {"gpu": "cuda"},
+    "training.dtype": {"fp32": "float32", "f32": "float32", "bf16": "bfloat16"},
+}
 
 
 def _closest(name: str, options: typing.Iterable[str]) -> str:
@@ -349,7 +365,8 @@ def validate(config: Config) -> None:
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """Parse `--section.key value` / `--section.key=value` pairs; values stay strings until typed."""
+    """Parse `--section.key value` / `--section.key=value` pairs (a bare boolean key, `--training.compile`,
+    means true); values stay strings until typed."""
     overrides: dict[str, Any] = {}
     i = 0
     while i < len(args):
@@ -357,26 +374,21 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         if not arg.startswith("--") or "." not in arg:
             raise ConfigError(f"unexpected argument '{arg}'; overrides look like --training.lr 3e-4")
         key, eq, value = arg[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(args):
-                raise ConfigError(f"--{key} needs a value, e.g. --{key} <value>")
-            value = args[i + 1]
-            i += 1
         section, _, name = key.partition(".")
         if section not in SECTIONS:
             raise ConfigError(f"unknown config section '{section}'{_closest(section, SECTIONS)}")
         hints = typing.get_type_hints(SECTIONS[section])
         if name not in hints:
             raise ConfigError(f"unknown config key '{key}'{_closest(key, [f'{section}.{n}' for n in hints])}")
+        if not eq:
+            bare = i + 1 >= len(args) or args[i + 1].startswith("--")
+            if bare and hints[name] is bool:
+                value = "true"
+            elif bare:
+                raise ConfigError(f"--{key} needs a value, e.g. --{key} <value>")
+            else:
+                value = args[i + 1]
+                i += 1
         overrides[key] = value
         i += 1
     return overrides
-
-
-def override_help() -> str:
-    """One line per overridable key, for --help epilogs."""
-    lines = ["config overrides (any key of config.yaml):"]
-    for section, cls in SECTIONS.items():
-        keys = " ".join(f"--{section}.{f.name}" for f in dataclasses.fields(cls))
-        lines.append(f"  {keys}")
-    return "\n".join(lines)

@@ -23,6 +23,7 @@ class SamplingParams:
     top_k: int = 0  # 0: no limit
     top_p: float = 1.0  # 1: no nucleus cut
     repetition_penalty: float = 1.0  # 1: none; > 1 discourages tokens already in the prompt or output
+    min_p: float = 0.0  # 0: off; else drop tokens less likely than min_p x the most likely one
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -31,6 +32,8 @@ class SamplingParams:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p < 1:
+            raise ValueError(f"min_p must be in [0, 1) (0 = off), got {self.min_p}")
         if self.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
 
@@ -71,6 +74,14 @@ def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
     return np.where(probs >= ranked[keep - 1], logits, -np.inf)
 
 
+def min_p_filter(logits: np.ndarray, min_p: float) -> np.ndarray:
+    """Min-p (Nguyen et al. 2024): keep tokens whose probability is at least `min_p` times the top one's."""
+    if min_p <= 0:
+        return logits
+    cut = logits.max() + np.log(np.float32(min_p))  # p_i >= min_p * p_max  <=>  logit_i >= max + log(min_p)
+    return np.where(logits >= cut, logits, -np.inf)
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = np.exp(logits - logits.max())
     return z / z.sum()
@@ -83,8 +94,9 @@ def select_token(
     logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
     if params.temperature == 0:
         return int(np.argmax(logits))
-    logits = top_p_filter(top_k_filter(logits / np.float32(params.temperature), params.top_k), params.top_p)
-    filtered = params.top_k > 0 or params.top_p < 1.0
+    logits = top_k_filter(logits / np.float32(params.temperature), params.top_k)
+    logits = min_p_filter(top_p_filter(logits, params.top_p), params.min_p)
+    filtered = params.top_k > 0 or params.top_p < 1.0 or params.min_p > 0
     candidates = np.flatnonzero(logits > -np.inf) if filtered else None  # draw among the kept tokens only
     kept = logits[candidates] if filtered else logits
     weights = np.cumsum(np.exp(kept - kept.max()))

@@ -26,7 +26,8 @@ from tinyllama.core.checkpoint import (
     write_latest,
 )
 from tinyllama.core.cli import ArgumentParser, UserError, human_bytes, human_count
-from tinyllama.core.config import Config, load_config, override_help, parse_overrides, validate
+from tinyllama.core.config import Config, load_config, parse_overrides, validate
+from tinyllama.core.config_help import override_help
 from tinyllama.core.fs import hold_lock, remove_atomically, remove_debris
 from tinyllama.core.model_files import CheckpointError, load_optimizer, load_weights, read_model_config
 from tinyllama.core.weights import count_parameters, flops_per_token, init_weights

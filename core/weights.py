@@ -7,7 +7,9 @@ numbers for the same seed (and a cross-backend test needs no conversion to agree
 
 from __future__ import annotations
 
+import argparse
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -17,9 +19,27 @@ DTYPES = ("float32", "bfloat16", "float16")  # the weight dtypes a model is stor
 DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "fp16": "float16", "f16": "float16"}
 
 
+DTYPE_SPELLINGS = {"float32": "float32|fp32|f32", "bfloat16": "bfloat16|bf16", "float16": "float16|fp16|f16"}
+
+
 def canonical_dtype(name: str) -> str:
     """`bf16` -> `bfloat16`, `fp32` -> `float32`, ...; names outside DTYPES are returned unchanged."""
     return DTYPE_ALIASES.get(name.lower(), name.lower())
+
+
+def dtype_arg(allowed: tuple[str, ...] = DTYPES, extra: tuple[str, ...] = ()) -> Callable[[str], str]:
+    """An argparse `type` for --dtype: every spelling of the `allowed` dtypes becomes the canonical name
+    (`bf16` -> `bfloat16`); `extra` names (`auto`, `q8_0`) pass as they are; anything else is one line."""
+    choices = [DTYPE_SPELLINGS[name] for name in allowed] + list(extra)
+
+    def parse(text: str) -> str:
+        name = canonical_dtype(text.strip())
+        if name in allowed or name in extra:
+            return name
+        raise argparse.ArgumentTypeError(f"unknown dtype {text!r}; use one of {', '.join(choices)}")
+
+    parse.__name__ = "dtype"  # argparse names the type in its messages
+    return parse
 
 
 def numpy_dtype(name: str) -> np.dtype:

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from tinyllama.core.cli import ArgumentParser, UserError, run_cli
-from tinyllama.core.config import DataConfig, load_config, override_help, parse_overrides
+from tinyllama.core.config import DataConfig, load_config, parse_overrides
+from tinyllama.core.config_help import override_help
 from tinyllama.core.fs import MARKS, OLD_MARK, atomic_path, file_lock, remove, write_json
 from tinyllama.data.sources import Source, resolve_source
 from tinyllama.data.store import FORMAT, SHARD_TOKENS, SPLITS, PreparedData, ShardWriter, read_meta, token_dtype

@@ -155,7 +155,7 @@ CASES = [
         "a-file",
     ),  # noqa: E501
     ("eval-plot-dir", "evaluate_checkpoints.py", "--checkpoints {good} --plot {s}/run", "is a directory", "--plot"),
-    ("eval-top-k", "evaluate_checkpoints.py", "--checkpoints {good} --top-k 0", "--top-k must be >= 1", "--top-k"),
+    ("eval-top-k", "evaluate_checkpoints.py", "--checkpoints {good} --top-k 0", "--hit-k must be >= 1", "--hit-k"),
     ("eval-damaged", "evaluate_checkpoints.py", "--checkpoints {good} {s}/int8.ckpt", "not floating point", "int8"),
     # ------------------------------------------------------------------------------------------- convert
     ("convert-no-command", "python -m convert", "", "required: COMMAND", "COMMAND"),
@@ -165,7 +165,7 @@ CASES = [
         "convert-gguf-dtype",
         "python -m convert",
         "export-gguf {good} {s}/m.gguf --dtype q4_9",
-        "invalid choice",
+        "unknown GGUF type 'q4_9'",
         "--dtype",
     ),  # noqa: E501
     ("convert-exists", "python -m convert", "export-gguf {good} {s}/model.gguf", "already exists", "model.gguf"),

@@ -2,8 +2,15 @@
 
 llama.cpp rotates q/k with interleaved pairs, so their rows are permuted (`permute_qk`) exactly as
 its own convert_hf_to_gguf.py does. The tokenizer goes in as metadata with `tokenizer.ggml.pre`
-stated explicitly (never left to llama.cpp's hash matching). Norms stay float32 in every mode;
-q8_0 falls back to f16 for a tensor whose rows are not a multiple of its 32-value block.
+stated explicitly (never left to llama.cpp's hash matching). Norms stay float32 in every mode.
+
+Block types (q8_0, q4_0, q4_1, q5_0, q5_1) are quantized by the `gguf` package's numpy code, which
+matches llama.cpp's reference `quantize_row_*_ref` (ggml-quants.c): blocks of 32 values along a row, so a
+matrix whose rows are not a multiple of 32 is written as f16 instead. With the 4/5-bit types the output
+head (`output.weight`, or `token_embd.weight` when the embedding is tied and doubles as the head) is
+q8_0, as llama-quantize keeps it at a higher precision (q6_K there; gguf cannot quantize q6_K, and
+llama.cpp itself picks q8_0 when rows are not a multiple of 256). An untied `token_embd` is only looked
+up, never multiplied, and gets the file's type, as llama-quantize does.
 """
 
 from __future__ import annotations
@@ -22,22 +29,78 @@ from tinyllama.core.config import ModelConfig
 from tinyllama.core.model_files import read_hf_config, read_model_config
 from tinyllama.core.weights import numpy_dtype
 
-GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
+GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
+
+# --dtype -> general.file_type (gguf.LlamaFileType member): what llama.cpp reports as the model's type
+FILE_TYPES = {
+    "f32": "ALL_F32",
+    "f16": "MOSTLY_F16",
+    "bf16": "MOSTLY_BF16",
+    "q8_0": "MOSTLY_Q8_0",
+    "q4_0": "MOSTLY_Q4_0",
+    "q4_1": "MOSTLY_Q4_1",
+    "q5_0": "MOSTLY_Q5_0",
+    "q5_1": "MOSTLY_Q5_1",
+}
+# llama.cpp's block types (gguf.GGMLQuantizationType names): 32 values per block, one fp16 scale `d` first
+# (and an fp16 minimum `m` right after it in the *_1 types)
+BLOCK_TYPES = {"q8_0": "Q8_0", "q4_0": "Q4_0", "q4_1": "Q4_1", "q5_0": "Q5_0", "q5_1": "Q5_1"}
+BLOCK_SIZE = 32
+# the output head of a 4/5-bit file: it sets every logit, so it keeps 8 bits (see the module docstring)
+HEAD_DTYPE = "q8_0"
+FALLBACK_DTYPE = "f16"  # for matrices whose rows are not a multiple of BLOCK_SIZE
 
 
-def encode_tensor(name: str, value: np.ndarray, dtype: str):
-    """(data, GGML type) for one tensor: 1-D tensors f32, the rest in `dtype` (q8_0 needs rows % 32 == 0)."""
-    from gguf import GGMLQuantizationType as Q
+def tensor_dtype(value: np.ndarray, dtype: str, head: bool = False) -> str:
+    """The type one tensor is written in for --dtype `dtype`: 1-D tensors f32; with a 4/5-bit `dtype` the
+    output head q8_0; a block type that does not fit the rows (not a multiple of 32) f16."""
+    if value.ndim == 1:
+        return "f32"
+    if head and dtype in BLOCK_TYPES and dtype != "q8_0":
+        dtype = HEAD_DTYPE
+    if dtype in BLOCK_TYPES and value.shape[-1] % BLOCK_SIZE != 0:
+        return FALLBACK_DTYPE
+    return dtype
+
+
+def _quantize_blocks(name: str, value: np.ndarray, dtype: str) -> np.ndarray:
+    """`value` (float32, rows a multiple of 32) in llama.cpp's `dtype` blocks, by the gguf package (its numpy
+    code is llama.cpp's quantize_row_*_ref). Refused when a block's fp16 scale or minimum would be inf."""
+    import gguf
     from gguf.quants import quantize
 
-    if value.ndim == 1 or dtype == "f32":
+    qtype = gguf.GGMLQuantizationType[BLOCK_TYPES[dtype]]
+    try:
+        with np.errstate(over="ignore"):  # an fp16 scale that overflows is refused just below, with the reason
+            data = quantize(value, qtype)
+    except (NotImplementedError, gguf.quants.QuantError) as exc:
+        raise ConvertError(
+            f"the installed gguf package cannot quantize {qtype.name} ({exc}); upgrade it (pip install -U gguf) "
+            "or choose --dtype q8_0 or f16"
+        ) from None
+    _, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    fp16_fields = 2 if dtype.endswith("_1") else 1  # d, or d and m
+    header = data.reshape(-1, type_size)[:, : 2 * fp16_fields]
+    if not np.isfinite(np.ascontiguousarray(header).view(np.float16)).all():
+        raise ConvertError(
+            f"tensor '{name}' has values too large for {qtype.name}'s fp16 block scales; export with --dtype bf16"
+        )
+    return data
+
+
+def encode_tensor(name: str, value: np.ndarray, dtype: str, head: bool = False):
+    """(data, GGML type) for one tensor in the type `tensor_dtype` picks (`head`: it is the output head)."""
+    from gguf import GGMLQuantizationType as Q
+
+    dtype = tensor_dtype(value, dtype, head)
+    if dtype == "f32":
         return np.ascontiguousarray(value, dtype=np.float32), Q.F32
     if dtype == "bf16":
         bits = value if value.dtype.name == "bfloat16" else value.astype(np.float32).astype(numpy_dtype("bfloat16"))
         return np.ascontiguousarray(bits).view(np.uint8), Q.BF16
     as_f32 = value.astype(np.float32)
-    if dtype == "q8_0" and value.shape[-1] % 32 == 0:
-        return quantize(as_f32, Q.Q8_0), Q.Q8_0
+    if dtype in BLOCK_TYPES:
+        return _quantize_blocks(name, as_f32, dtype), Q[BLOCK_TYPES[dtype]]
     if np.abs(as_f32).max(initial=0.0) > FP16_MAX:
         raise ConvertError(f"tensor '{name}' has values beyond fp16's range (65504); export with --dtype bf16")
     return as_f32.astype(np.float16), Q.F16
@@ -46,10 +109,11 @@ def encode_tensor(name: str, value: np.ndarray, dtype: str):
 def gguf_tensors(cfg: ModelConfig, weights: dict[str, np.ndarray], dtype: str) -> list[tuple[str, np.ndarray, object]]:
     """(GGUF name, encoded data, GGML type) for every weight, q/k rows in llama.cpp's order."""
     out = []
+    head = "lm_head.weight" if "lm_head.weight" in weights else "model.embed_tokens.weight"  # tied: the embedding
     for name, value in tqdm(weights.items(), desc=f"encode {dtype}", unit="tensor", disable=None):
         heads = qk_heads(cfg, name)
         value = permute_qk(value, heads) if heads else value
-        data, qtype = encode_tensor(name, value, dtype)
+        data, qtype = encode_tensor(name, value, dtype, head=name == head)
         out.append((hf_to_gguf_name(name), data, qtype))
     return out
 
@@ -60,12 +124,7 @@ def write_gguf(
     """Write metadata (llama.* and tokenizer.ggml.*) and tensors with gguf's own writer."""
     import gguf
 
-    file_type = {
-        "f32": gguf.LlamaFileType.ALL_F32,
-        "f16": gguf.LlamaFileType.MOSTLY_F16,
-        "bf16": gguf.LlamaFileType.MOSTLY_BF16,
-        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-    }[dtype]
+    file_type = gguf.LlamaFileType[FILE_TYPES[dtype]]
     w = gguf.GGUFWriter(path, "llama")
     w.add_type("model")
     w.add_name(name)
@@ -83,7 +142,7 @@ def write_gguf(
         w.add_value_length(cfg.resolved_head_dim)
     w.add_vocab_size(cfg.vocab_size)
     w.add_file_type(file_type)
-    if dtype == "q8_0":
+    if dtype in BLOCK_TYPES:
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     w.add_tokenizer_model("gpt2")

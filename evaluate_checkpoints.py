@@ -21,11 +21,11 @@ import json
 import math
 import sys
 from collections import Counter
-from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-from tinyllama.core.backend import BACKENDS, pick
+from tinyllama.convert.model_source import resolve_model
+from tinyllama.core.backend import BACKENDS, load_backend, pick
 from tinyllama.core.cases import case_tokens, load_cases
 from tinyllama.core.checkpoint import read_train_config, read_trainer_state
 from tinyllama.core.cli import ArgumentParser, UserError, human_count, run_cli
@@ -130,7 +130,7 @@ def evaluate(path: Path, args: argparse.Namespace, cases, memo: dict) -> dict[st
 
     tok = checkpoint_tokenizer(path, args.tokenizer, read_model_config(path).vocab_size)
     name, device = pick(args.backend)
-    backend = import_module(f"tinyllama.{name}_model.generate").load_backend(path, args.dtype, device)
+    backend = load_backend(name, path, args.dtype, device)
     pairs = [case_tokens(case, tok.encode_prompt) for case in cases]
     context = backend.config.max_seq_len
     scorable = [i for i, (prompt, cont) in enumerate(pairs) if prompt and cont and len(cont) < context]
@@ -210,25 +210,36 @@ def write_out(records: list[dict[str, Any]], path: Path) -> None:
 
 
 def plot(records: list[dict[str, Any]], path: Path, k: int) -> None:
+    """Case hit rate, mean log-prob and validation loss per checkpoint, against tokens seen (loss.png's x axis;
+    trainer_state.json's tokens_seen), else the step, else the checkpoint's place in the list."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [r["step"] if r["step"] is not None else i for i, r in enumerate(records)]
+    from tinyllama.core.metrics import token_unit
+
+    if all(r["tokens"] is not None for r in records):
+        divisor, xlabel = token_unit(max((r["tokens"] for r in records), default=0))
+        xs = [r["tokens"] / divisor for r in records]
+    elif all(r["step"] is not None for r in records):
+        xs, xlabel = [r["step"] for r in records], "step"
+    else:
+        xs, xlabel = list(range(len(records))), "checkpoint (in step order)"
     has_val = any(r["val_loss"] is not None for r in records)
-    fig, axes = plt.subplots(1, 3 if has_val else 2, figsize=(13 if has_val else 9, 3.6))
-    axes[0].plot(steps, [r["top1"] for r in records], "o-", label="top-1")
-    axes[0].plot(steps, [r["topk"] for r in records], "s-", label=f"top-{k}")
-    axes[0].set(title="case hit rate", ylim=(-0.05, 1.05), xlabel="step")
+    fig, axes = plt.subplots(1, 3 if has_val else 2, figsize=(13 if has_val else 9, 3.8))
+    axes[0].plot(xs, [r["top1"] for r in records], "o-", label="top-1")
+    axes[0].plot(xs, [r["topk"] for r in records], "s-", label=f"top-{k}")
+    axes[0].set(title="case hit rate", ylim=(-0.05, 1.05), ylabel="fraction of cases")
     axes[0].legend()
-    axes[1].plot(steps, [mean_logprob(r) for r in records], "o-", color="tab:green")
-    axes[1].set(title="mean log-prob per expected token", xlabel="step")
+    axes[1].plot(xs, [mean_logprob(r) for r in records], "o-", color="tab:green")
+    axes[1].set(title="mean log-prob per expected token", ylabel="log-prob (nats/token)")
     if has_val:
-        pairs = [(s, r["val_loss"]) for s, r in zip(steps, records, strict=True) if r["val_loss"] is not None]
+        pairs = [(x, r["val_loss"]) for x, r in zip(xs, records, strict=True) if r["val_loss"] is not None]
         axes[2].plot(*zip(*pairs, strict=True), "o-", color="tab:red")
-        axes[2].set(title="validation loss", xlabel="step")
+        axes[2].set(title="validation loss", ylabel="loss (nats/token)")
     for ax in axes:
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -249,12 +260,13 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> list[dict[st
             check_writable(getattr(args, option), f"--{option}")  # before the long part, not after it
     paths = expand(args.checkpoints)
     cases = load_cases(args.cases)
+    local = {path: resolve_model(path) for path in paths}  # a .gguf file or a Hub id becomes a local directory
     for path in paths:
-        read_model_config(path)  # every checkpoint readable before the long part starts
+        read_model_config(local[path])  # every checkpoint readable before the long part starts
     memo: dict = {}
     records, notes = [], Counter()
     for path in tqdm(paths, desc="checkpoints", unit="ckpt", file=sys.stderr, disable=None):
-        record = evaluate(path, args, cases, memo)
+        record = {**evaluate(local[path], args, cases, memo), "checkpoint": str(path)}
         note = record.pop("_note")
         if note:
             notes[note] += 1

@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from importlib import import_module
 from pathlib import Path
 
-from tinyllama.core.backend import BACKENDS, Backend, pick
+from tinyllama.convert.model_source import resolve_model
+from tinyllama.core.backend import BACKENDS, Backend, load_backend, pick
 from tinyllama.core.cli import ArgumentParser, UserError, human_bytes, human_count, run_cli
-from tinyllama.core.model_files import read_eos_ids, read_model_config
+from tinyllama.core.model_files import is_mlx_quantized, read_eos_ids, read_model_config
 from tinyllama.core.sampling import SamplingParams, TextStream, fit_prompt
 from tinyllama.core.weights import dtype_arg
 
@@ -31,7 +31,11 @@ from tinyllama.core.weights import dtype_arg
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = ArgumentParser(prog="infer.py", description=__doc__)
     p.add_argument(
-        "--ckpt", "--model", required=True, help="checkpoint directory (*.ckpt) or any Llama HF model directory"
+        "--ckpt",
+        "--model",
+        required=True,
+        help="a checkpoint (*.ckpt), any Llama model directory (transformers', mlx_lm's; MLX-quantized ones run "
+        "on --backend mlx), a .gguf file (dequantized on load) or a Hugging Face Hub id (safetensors only)",
     )
     p.add_argument("--tokenizer", help="gpt2, a HF tokenizer name/directory or tokenizer.json (default: the ckpt's)")
     p.add_argument(
@@ -135,12 +139,14 @@ def run_batch(backend: Backend, tok, texts: list[str], opts: dict, max_new: int)
 
 def main(argv: list[str] | None = None, fast_blas: bool = False) -> None:
     args = parse_args(argv)
-    cfg = read_model_config(args.ckpt)  # fails early, in one line, on a missing or broken checkpoint
-    name, device = pick(args.backend)
+    auto_mlx = args.backend == "auto" and is_mlx_quantized(args.ckpt)  # only MLX runs its weights
+    name, device = pick("mlx" if auto_mlx else args.backend)
     if fast_blas and name == "mlx":
         from tinyllama.mlx_model.blas import ensure_fast_blas
 
         ensure_fast_blas()  # Linux: re-exec with OpenBLAS preloaded (this process never runs torch)
+    args.ckpt = resolve_model(args.ckpt)  # a .gguf file or a Hub id becomes a local directory
+    cfg = read_model_config(args.ckpt)  # fails early, in one line, on a missing or broken checkpoint
     try:
         params = SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.min_p)
     except ValueError as exc:
@@ -149,7 +155,7 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> None:
     from tinyllama.data.tokenizer import checkpoint_tokenizer
 
     tok = checkpoint_tokenizer(args.ckpt, args.tokenizer, cfg.vocab_size)
-    backend = import_module(f"tinyllama.{name}_model.generate").load_backend(args.ckpt, args.dtype, device)
+    backend = load_backend(name, args.ckpt, args.dtype, device)
     seed = args.seed
     if seed is None and not params.greedy:
         seed = int(time.time_ns() % 2**31)

@@ -1,4 +1,4 @@
-"""Train with the backend that `hardware.accelerator` picks: the seed's command.
+"""Train with the backend that `hardware.accelerator` picks (python train.py --config config.yaml).
 
     python train.py --config config.yaml [--resume auto] [--section.key value ...]
     python train.py --config config.yaml --hardware.devices 2     # data parallel over 2 local processes

@@ -1,12 +1,12 @@
 """The interface between the scripts and the two frameworks: which one runs here, and a loaded model.
 
     name, device = pick("auto")                                  # ("mlx", "gpu") on Apple Silicon, else torch
-    backend = import_module(f"tinyllama.{name}_model.generate").load_backend("checkpoints/final.ckpt", None, device)
+    backend = load_backend(name, "checkpoints/final.ckpt", None, device)
     for token in backend.generate(prompt_ids, 50, temperature=0.8, seed=0): ...
     backend.score(pairs); backend.mean_loss(windows, batch_size=8); backend.peak_memory()
 
-core/ never imports a framework: the scripts import the one `pick` names (MLX and torch never share a
-process: OpenBLAS is preloaded into MLX processes only).
+core/ never imports a framework statically: `load_backend` imports the adapter of the one `pick` names (MLX and
+torch never share a process: OpenBLAS is preloaded into MLX processes only).
 
 A `Backend` is a plain dataclass holding one framework's model and the few functions of it only that
 framework can run (a KV-cache decoder, one batch's loss, one batch's scores, peak memory);
@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
+from importlib import import_module
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -94,3 +96,17 @@ def pick(accelerator: str) -> tuple[str, str]:
     if accelerator in ("cuda", "mps", "cpu"):
         return "torch", accelerator
     raise UserError(f"unknown backend or accelerator '{accelerator}': use auto, mlx, torch, cuda, mps or cpu")
+
+
+INSTALL = {"mlx": "pip install 'tiny-llama[mlx]' (mlx[cpu] on Linux)", "torch": "pip install torch"}
+
+
+def load_backend(name: str, path: str | Path, dtype: str | None, device: str) -> Backend:
+    """The model at `path` on backend `name` (from `pick`), through that framework's adapter."""
+    try:
+        adapter = import_module(f"tinyllama.{name}_model.generate")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("mlx", "torch"):
+            raise
+        raise UserError(f"the {name} backend needs the {exc.name} package: {INSTALL[name]}") from None
+    return adapter.load_backend(path, dtype, device)

@@ -16,6 +16,7 @@ optimizer, the compiled step, the eval forward, capturing state for a checkpoint
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from tinyllama.core.cli import UserError, human_bytes
 from tinyllama.core.config import Config
 from tinyllama.core.fs import release_lock
 from tinyllama.core.metrics import MetricsLog
+from tinyllama.core.report import check as check_reporter
+from tinyllama.core.report import open_reporter
 from tinyllama.core.schedule import lr_at, total_steps
 from tinyllama.core.training import (
     Start,
@@ -85,6 +88,7 @@ class Run:
             from tqdm import tqdm
 
             tqdm.write(text)
+            sys.stdout.flush()  # piped (CI, `| tee`): each line as it happens
 
     # ------------------------------------------------------------------------------------- setup
 
@@ -111,6 +115,7 @@ class Run:
         error = None
         if self.is_main:
             try:
+                check_reporter(self.cfg.output.report_to)  # a missing tensorboard / wandb: before any output
                 claim_output(self.cfg, resume)
             except UserError as exc:
                 error = exc
@@ -143,7 +148,9 @@ class Run:
         `capture()` -> (weights, moments) as numpy (a collective under FSDP: `capture_on_every_rank`)."""
         self.evaluate, self.sample, self.capture, self.peak_memory = evaluate, sample, capture, peak_memory
         self.capture_on_every_rank = capture_on_every_rank
-        self.log = MetricsLog(Path(self.cfg.output.logs) / self.cfg.output.run_name, self.start.step)
+        if self.is_main:  # rank 0 alone writes metrics.jsonl, loss.png and output.report_to
+            self.log = MetricsLog(Path(self.cfg.output.logs) / self.cfg.output.run_name, self.start.step)
+            self.log.reporter = open_reporter(self.cfg, self.log.directory, self.start.step, self.log.rewound)
         self.flops_per_token = flops_per_token(self.cfg.model, self.t.seq_len)
         self.wall_start = time.time() - self.start.state.get("wall_time", 0.0)
         self.meter = Throughput(self.start.step, self.total)
@@ -163,13 +170,13 @@ class Run:
     # ----------------------------------------------------------------------------------- the loop
 
     def steps(self) -> Iterator[int]:
-        """The 0-based steps still to run, under a progress bar. After SIGINT / SIGTERM the step in flight
-        finishes, a checkpoint is written and the iteration ends (exit 0; --resume auto continues)."""
+        """The 0-based steps still to run, under a progress bar (on rank 0, only when stdout and stderr are both a
+        terminal: piped, the log line every log_every steps is the progress). After SIGINT / SIGTERM the step in
+        flight finishes, a checkpoint is written and the iteration ends (exit 0; --resume auto continues)."""
         from tqdm import tqdm
 
-        self.bar = tqdm(
-            total=self.total, initial=self.start.step, disable=not self.is_main, unit="step", dynamic_ncols=True
-        )
+        shown = self.is_main and sys.stdout.isatty() and sys.stderr.isatty()
+        self.bar = tqdm(total=self.total, initial=self.start.step, disable=not shown, unit="step", dynamic_ncols=True)
         try:
             with StopSignal() as stop:
                 for step in range(self.start.step, self.total):

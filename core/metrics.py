@@ -1,4 +1,4 @@
-"""What a run shows its user: one log-line format, metrics.jsonl, loss.png, TensorBoard when installed.
+"""What a run shows its user: one log-line format, metrics.jsonl, loss.png (output.report_to: core/report.py).
 
 Both trainers use this, so their output is identical line for line."""
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyllama.core.cli import human_bytes, human_count, human_duration
+from tinyllama.core.fs import atomic_path
 
 
 def format_train_line(
@@ -34,33 +35,35 @@ def perplexity(loss: float) -> float:
 
 
 class MetricsLog:
-    """metrics.jsonl (one JSON object per line) + loss.png + optional TensorBoard, under logs/<run>/.
+    """metrics.jsonl (one JSON object per line) + loss.png under logs/<run>/, each record also handed to
+    `reporter` (core/report.py: TensorBoard, W&B) when one is set.
 
     Only rank 0 creates one. On resume the existing file is kept and records past the resume step
-    are dropped, so the file always describes one consistent run."""
+    are dropped (`rewound` says whether any were), so the file always describes one consistent run."""
+
+    reporter = None
 
     def __init__(self, directory: str | Path, resume_step: int = 0):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / "metrics.jsonl"
         self.records: list[dict[str, Any]] = []
+        self.rewound = False
         if self.path.is_file() and resume_step > 0:
             for line in self.path.read_text().splitlines():
                 record = json.loads(line)
                 if record.get("step", 0) <= resume_step:
                     self.records.append(record)
+                else:
+                    self.rewound = True
         self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-        self.tensorboard = _tensorboard_writer(self.directory / "tensorboard")
 
     def log(self, record: dict[str, Any]) -> None:
         self.records.append(record)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.tensorboard is not None:
-            for key, value in record.items():
-                if key not in ("step", "split") and isinstance(value, (int, float)):
-                    self.tensorboard.add_scalar(f"{record['split']}/{key}", value, step=record["step"])
-            self.tensorboard.flush()
+        if self.reporter is not None:
+            self.reporter.log(record)
 
     def train(
         self,
@@ -100,36 +103,66 @@ class MetricsLog:
         return format_val_line(step, loss) + "\nsample: " + sample.replace("\n", " ")
 
     def plot(self) -> Path:
-        """Train and val loss against tokens seen, as loss.png."""
-        import matplotlib
-
-        matplotlib.use("Agg")
+        """loss.png: the loss and learning-rate panels of loss_figure, replaced whole."""
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-        for split, style in (("train", "-"), ("val", "o-")):
-            points = [(r["tokens"], r["loss"]) for r in self.records if r["split"] == split and "tokens" in r]
-            if points:
-                ax.plot(*zip(*points, strict=True), style, label=split, markersize=4, linewidth=1.2)
-        ax.set_xlabel("tokens seen")
-        ax.set_ylabel("loss")
-        ax.set_title(self.directory.name)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
+        fig = loss_figure(self.records, self.directory.name)
         out = self.directory / "loss.png"
-        fig.savefig(out)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png")
         plt.close(fig)
         return out
 
     def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        if self.reporter is not None:
+            self.reporter.close()
 
 
-def _tensorboard_writer(directory: Path):
-    try:
-        from tensorboard.summary import Writer
-    except ImportError:
-        return None
-    return Writer(str(directory))
+def token_unit(most: float) -> tuple[float, str]:
+    """(divisor, axis label) for a token count axis reaching `most`: `tokens seen (M)` etc."""
+    for divisor, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if most >= divisor:
+            return divisor, f"tokens seen ({unit})"
+    return 1.0, "tokens seen"
+
+
+def ema(values: list[float], beta: float | None = None) -> list[float]:
+    """Bias-corrected exponential moving average (TensorBoard's smoothing); by default over ~5% of the points."""
+    if beta is None:
+        beta = min(0.98, max(0.0, 1 - 20 / max(1, len(values))))
+    out, avg = [], 0.0
+    for i, value in enumerate(values, 1):
+        avg = beta * avg + (1 - beta) * value
+        out.append(avg / (1 - beta**i))
+    return out
+
+
+def loss_figure(records: list[dict[str, Any]], title: str):
+    """Train loss (raw, faint, and smoothed), val loss points, and below them the learning rate, against tokens
+    seen: the matplotlib Figure loss.png is drawn from."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r.get("split") == "train" and "tokens" in r]
+    val = [r for r in records if r.get("split") == "val" and "tokens" in r]
+    divisor, xlabel = token_unit(max((r["tokens"] for r in train + val), default=0))
+    fig, (ax, ax_lr) = plt.subplots(2, 1, sharex=True, figsize=(7, 5.4), dpi=110, gridspec_kw={"height_ratios": (3, 1)})
+    if train:
+        x, loss = [r["tokens"] / divisor for r in train], [r["loss"] for r in train]
+        ax.plot(x, loss, color="tab:blue", alpha=0.3, linewidth=0.8, label="train")
+        ax.plot(x, ema(loss), color="tab:blue", linewidth=1.6, label="train (smoothed)")
+        ax_lr.plot(x, [r.get("lr", float("nan")) for r in train], color="tab:orange", linewidth=1.2)
+    if val:
+        x, loss = [r["tokens"] / divisor for r in val], [r["loss"] for r in val]
+        ax.plot(x, loss, "o-", color="tab:red", markersize=4, linewidth=1, label="val")
+    ax.set(title=title, ylabel="loss (nats/token)")
+    ax_lr.set(xlabel=xlabel, ylabel="learning rate")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    for a in (ax, ax_lr):
+        a.grid(alpha=0.3)
+    if train or val:
+        ax.legend()
+    fig.tight_layout()
+    return fig

@@ -185,6 +185,37 @@ def _read_checked(
     return tensors
 
 
+def mlx_quantization(path: str | Path) -> dict[str, Any] | None:
+    """config.json's `quantization` block of an mlx_lm-quantized directory ({group_size, bits, ...}), else None."""
+    block = read_hf_config(path).get("quantization")
+    return block if isinstance(block, dict) and "bits" in block else None
+
+
+def is_mlx_quantized(path: str | Path) -> bool:
+    """Whether `path` is a model directory with mlx_lm-quantized weights (False for anything unreadable)."""
+    try:
+        return (Path(path) / "config.json").is_file() and mlx_quantization(path) is not None
+    except UserError:
+        return False
+
+
+def refuse_quantized(path: Path) -> None:
+    """Quantized weights cannot be read as float tensors: one line saying what does run them."""
+    block = mlx_quantization(path)
+    if block is not None:
+        raise CheckpointError(
+            f"{path} is MLX-quantized ({block['bits']}-bit, groups of {block.get('group_size', '?')}): only MLX "
+            f"runs it (--backend mlx, or mlx_lm.generate --model {path}); for torch, transformers or GGUF use "
+            f"the unquantized checkpoint it was exported from"
+        )
+    method = read_hf_config(path).get("quantization_config", {})
+    if isinstance(method, dict) and method.get("quant_method"):
+        raise CheckpointError(
+            f"{path} is quantized with {method['quant_method']}, which this project does not run; "
+            f"use the unquantized model"
+        )
+
+
 def load_weights(
     path: str | Path, model_cfg: ModelConfig | None = None, fix: str = "delete it and use another checkpoint"
 ) -> dict[str, np.ndarray]:
@@ -193,6 +224,7 @@ def load_weights(
     Reads ours, transformers' and mlx_lm's directories; `fix` ends the message when a file is damaged."""
     path = Path(path)
     model_cfg = model_cfg or read_model_config(path)  # refuses what is not a model directory
+    refuse_quantized(path)
     drop = ("lm_head.weight",) if model_cfg.tie_embeddings else ()  # some exporters store the tied head twice
     files = weight_files(path, fix=fix)
     return _read_checked(files, model_cfg, lambda: parameter_shapes(model_cfg), str(path), fix, drop)

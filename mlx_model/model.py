@@ -152,10 +152,11 @@ class Model(nn.Module):
     ) -> mx.array:
         """Logits (B, T, vocab); with `targets` (B, T), the mean next-token loss instead."""
         h = self.model(tokens, cache)  # (B, T, d_model)
-        head = self.model.embed_tokens.weight if self.cfg.tie_embeddings else self.lm_head.weight  # (vocab, d)
         if targets is not None:
+            head = self.model.embed_tokens.weight if self.cfg.tie_embeddings else self.lm_head.weight  # (vocab, d)
             return linear_cross_entropy(h, head, targets)  # one exp per logit, gradient in the forward pass
-        return h @ head.T  # (B, T, vocab)
+        # = h @ head.T, through the layers so that an MLX-quantized head (inference only) runs too
+        return self.model.embed_tokens.as_linear(h) if self.cfg.tie_embeddings else self.lm_head(h)  # (B, T, vocab)
 
     def make_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.model.layers]

@@ -10,7 +10,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from tinyllama.core.config import ModelConfig
-from tinyllama.core.model_files import load_weights, read_model_config
+from tinyllama.core.model_files import CheckpointError, load_weights, mlx_quantization, read_model_config, weight_files
 from tinyllama.core.weights import init_weights, numpy_dtype, runtime_dtype
 from tinyllama.mlx_model.model import Model
 
@@ -58,9 +58,43 @@ def build_model(
 
 
 def load_model(path: str | Path, dtype: str | None = None) -> tuple[Model, ModelConfig]:
-    """Load any Llama model directory (ours, transformers', mlx_lm's) with its own dtype unless given."""
+    """Load any Llama model directory (ours, transformers', mlx_lm's, quantized or not) with its own dtype
+    unless given."""
     cfg = read_model_config(path)
+    quantization = mlx_quantization(path)
+    if quantization is not None:
+        return load_quantized(Path(path), cfg, quantization, dtype), cfg
     weights = load_weights(path, cfg)
     if dtype is None:
         dtype = runtime_dtype(weights)
     return build_model(cfg, weights, dtype=dtype), cfg
+
+
+def load_quantized(path: Path, cfg: ModelConfig, quantization: dict, dtype: str | None = None) -> Model:
+    """An mlx_lm-quantized directory (`python -m convert export-mlx`, mlx-community's models): each layer is
+    quantized as the file says (a layer with `.scales` is quantized; mlx_lm's per-layer overrides kept),
+    then the stored tensors load as they are. The rest (norms) runs in the scales' dtype unless given."""
+    fix = "re-export it with python -m convert export-mlx"
+    tensors: dict[str, mx.array] = {}
+    for file in weight_files(path, fix=fix):
+        tensors.update(mx.load(str(file)))
+    scales = [v.dtype for k, v in tensors.items() if k.endswith(".scales")]
+    model = Model(cfg)
+    model.set_dtype(DTYPES[dtype] if dtype else (scales[0] if scales else mx.float32))
+
+    def how(layer: str, module: nn.Module) -> bool | dict:
+        if f"{layer}.scales" not in tensors:
+            return False
+        own = quantization.get(layer)
+        own = own if isinstance(own, dict) else quantization
+        return {"group_size": own["group_size"], "bits": own["bits"], "mode": own.get("mode", "affine")}
+
+    nn.quantize(model, class_predicate=how)
+    if cfg.tie_embeddings:
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("lm_head.")}
+    try:
+        model.load_weights(list(tensors.items()), strict=True)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: its tensors do not fit the model in config.json ({exc}); {fix}") from None
+    mx.eval(model.parameters())
+    return model

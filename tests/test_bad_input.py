@@ -102,7 +102,7 @@ CASES = [
     ("train-unknown-flag", "train_cuda.py", "{train} --resum auto", "unexpected argument", "--resum"),
     # ------------------------------------------------------------------------------------------- infer
     ("infer-missing", "infer.py", "--ckpt {s}/gone.ckpt", "checkpoint not found", "gone.ckpt"),
-    ("infer-gguf", "infer.py", "--ckpt {s}/model.gguf", "python -m convert import", "model.gguf"),
+    ("infer-gguf", "infer.py", "--ckpt {s}/model.gguf", "GGUF version 0 is not supported", "model.gguf"),
     ("infer-not-model", "infer.py", "--ckpt {s}", "not a model directory", "{s}"),
     ("infer-config-json", "infer.py", "--ckpt {s}/config-not-json.ckpt", "not valid JSON", "config.json"),
     ("infer-zero-heads", "infer.py", "--ckpt {s}/zero-heads.ckpt", "must be a positive integer", "heads"),
@@ -121,7 +121,7 @@ CASES = [
     ("infer-max-new", "infer.py", "--ckpt {good} --max-new-tokens 0", "must be >= 1", "--max-new-tokens"),
     ("infer-prompt-file", "infer.py", "--ckpt {good} --prompt-file {s}/gone.txt", "prompt file not found", "gone"),
     ("infer-prompt-binary", "infer.py", "--ckpt {good} --prompt-file {s}/image.txt", "not UTF-8 text", "image"),
-    ("infer-dtype", "infer.py", "--ckpt {good} --dtype int8", "invalid choice: 'int8'", "--dtype"),
+    ("infer-dtype", "infer.py", "--ckpt {good} --dtype int8", "unknown dtype 'int8'", "--dtype"),
     ("infer-backend", "infer.py", "--ckpt {good} --backend gpu", "invalid choice: 'gpu'", "--backend"),
     ("infer-no-ckpt", "infer.py", "--prompt hi", "the following arguments are required: --ckpt", "--ckpt"),
     # ------------------------------------------------------------------------------------------ evaluate

@@ -48,7 +48,7 @@ def test_overrides_are_typed():
     assert cfg.model.tie_embeddings is False
     assert cfg.training.betas == (0.8, 0.99)
     assert cfg.training.max_tokens == 1_000_000
-    assert cfg.hardware.accelerator == "cuda"  # the seed README's `gpu` still works
+    assert cfg.hardware.accelerator == "cuda"  # `gpu` still works
     assert cfg.training.dtype == "bfloat16"
 
 

@@ -188,7 +188,8 @@ def _limited(source: Source, max_documents: int) -> Iterator[str]:
 def _progress(enabled: bool, desc: str) -> Any:
     from tqdm import tqdm
 
-    return tqdm(desc=desc, unit="tok", unit_scale=True, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+    shown = enabled and sys.stderr.isatty()  # piped (CI, `| tee`): no redraws; the summary line follows
+    return tqdm(desc=desc, unit="tok", unit_scale=True, disable=not shown, file=sys.stderr, dynamic_ncols=True)
 
 
 def _build(

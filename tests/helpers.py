@@ -4,6 +4,7 @@ stay in conftest.py)."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -185,6 +186,21 @@ def greedy_mlx(model, tokens: list[int], steps: int) -> list[int]:
         out.append(int(mx.argmax(logits[0, -1]).item()))
         logits = model(mx.array([[out[-1]]]), cache)
     return out
+
+
+def run_infer(argv: list[str], capsys, monkeypatch, stdin: str = "") -> tuple[int, str, str]:
+    """infer.py's main in this process, as the script runs it, stdin given: (exit code, stdout, stderr)."""
+    from tinyllama import infer
+    from tinyllama.core.cli import run_cli
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    try:
+        run_cli(lambda: infer.main(argv))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def run_convert(*args: str) -> subprocess.CompletedProcess:

@@ -4,12 +4,9 @@ config reference generated from the dataclasses."""
 
 from __future__ import annotations
 
-import io
-import sys
-
 import numpy as np
 import pytest
-from helpers import ROOT, make_checkpoint
+from helpers import ROOT, make_checkpoint, run_infer
 
 from tinyllama import evaluate_checkpoints, infer
 from tinyllama.convert.__main__ import _parser as convert_parser
@@ -81,17 +78,6 @@ def test_evaluate_takes_model_and_hit_k_and_still_the_older_top_k():
 def ckpt(tmp_path_factory):
     cfg = ModelConfig(vocab_size=300, n_layers=1, d_model=32, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=64)
     return make_checkpoint(tmp_path_factory.mktemp("vocab"), cfg)  # its BPE tokenizer has 300 tokens
-
-
-def run_infer(argv, capsys, monkeypatch, stdin: str = "") -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    try:
-        run_cli(lambda: infer.main(argv))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_prompt_dash_reads_stdin_as_one_prompt_and_equals_the_same_prompt_given_inline(ckpt, capsys, monkeypatch):

@@ -3,7 +3,6 @@ mlx-community), a .gguf file, a Hugging Face Hub id (tested through a local Hub 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -13,10 +12,8 @@ import sys
 import mlx.core as mx
 import numpy as np
 import pytest
-from helpers import ROOT, make_checkpoint
+from helpers import ROOT, make_checkpoint, run_infer
 
-from tinyllama import infer
-from tinyllama.core.cli import run_cli
 from tinyllama.core.config import ModelConfig
 
 CFG = ModelConfig(vocab_size=300, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_ff=128, max_seq_len=64)
@@ -26,17 +23,6 @@ PROMPT = [5, 17, 42, 99, 3, 8]
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     return make_checkpoint(tmp_path_factory.mktemp("sources"), CFG, seed=3)
-
-
-def run_infer(argv, capsys, monkeypatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    try:
-        run_cli(lambda: infer.main(argv))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 GREEDY = ["-p", "hello world", "--temp", "0", "--max-tokens", "8"]

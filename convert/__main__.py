@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tinyllama.core.cli import ArgumentParser, run_cli
+from tinyllama.core.cli import ArgumentParser, module_prog, run_cli
 from tinyllama.core.weights import canonical_dtype, dtype_arg
 
 GGUF_NAMES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}  # GGUF spells the float types its own way
@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     from tinyllama.convert.gguf_export import GGUF_DTYPES
 
     parser = ArgumentParser(
-        prog="python -m convert",
+        prog=module_prog("convert"),
         description="Move Llama models between our checkpoints, Hugging Face, GGUF (llama.cpp/Ollama) and MLX.",
         epilog=EXAMPLES,
     )

@@ -41,6 +41,13 @@ class ArgumentParser(argparse.ArgumentParser):
         fail(f"{message} (see {self.prog} --help)")
 
 
+def module_prog(module: str) -> str:
+    """`python -m <module>` as the user typed it: `convert` in a clone, `tinyllama.convert` anywhere."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = spec.name.removesuffix(".__main__") if spec is not None else module
+    return f"python -m {name if name.removeprefix('tinyllama.') == module else module}"
+
+
 def debugging() -> bool:
     return "--debug" in sys.argv or os.environ.get("TINYLLAMA_DEBUG", "").strip() not in ("", "0")
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from tinyllama.core.cli import ArgumentParser, UserError, run_cli
+from tinyllama.core.cli import ArgumentParser, UserError, module_prog, run_cli
 from tinyllama.core.config import DataConfig, load_config, parse_overrides
 from tinyllama.core.config_help import override_help
 from tinyllama.core.fs import MARKS, OLD_MARK, atomic_path, file_lock, remove, write_json
@@ -391,7 +391,7 @@ def _prepare(
 
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(
-        prog="python -m data.prepare",
+        prog=module_prog("data.prepare"),
         description="Tokenize data.dataset with data.tokenizer into cached uint16/uint32 token shards + meta.json "
         "(the trainers do this automatically; run it to prepare ahead of time or to inspect the result).",
         epilog=override_help(),

@@ -99,3 +99,13 @@ def test_the_dev_install_puts_the_commands_beside_python_and_they_name_themselve
         result = subprocess.run([str(path), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith(f"usage: {command}"), result.stdout[:200]
+
+
+def test_python_dash_m_works_from_anywhere_and_names_itself_as_typed(tmp_path):
+    for module in ("tinyllama.convert", "tinyllama.data.prepare"):
+        result = subprocess.run(
+            [sys.executable, "-m", module, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0 and result.stdout.startswith(f"usage: python -m {module} "), result.stderr
+    in_clone = subprocess.run([sys.executable, "-m", "convert", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert in_clone.stdout.startswith("usage: python -m convert "), in_clone.stderr

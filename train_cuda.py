@@ -32,7 +32,7 @@ from tinyllama.data.prepare import prepare_data
 from tinyllama.torch_model.generate import as_backend, peak_memory
 from tinyllama.torch_model.loss import chunk_bytes as loss_chunk_bytes
 from tinyllama.torch_model.optim import load_optimizer_state, make_optimizer, optimizer_state, restore, snapshot
-from tinyllama.torch_model.state import build_model, model_state, resolve_device, weight_norm
+from tinyllama.torch_model.state import build_model, measured_gemm_flops, model_state, resolve_device, weight_norm
 from tinyllama.torch_model.wrap import wrap_model
 
 
@@ -63,9 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     name = torch.cuda.get_device_name(device) if cuda else cpu_name()
     memory = torch.cuda.get_device_properties(device).total_memory if cuda else system_memory_bytes()
     peak = peak_flops(name, t.dtype, tf32=True) if cuda else None  # TF32 matmuls are on (above)
-    run = Run(
-        cfg, "torch", Device(f"{device} ({name})", memory, peak, loss_chunk_bytes(device.type)), rank, world, any_rank
-    )
+    measured = peak is None and not args.dry_run
+    peak = measured_gemm_flops(device, t.dtype) if measured else peak  # a CPU or an unlisted GPU: ~1 s
+    device_info = Device(f"{device} ({name})", memory, peak, loss_chunk_bytes(device.type), measured)
+    run = Run(cfg, "torch", device_info, rank, world, any_rank)
     if args.dry_run:
         return run.dry_run()
 

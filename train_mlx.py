@@ -34,7 +34,7 @@ from tinyllama.core.training import load_train_config, parse_train_args
 from tinyllama.data.prepare import prepare_data
 from tinyllama.mlx_model.generate import as_backend
 from tinyllama.mlx_model.optim import apply_weight_decay, load_optimizer_state, make_optimizer, optimizer_state
-from tinyllama.mlx_model.state import build_model, model_state
+from tinyllama.mlx_model.state import build_model, measured_gemm_flops, model_state
 
 
 def build_step(model, optimizer, cfg, world_size: int):
@@ -81,7 +81,10 @@ def main(argv: list[str] | None = None) -> None:
         return flag if world == 1 else mx.distributed.all_sum(mx.array(int(flag))).item() > 0
 
     chip = apple_chip() or cpu_name()
-    device = Device(f"{mx.default_device()} ({chip})", system_memory_bytes(), peak_flops(chip, t.dtype))
+    peak = peak_flops(chip, t.dtype)
+    measured = peak is None and not args.dry_run
+    peak = measured_gemm_flops(t.dtype) if measured else peak  # a CPU (MLX on Linux): ~1 s
+    device = Device(f"{mx.default_device()} ({chip})", system_memory_bytes(), peak, peak_measured=measured)
     run = Run(cfg, "mlx", device, group.rank(), world, any_rank)
     if args.dry_run:
         return run.dry_run()

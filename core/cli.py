@@ -123,6 +123,11 @@ def human_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def human_flops(n: float) -> str:
+    """1.5e11 -> '150 GFLOP/s', 3.1e14 -> '310.0 TFLOP/s'."""
+    return f"{n / 1e12:.1f} TFLOP/s" if n >= 1e12 else f"{n / 1e9:.0f} GFLOP/s"
+
+
 def human_duration(seconds: float) -> str:
     """250 -> '4m10s', 5000 -> '1h23m'."""
     seconds = max(0, int(round(seconds)))

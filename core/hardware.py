@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
+from collections.abc import Callable
 
 # Dense peak TFLOP/s by device-name fragment (most specific first). Apple GPUs: fp32 ~= fp16 rate.
 # Figures are vendors' published numbers (approximate for Apple); MFU is only as good as them.
@@ -58,6 +60,17 @@ def peak_flops(device_name: str, dtype: str, tf32: bool = False) -> float | None
                 return tflops * fraction * 1e12
             return tflops * 1e12
     return None
+
+
+def measured_peak_flops(matmul: Callable[[], object], n: int, seconds: float = 1.0) -> float:
+    """FLOP/s of one dense n x n matmul on this device, timed for about `seconds` after a warm-up: the MFU
+    reference where the table has no peak (a CPU). `matmul` computes one product and waits for it."""
+    matmul()
+    runs, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or runs < 2:
+        matmul()
+        runs += 1
+    return 2 * n**3 * runs / elapsed
 
 
 def apple_chip() -> str | None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tinyllama.core.cli import UserError, human_bytes
+from tinyllama.core.cli import UserError, human_bytes, human_flops
 from tinyllama.core.config import Config
 from tinyllama.core.fs import release_lock
 from tinyllama.core.metrics import MetricsLog
@@ -56,6 +56,7 @@ class Device:
     name: str  # shown in the start line and --dry-run
     memory: int  # bytes (0: unknown), for --dry-run and the start-up check
     peak_flops: float | None = None  # for MFU (None: MFU not shown)
+    peak_measured: bool = False  # peak_flops is this machine's measured GEMM rate, not a published peak
     loss_chunk_bytes: int | None = None  # torch's fused loss works on this many bytes of logits at a time
 
 
@@ -158,6 +159,9 @@ class Run:
             f"training {self.cfg.output.run_name}: {self.total} steps on {self.backend} {self.device.name}, "
             f"{self.world} process(es); start {self.start.source} at step {self.start.step}"
         )
+        if self.device.peak_measured and self.device.peak_flops:
+            rate = human_flops(self.device.peak_flops)
+            self.say(f"mfu: against this machine's measured {self.t.dtype} GEMM rate, {rate}")
 
     def batch(self, step: int, micro_step: int) -> tuple[np.ndarray, np.ndarray]:
         """This rank's (x, y) int32 (batch_size, seq_len) for a micro-step: a pure function of the step."""

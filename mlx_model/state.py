@@ -10,6 +10,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from tinyllama.core.config import ModelConfig
+from tinyllama.core.hardware import measured_peak_flops
 from tinyllama.core.model_files import CheckpointError, load_weights, mlx_quantization, read_model_config, weight_files
 from tinyllama.core.weights import init_weights, numpy_dtype, runtime_dtype
 from tinyllama.mlx_model.model import Model
@@ -98,3 +99,9 @@ def load_quantized(path: Path, cfg: ModelConfig, quantization: dict, dtype: str 
         raise CheckpointError(f"{path}: its tensors do not fit the model in config.json ({exc}); {fix}") from None
     mx.eval(model.parameters())
     return model
+
+
+def measured_gemm_flops(dtype: str, n: int = 1024) -> float:
+    """This device's dense n x n matmul rate in `dtype`: the MFU reference where no published peak is known."""
+    a = mx.random.normal((n, n)).astype(DTYPES[dtype])
+    return measured_peak_flops(lambda: mx.eval(a @ a), n)

@@ -484,3 +484,12 @@ def test_mfu_uses_the_tf32_peak_when_tf32_is_on():
     assert peak_flops("NVIDIA H100 80GB HBM3", "float32") == pytest.approx(989e12 * 0.068)
     assert peak_flops("Tesla V100-SXM2-16GB", "float32", tf32=True) == pytest.approx(125e12 * 0.125)  # no TF32
     assert peak_flops("NVIDIA H100 80GB HBM3", "bfloat16", tf32=True) == pytest.approx(989e12)
+
+
+def test_measured_peak_is_the_rate_of_the_timed_matmul():
+    """A stand-in matmul that takes 20 ms: 2 n^3 FLOPs per call -> 2 n^3 / 0.02 FLOP/s (timer noise aside)."""
+    from tinyllama.core.hardware import measured_peak_flops
+
+    calls = []
+    rate = measured_peak_flops(lambda: calls.append(time.sleep(0.02)), n=100, seconds=0.3)
+    assert rate == pytest.approx(2 * 100**3 / 0.02, rel=0.3) and len(calls) >= 10

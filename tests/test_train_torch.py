@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -27,6 +28,9 @@ def test_smoke_training_learns_and_checkpoint_loads_elsewhere(tmp_path, data_cac
     ckpt_dir = run(tmp_path, data_cache)
     losses = train_losses(tmp_path)
     assert len(losses) == 40
+    records = [json.loads(line) for line in (tmp_path / "logs/smoke/metrics.jsonl").read_text().splitlines()]
+    mfu = [r["mfu"] for r in records if r["split"] == "train"]
+    assert len(mfu) == 40 and all(0 < m < 1 for m in mfu)  # on a CPU: against its measured GEMM rate
     # from uniform over 512 tokens (ln 512 = 6.24) to well below: at least the unigram statistics are learnt
     assert np.mean([losses[s] for s in (38, 39, 40)]) < np.mean([losses[s] for s in (1, 2, 3)]) - 0.7
     final = ckpt_dir / "final.ckpt"

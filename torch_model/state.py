@@ -9,6 +9,7 @@ import torch
 
 from tinyllama.core.cli import UserError
 from tinyllama.core.config import ModelConfig
+from tinyllama.core.hardware import measured_peak_flops
 from tinyllama.core.model_files import load_weights, read_model_config
 from tinyllama.core.weights import init_weights, numpy_dtype, runtime_dtype
 from tinyllama.torch_model.model import Model
@@ -90,3 +91,10 @@ def weight_norm(model) -> float:
     """Norm of this rank's weights (its shards under FSDP): finite or not is what the loop asks."""
     local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
     return torch.linalg.vector_norm(torch.stack([p.detach().float().norm() for p in local])).item()
+
+
+def measured_gemm_flops(device: torch.device, dtype: str, n: int = 1024) -> float:
+    """This device's dense n x n matmul rate in `dtype`: the MFU reference where no published peak is known."""
+    a = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
+    wait = {"cuda": torch.cuda.synchronize, "mps": torch.mps.synchronize}.get(device.type, lambda: None)
+    return measured_peak_flops(lambda: (torch.mm(a, a), wait()), n)

@@ -10,7 +10,7 @@ TRAIN_STAMP := $(VENV)/.installed-$(HASH)
 DEV_STAMP := $(VENV)/.installed-dev-$(HASH)
 UNAME := $(shell uname -s)
 
-.PHONY: install install-dev system train test test-fast lint constraints clean
+.PHONY: install install-dev system train test test-fast lint bench constraints clean
 
 install: $(TRAIN_STAMP)
 install-dev: $(DEV_STAMP)
@@ -65,6 +65,11 @@ test: system install-dev
 # The development loop: everything but the end-to-end runs marked slow (~50 s on 2 cores).
 test-fast: system install-dev
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PYTHON) -m pytest -q -m "not slow"
+
+# Every benchmark, side by side with its reference, then the tables in docs/benchmarks.md rewritten
+# (minutes on a laptop, ~30 minutes on 2 CPU cores; BENCH_ARGS=--quick for a smoke pass).
+bench: system install-dev
+	HF_HUB_OFFLINE=1 $(PYTHON) bench/run_all.py $(BENCH_ARGS)
 
 lint: install-dev
 	$(PYTHON) -m ruff check .

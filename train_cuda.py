@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     peak = peak_flops(name, t.dtype, tf32=True) if cuda else None  # TF32 matmuls are on (above)
     measured = peak is None and not args.dry_run
     peak = measured_gemm_flops(device, t.dtype) if measured else peak  # a CPU or an unlisted GPU: ~1 s
-    device_info = Device(f"{device} ({name})", memory, peak, loss_chunk_bytes(device.type), measured)
+    device_info = Device(f"{device} ({name})", memory, peak, measured, loss_chunk_bytes=loss_chunk_bytes(device.type))
     run = Run(cfg, "torch", device_info, rank, world, any_rank)
     if args.dry_run:
         return run.dry_run()

@@ -63,14 +63,21 @@ def peak_flops(device_name: str, dtype: str, tf32: bool = False) -> float | None
 
 
 def measured_peak_flops(matmul: Callable[[], object], n: int, seconds: float = 1.0) -> float:
-    """FLOP/s of one dense n x n matmul on this device, timed for about `seconds` after a warm-up: the MFU
-    reference where the table has no peak (a CPU). `matmul` computes one product and waits for it."""
+    """FLOP/s of one dense n x n matmul on this device, timed for about `seconds` after a warm-up.
+    `matmul` computes one product and waits for it."""
     matmul()
     runs, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds or runs < 2:
         matmul()
         runs += 1
     return 2 * n**3 * runs / elapsed
+
+
+def best_gemm_flops(matmul_of_size: Callable[[int], Callable[[], object]], seconds: float = 1.0) -> float:
+    """The MFU reference where the table has no peak (a CPU): the best dense matmul rate over a few sizes
+    (a plain BLAS is fastest at the sizes that fit its caches, a tuned one at the largest)."""
+    sizes = (256, 512, 1024)
+    return max(measured_peak_flops(matmul_of_size(n), n, seconds / len(sizes)) for n in sizes)
 
 
 def apple_chip() -> str | None:

@@ -10,7 +10,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from tinyllama.core.config import ModelConfig
-from tinyllama.core.hardware import measured_peak_flops
+from tinyllama.core.hardware import best_gemm_flops
 from tinyllama.core.model_files import CheckpointError, load_weights, mlx_quantization, read_model_config, weight_files
 from tinyllama.core.weights import init_weights, numpy_dtype, runtime_dtype
 from tinyllama.mlx_model.model import Model
@@ -101,7 +101,11 @@ def load_quantized(path: Path, cfg: ModelConfig, quantization: dict, dtype: str 
     return model
 
 
-def measured_gemm_flops(dtype: str, n: int = 1024) -> float:
-    """This device's dense n x n matmul rate in `dtype`: the MFU reference where no published peak is known."""
-    a = mx.random.normal((n, n)).astype(DTYPES[dtype])
-    return measured_peak_flops(lambda: mx.eval(a @ a), n)
+def measured_gemm_flops(dtype: str) -> float:
+    """This device's best dense matmul rate in `dtype`: the MFU reference where no published peak is known."""
+
+    def matmul(n: int):
+        a = mx.random.normal((n, n)).astype(DTYPES[dtype])
+        return lambda: mx.eval(a @ a)
+
+    return best_gemm_flops(matmul)

@@ -208,7 +208,7 @@ def test_piped_output_is_one_line_per_log_interval_no_redraws(tmp_path, data_cac
     assert "\r" not in out.stdout + out.stderr and "step/s" not in out.stdout + out.stderr
     lines = out.stdout.splitlines()
     assert [line.split(" | ")[0] for line in lines if " | loss " in line] == [f"step {s}/10" for s in (2, 4, 6, 8, 10)]
-    assert len(lines) <= 12 and out.stderr == ""  # start, 5 log lines, 2 x (val, sample), done, try
+    assert len(lines) <= 13 and out.stderr == ""  # start, mfu reference, 5 log lines, 2 x (val, sample), done, try
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import torch
 
 from tinyllama.core.cli import UserError
 from tinyllama.core.config import ModelConfig
-from tinyllama.core.hardware import measured_peak_flops
+from tinyllama.core.hardware import best_gemm_flops
 from tinyllama.core.model_files import load_weights, read_model_config
 from tinyllama.core.weights import init_weights, numpy_dtype, runtime_dtype
 from tinyllama.torch_model.model import Model
@@ -93,8 +93,12 @@ def weight_norm(model) -> float:
     return torch.linalg.vector_norm(torch.stack([p.detach().float().norm() for p in local])).item()
 
 
-def measured_gemm_flops(device: torch.device, dtype: str, n: int = 1024) -> float:
-    """This device's dense n x n matmul rate in `dtype`: the MFU reference where no published peak is known."""
-    a = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
+def measured_gemm_flops(device: torch.device, dtype: str) -> float:
+    """This device's best dense matmul rate in `dtype`: the MFU reference where no published peak is known."""
     wait = {"cuda": torch.cuda.synchronize, "mps": torch.mps.synchronize}.get(device.type, lambda: None)
-    return measured_peak_flops(lambda: (torch.mm(a, a), wait()), n)
+
+    def matmul(n: int):
+        a = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
+        return lambda: (torch.mm(a, a), wait())
+
+    return best_gemm_flops(matmul)

@@ -1,6 +1,6 @@
 """The fused loss and the fused AdamW against the plain paths they replaced, each in its own process.
 
-    python bench/loss.py [--config config.yaml] [--batch-size 8] [--seq-len 256] [--repeats 3]
+    python bench/loss.py [--config config.yaml] [--batch-size 8] [--seq-len 256] [--repeats 3] [--json out.json]
 
 Rows (each pair runs back to back, the median of --repeats timed runs after a warm-up):
 - torch step: forward + backward of the whole model, `cross_entropy(model(x), y)` (plain) vs
@@ -9,7 +9,7 @@ Rows (each pair runs back to back, the median of --repeats timed runs after a wa
   cross-entropy of the logits vs mlx_model/loss.py; time and mx.get_peak_memory().
 - torch AdamW step on the model's parameters: multi-tensor (foreach) vs the fused kernel.
 Separate processes keep one measurement's memory out of another's, and OpenBLAS (preloaded for
-MLX on Linux) out of the torch processes.
+MLX on Linux) out of the torch processes. --json PATH also writes the figures as JSON (bench/run_all.py).
 """
 
 from __future__ import annotations
@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
     parser.add_argument("--row", choices=sorted(ROWS), help=argparse.SUPPRESS)  # worker mode
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -128,6 +129,7 @@ def main() -> None:
     common = ["--config", args.config, "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
               "--repeats", str(args.repeats)]  # fmt: skip
     print(f"machine: {cpu_name()}; {args.config}, {args.batch_size} x {args.seq_len} tokens, median of {args.repeats}")
+    figures = {}
     for row, (_, before, after) in ROWS.items():
         result = {}
         for variant in (before, after):
@@ -138,6 +140,9 @@ def main() -> None:
         memory = f", memory {human_bytes(a['memory'])} -> {human_bytes(b['memory'])}" if a["memory"] else ""
         print(f"{row}: {before} {a['seconds'] * 1e3:,.0f} ms, {after} {b['seconds'] * 1e3:,.0f} ms "
               f"({a['seconds'] / b['seconds']:.2f}x){memory}")  # fmt: skip
+        figures[row] = {"before": before, "after": after, **{v: result[v] for v in (before, after)}}
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": cpu_name(), "rows": figures}) + "\n")
 
 
 if __name__ == "__main__":

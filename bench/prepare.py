@@ -1,10 +1,11 @@
 """Data preparation throughput: our prepare_data vs raw `tokenizers` encode_batch on the same text.
 
-    python bench/prepare.py [--dataset builtin] [--tokenizer gpt2] [--copies 4] [--repeat 3]
+    python bench/prepare.py [--dataset builtin] [--tokenizer gpt2] [--copies 4] [--repeat 3] [--json out.json]
 
 Both run in this process on the same documents with the same tokenizer and thread pool. Ours is
 timed end to end (read the jsonl, hash, encode, split, write shards + meta, fsync); the baseline
-only encodes a list already in memory. tokens/s use the baseline's token count (EOS excluded).
+only encodes a list already in memory. tokens/s use the baseline's token count (EOS excluded). --json PATH
+also writes the figures as JSON (bench/run_all.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=2, help="repeat the corpus to get a few MB of text")
     parser.add_argument("--repeat", type=int, default=5, help="timed rounds; medians are reported")
     parser.add_argument("--cache-dir", default="data_cache", help="where the built-in corpus extraction is cached")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
     args = parser.parse_args()
 
     docs = [d for d in resolve_source(args.dataset, cache_dir=args.cache_dir).documents() if d] * args.copies
@@ -90,6 +92,10 @@ def main() -> None:
         )
     print(f"ratio prepare_data / raw encode_batch:      {rate['prepare_data'] / rate['raw encode_batch']:.2f}")
     print(f"ratio prepare_data / raw encode_batch_fast: {rate['prepare_data'] / rate['raw encode_batch_fast']:.2f}")
+    if args.json:
+        figures = {"machine": cpu_name(), "tokens": n_tokens, "megabytes": megabytes, "documents": len(docs)}
+        figures |= {"tok_per_s": rate, "load_before": load_before, "load_after": load_after}
+        Path(args.json).write_text(json.dumps(figures) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,18 @@
 """Training-step throughput: our MLX model vs mlx-lm's own `llama` Model, in one process.
 
-    python bench/train_mlx.py [--config config.yaml] [--batch-size 8] [--seq-len 256] [--steps 10]
+    python bench/train_mlx.py [--config config.yaml] [--batch-size 8] [--seq-len 256] [--steps 10] [--json out.json]
 
 Both models get the same config, the same initial weights, the same compiled step (train_mlx.py's:
 forward, backward, clipping, AdamW, all under mx.compile) and the same batches; the loss is ours
 fused with the head for our model, the plain cross-entropy of the logits for mlx-lm's; runs alternate so
 machine noise hits both. On Linux the process restarts itself with OpenBLAS preloaded (same BLAS
-for both). Prints tokens/s for each and ours / mlx-lm.
+for both). Prints tokens/s for each and ours / mlx-lm; --json PATH also writes them as JSON (bench/run_all.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
     args = parser.parse_args()
     cfg = load_config(args.config, {"training.batch_size": args.batch_size, "training.seq_len": args.seq_len})
     rng = np.random.default_rng(0)
@@ -94,6 +96,10 @@ def main() -> None:
     print(f"ours   : {o:,.0f} tok/s  (rounds: {', '.join(f'{v:,.0f}' for v in ours)})")
     print(f"mlx-lm : {t:,.0f} tok/s  (rounds: {', '.join(f'{v:,.0f}' for v in theirs)})")
     print(f"ratio ours / mlx-lm: {o / t:.2f}x")
+    if args.json:
+        figures = {"machine": cpu_name(), "device": str(mx.default_device()), "config": args.config}
+        figures |= {"batch_size": args.batch_size, "seq_len": args.seq_len, "ours": o, "reference": t, "ratio": o / t}
+        Path(args.json).write_text(json.dumps(figures | {"ours_rounds": ours, "reference_rounds": theirs}) + "\n")
 
 
 if __name__ == "__main__":

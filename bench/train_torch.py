@@ -1,6 +1,6 @@
 """Training-step throughput: our torch model vs transformers' LlamaForCausalLM, in one process.
 
-    python bench/train_torch.py [--config config.yaml] [--batch-size 8] [--seq-len 256] [--steps 10]
+    python bench/train_torch.py [--config config.yaml] [--batch-size 8] [--seq-len 256] [--steps 10] [--json out.json]
     # the CUDA check (one GPU): 124M, bf16 autocast, torch.compile, flash SDPA, MFU against the card's peak
     python bench/train_torch.py --config configs/gpt2-124m.yaml --batch-size 16 --seq-len 1024 \\
         --steps 100 --rounds 1 --dtype bfloat16 --compile
@@ -9,13 +9,15 @@ Same config, same initial weights, same batches, same loss value (fp32 cross-ent
 our model's fused loss, model(x, targets=y); theirs from their logits), same AdamW
 (weight decay on 2-D weights, fused kernel), same clipping, same autocast and compile settings,
 both with SDPA attention (flash backend on CUDA). Runs alternate so machine noise hits both.
-Prints tokens/s for each, MFU when the device's peak is known, and ours / transformers.
+Prints tokens/s for each, MFU when the device's peak is known, and ours / transformers; --json PATH also
+writes them as JSON (bench/run_all.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import statistics
 import sys
 import time
@@ -90,6 +92,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="autocast dtype")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
     args = parser.parse_args()
     cfg = load_config(args.config, {"training.batch_size": args.batch_size, "training.seq_len": args.seq_len})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -125,6 +128,12 @@ def main() -> None:
     print(f"ours         : {o:,.0f} tok/s{mfu(o)}  (rounds: {', '.join(f'{v:,.0f}' for v in ours)})")
     print(f"transformers : {t:,.0f} tok/s{mfu(t)}  (rounds: {', '.join(f'{v:,.0f}' for v in theirs)})")
     print(f"ratio ours / transformers: {o / t:.2f}x")
+    if args.json:
+        figures = {"machine": name, "device": device.type, "config": args.config, "batch_size": args.batch_size}
+        figures |= {"seq_len": args.seq_len, "dtype": args.dtype, "compile": args.compile, "ours": o, "reference": t}
+        figures |= {"ratio": o / t, "mfu": o * fpt / peak if peak else None}
+        figures |= {"ours_rounds": ours, "reference_rounds": theirs}
+        Path(args.json).write_text(json.dumps(figures) + "\n")
 
 
 if __name__ == "__main__":

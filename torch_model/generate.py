@@ -44,7 +44,11 @@ class Decoder:
         else:
             tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device)  # (B, T)
         logits = last_logits(self.model, tokens, self.cache)  # (B, V)
-        return logits.argmax(dim=-1) if self.greedy else logits.float()
+        if not self.greedy:
+            return logits.float()
+        if logits.device.type == "cpu":  # numpy's argmax (same first-max rule) is ~15x faster than torch's on CPU
+            return torch.from_numpy(logits.float().numpy().argmax(axis=-1))  # (B,) int64
+        return logits.argmax(dim=-1)
 
     @staticmethod
     def to_host(out: torch.Tensor) -> np.ndarray:
@@ -86,7 +90,22 @@ def as_backend(model: torch.nn.Module) -> Backend:
     return Backend("torch", str(weight.device), dtype, model, Decoder, batch_loss, score_batch, peak_memory)
 
 
+def transpose_storage(model: Model) -> Model:
+    """On the CPU with MKL, store each fp32 weight matrix transposed in memory: same shapes and values,
+    strides (1, out). A decode step multiplies one row (1, d) by every matrix, and MKL's GEMV streams an
+    (in, out) row-major matrix up to ~2x faster than the (out, in) one nn.Linear keeps (tied head, 50257 x
+    384: 9.5 -> 5 ms per token on the dev Xeon). Prefill, scoring and loss (many rows) are as fast either
+    way; decoding 2-4 rows at once is slower. Inference only: the trainers' models keep the usual layout."""
+    if not torch.backends.mkl.is_available():
+        return model
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2 and p.device.type == "cpu" and p.dtype == torch.float32:
+                p.data = p.data.t().contiguous().t()
+    return model
+
+
 def load_backend(path: str | Path, dtype: str | None = None, device: str = "auto") -> Backend:
     """Any Llama model directory (ours, transformers', mlx_lm's) on `device` (auto: CUDA, MPS, CPU)."""
     model, _ = load_model(path, dtype, resolve_device(device))
-    return as_backend(model.eval())
+    return as_backend(transpose_storage(model.eval()))

@@ -22,6 +22,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.weight.dtype == torch.float32:  # one call; the same bits as the general form below
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         # normalise in fp32, scale in the weight dtype (as HF's LlamaRMSNorm)
         normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * normed.to(self.weight.dtype)
@@ -35,8 +37,10 @@ class RoPE(nn.Module):
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
         angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)  # (S, hd/2)
         angles = torch.cat([angles, angles], dim=-1)  # (S, hd)
+        sin = angles.sin()
+        sin[:, : head_dim // 2] *= -1  # rotate_half(x) * sin == x.roll(hd/2) * sin with its first half negated
         self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        self.register_buffer("sin", sin.float(), persistent=False)
 
     def _apply(self, fn, recurse=True):
         # keep the tables in fp32 when the model is cast to bf16; device moves still apply
@@ -50,37 +54,38 @@ class RoPE(nn.Module):
         if offset + T > self.cos.shape[0]:
             raise ValueError(f"sequence position {offset + T} exceeds max_seq_len {self.cos.shape[0]}")
         cos, sin = self.cos[offset : offset + T], self.sin[offset : offset + T]  # (T, hd)
-        x1, x2 = x.float().chunk(2, dim=-1)
-        rotated = torch.cat([-x2, x1], dim=-1)
-        return (x.float() * cos + rotated * sin).to(x.dtype)
+        xf = x.float()
+        return (xf * cos + xf.roll(x.shape[-1] // 2, dims=-1) * sin).to(x.dtype)  # roll: [x2, x1]
 
 
 class KVCache:
-    """Keys/values of past positions, grown in steps of 256; `offset` is the number filled."""
+    """Keys/values of past positions in a preallocated buffer, grown in steps of 256 positions (never
+    past `max_len`, the model's max_seq_len) so a decode step writes in place; `offset` is the number filled."""
 
     step = 256
 
-    def __init__(self):
-        self.keys: torch.Tensor | None = None
+    def __init__(self, max_len: int | None = None):
+        self.keys: torch.Tensor | None = None  # (B, n_kv_heads, capacity, head_dim)
         self.values: torch.Tensor | None = None
         self.offset = 0
+        self.max_len = max_len
 
     def update(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, n_kv_heads, T, head_dim = keys.shape  # (B, n_kv_heads, T, head_dim)
         start = self.offset
         if self.keys is None or start + T > self.keys.shape[2]:
-            n_new = (T + self.step - 1) // self.step * self.step
-            new_k = keys.new_zeros(B, n_kv_heads, n_new, head_dim)
-            new_v = values.new_zeros(B, n_kv_heads, n_new, head_dim)
-            if self.keys is None:
-                self.keys, self.values = new_k, new_v
-            else:
-                self.keys = torch.cat([self.keys[:, :, :start], new_k], dim=2)
-                self.values = torch.cat([self.values[:, :, :start], new_v], dim=2)
+            capacity = (start + T + self.step - 1) // self.step * self.step
+            if self.max_len is not None:
+                capacity = max(min(capacity, self.max_len), start + T)  # past max_len RoPE refuses first
+            new_k = keys.new_zeros(B, n_kv_heads, capacity, head_dim)
+            new_v = values.new_zeros(B, n_kv_heads, capacity, head_dim)
+            if self.keys is not None:
+                new_k[:, :, :start], new_v[:, :, :start] = self.keys[:, :, :start], self.values[:, :, :start]
+            self.keys, self.values = new_k, new_v
         self.offset += T
         self.keys[:, :, start : self.offset] = keys
         self.values[:, :, start : self.offset] = values
-        return self.keys[:, :, : self.offset], self.values[:, :, : self.offset]
+        return self.keys[:, :, : self.offset], self.values[:, :, : self.offset]  # (B, KV, offset, hd) views
 
 
 class Attention(nn.Module):
@@ -114,13 +119,15 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> t
     """Causal SDPA with the mask aligned bottom-right, so queries at an offset see all past keys."""
     T, S = q.shape[2], k.shape[2]
     n_rep = q.shape[1] // k.shape[1]
+    if T == 1:  # one query sees every key: no mask; GQA as n_rep queries per KV head, no copy of the cache
+        B, H, _, hd = q.shape
+        grouped = q.reshape(B, k.shape[1], n_rep, hd)  # (B, KV, n_rep, hd): query head h uses KV head h // n_rep
+        return F.scaled_dot_product_attention(grouped, k, v, scale=scale).reshape(B, H, 1, hd)
     if n_rep > 1:  # GQA: share each KV head across n_rep query heads (works with every SDPA backend)
         k = k.repeat_interleave(n_rep, dim=1)  # (B, H, S, hd)
         v = v.repeat_interleave(n_rep, dim=1)
     if T == S:
         return F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, scale=scale)
-    if T == 1:
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
     mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)  # bottom-right
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
@@ -182,4 +189,4 @@ class Model(nn.Module):
         return F.linear(h, head)  # (B, T, vocab)
 
     def make_cache(self) -> list[KVCache]:
-        return [KVCache() for _ in self.model.layers]
+        return [KVCache(self.cfg.max_seq_len) for _ in self.model.layers]

@@ -1,0 +1,191 @@
+"""The torch decode path's fast forms give the same results as the plain ones: transposed weight storage
+(load_backend on the CPU), one-query GQA attention, the rolled RoPE, the fused fp32 RMSNorm, numpy's
+argmax, and a KV cache that never grows past max_seq_len."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import ROOT, TINY_MODELS, random_weights
+
+from tinyllama.core.checkpoint import save_checkpoint
+from tinyllama.torch_model.generate import Decoder, as_backend, load_backend, transpose_storage
+from tinyllama.torch_model.model import KVCache, RMSNorm, RoPE, attend
+from tinyllama.torch_model.state import build_model, load_model
+
+PROMPT = [5, 17, 3, 42, 8, 11, 29]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def checkpoint(tmp_path, name: str, **changes):
+    cfg = dataclasses.replace(TINY_MODELS[name], **changes)
+    return cfg, save_checkpoint(tmp_path / f"{name}.ckpt", random_weights(cfg), cfg)
+
+
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
+def test_transposed_storage_keeps_shapes_values_and_tokens(name, tmp_path):
+    cfg, path = checkpoint(tmp_path, name)
+    plain = load_model(path)[0].eval()
+    backend = load_backend(path, device="cpu")
+    for (key, a), b in zip(plain.state_dict().items(), backend.model.state_dict().values(), strict=True):
+        assert a.shape == b.shape and torch.equal(a, b), key
+        if a.ndim == 2 and torch.backends.mkl.is_available():
+            assert b.stride() == (1, a.shape[0]), key  # (out, in) viewed over (in, out) row-major storage
+    ours, reference = backend, as_backend(plain)
+    for opts in ({}, {"repetition_penalty": 1.3}, {"temperature": 0.9, "top_p": 0.9, "seed": 3}):
+        assert list(ours.generate(PROMPT, 30, **opts)) == list(reference.generate(PROMPT, 30, **opts))
+    with torch.no_grad():
+        tokens = torch.tensor([PROMPT * 3])
+        assert (backend.model(tokens) - plain(tokens)).abs().max() < 1e-4
+    windows = np.random.default_rng(0).integers(0, cfg.vocab_size, (4, 17))
+    expected_loss = reference.mean_loss(windows, batch_size=2)
+    assert backend.mean_loss(windows, batch_size=2) == pytest.approx(expected_loss, abs=1e-5)
+
+
+def test_trainers_models_keep_their_layout():
+    """as_backend (the trainers' samples) never touches the parameters; bf16 weights are never transposed."""
+    cfg = TINY_MODELS["gqa8x2-tied"]
+    model = build_model(cfg, random_weights(cfg))
+    list(as_backend(model).generate(PROMPT, 3))
+    assert all(p.is_contiguous() for p in model.parameters())
+    bf16 = transpose_storage(build_model(cfg, random_weights(cfg), dtype="bfloat16"))
+    assert all(p.is_contiguous() for p in bf16.parameters())
+
+
+@pytest.mark.parametrize("rows", [2, 3, 5])
+def test_batched_decoding_with_transposed_storage(rows, tmp_path):
+    _, path = checkpoint(tmp_path, "gqa6x3-untied-eps")
+    backend = load_backend(path, device="cpu")
+    rng = np.random.default_rng(rows)
+    prompts = [rng.integers(0, 257, 6).tolist() for _ in range(rows)]
+    for opts in ({}, {"temperature": 1.0, "top_p": 0.9, "seed": 5}):
+        batched = dict(backend.generate_batch(prompts, 12, **opts))
+        assert [batched[i] for i in range(rows)] == [list(backend.generate(p, 12, **opts)) for p in prompts]
+
+
+def test_load_backend_matches_transformers_generate(tmp_path):
+    """The transposed-storage CPU backend still gives transformers' greedy tokens on a directory it wrote."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    hf_cfg = LlamaConfig(
+        vocab_size=120, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=6,
+        num_key_value_heads=2, max_position_embeddings=96, rope_theta=50000.0, tie_word_embeddings=True,
+        bos_token_id=None, eos_token_id=None, pad_token_id=0,
+    )  # fmt: skip
+    hf = LlamaForCausalLM(hf_cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            if p.ndim == 2:
+                p.mul_(6.0)  # sharper than the 0.02 init: argmax gaps far above float noise
+    hf.save_pretrained(tmp_path / "hf")
+    backend = load_backend(tmp_path / "hf", device="cpu")
+    for penalty in (1.0, 1.3):
+        with torch.no_grad():
+            opts = dict(max_new_tokens=40, min_new_tokens=40, do_sample=False, repetition_penalty=penalty)
+            ref = hf.generate(torch.tensor([PROMPT]), **opts)[0, len(PROMPT) :].tolist()
+        assert list(backend.generate(PROMPT, 40, repetition_penalty=penalty)) == ref
+
+
+@pytest.mark.parametrize(("n_heads", "n_kv_heads"), [(4, 4), (6, 2), (8, 1)])
+def test_one_query_attention_equals_repeated_kv_heads(n_heads, n_kv_heads):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, n_heads, 1, 16, generator=g)
+    k, v = (torch.randn(2, n_kv_heads, 9, 16, generator=g) for _ in range(2))
+    rep = n_heads // n_kv_heads
+    expected = F.scaled_dot_product_attention(
+        q, k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), scale=0.25
+    )
+    out = attend(q, k, v, 0.25)
+    assert out.shape == (2, n_heads, 1, 16)
+    assert (out - expected).abs().max() < 1e-6
+
+
+def rotate_half_reference(x: torch.Tensor, base: float, offset: int) -> torch.Tensor:
+    """HF's formula: x * cos + rotate_half(x) * sin, with the plain (unsigned) sin table."""
+    T, hd = x.shape[-2], x.shape[-1]
+    inv_freq = 1.0 / (base ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+    angles = torch.outer(torch.arange(offset, offset + T, dtype=torch.float64), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)  # (T, hd)
+    cos, sin = angles.cos().float(), angles.sin().float()
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return (x.float() * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rolled_rope_is_rotate_half_bit_for_bit(dtype):
+    x = torch.randn(2, 3, 5, 32).to(dtype)
+    assert torch.equal(RoPE(32, 10000.0, 64)(x, 7), rotate_half_reference(x, 10000.0, 7))
+
+
+def test_fp32_rms_norm_fast_path_is_the_general_form_bit_for_bit():
+    norm = RMSNorm(64, 1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.1 * torch.randn(64))
+    x = torch.randn(3, 7, 64, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    fast = norm(x)
+    general = norm.weight * F.rms_norm(x2, (64,), eps=1e-5)
+    assert torch.equal(fast, general)
+    grad = torch.randn_like(fast)
+    (dx,) = torch.autograd.grad(fast, x, grad)
+    (dx2,) = torch.autograd.grad(general, x2, grad)
+    assert torch.equal(dx, dx2)
+
+
+def test_greedy_ids_are_torch_argmax_first_max_wins():
+    cfg = TINY_MODELS["gqa8x2-tied"]
+    model = build_model(cfg, random_weights(cfg)).eval()
+    decode = Decoder(model, greedy=True)
+    ids = decode(np.array([PROMPT, PROMPT[::-1]]))
+    with torch.no_grad():
+        expected = model(torch.tensor([PROMPT, PROMPT[::-1]]))[:, -1].argmax(-1)
+    assert ids.dtype == torch.int64 and torch.equal(ids, expected)
+    assert decode(ids).shape == (2,)  # the ids feed the next step as they are
+    tied = torch.tensor([[0.0, 3.0, 3.0, 1.0]])
+    assert int(torch.from_numpy(tied.numpy().argmax(axis=-1))) == int(tied.argmax(-1)) == 1
+
+
+def test_cache_never_grows_past_max_seq_len():
+    cfg = dataclasses.replace(TINY_MODELS["gqa8x2-tied"], max_seq_len=300)
+    model = build_model(cfg, random_weights(cfg)).eval()
+    cache = model.make_cache()
+    tokens = torch.from_numpy(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 301)))
+    with torch.no_grad():
+        full = model(tokens[:, :300])
+        steps = [model(tokens[:, :250], cache)] + [model(tokens[:, i : i + 1], cache) for i in range(250, 300)]
+        assert cache[0].offset == 300 and cache[0].keys.shape[2] == 300  # 256, then capped at 300 (not 512)
+        assert (torch.cat(steps, dim=1) - full).abs().max() < 1e-4
+        with pytest.raises(ValueError, match="exceeds max_seq_len 300"):
+            model(tokens[:, 300:], cache)
+    small = KVCache(max_len=10)
+    small.update(torch.zeros(1, 1, 4, 2), torch.zeros(1, 1, 4, 2))
+    assert small.keys.shape[2] == 10
+
+
+def test_generation_fills_the_context_exactly(tmp_path):
+    cfg, path = checkpoint(tmp_path, "mha4-untied", max_seq_len=40)
+    backend = load_backend(path, device="cpu")
+    prompt = np.random.default_rng(1).integers(0, cfg.vocab_size, 30).tolist()
+    out = list(backend.generate(prompt, 10))  # positions 30..39: the last fits, nothing is trimmed
+    assert len(out) == 10
+    assert out == list(as_backend(load_model(path)[0].eval()).generate(prompt, 10))
+
+
+def test_inference_never_imports_dynamo(tmp_path):
+    """torch._dynamo costs seconds to import; generating must not pull it in."""
+    _, path = checkpoint(tmp_path, "gqa8x2-tied")
+    code = (
+        "import sys; from tinyllama.torch_model.generate import load_backend; "
+        f"b = load_backend({str(path)!r}, device='cpu'); list(b.generate([1, 2, 3], 2)); "
+        "list(b.generate([1, 2, 3], 2, temperature=0.8, seed=0)); print('torch._dynamo' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip() == "False"

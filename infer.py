@@ -112,11 +112,10 @@ def stream_one(backend: Backend, tok, text: str, opts: dict, max_new: int) -> st
         sys.stdout.flush()
     sys.stdout.write(stream.flush() + "\n")
     sys.stdout.flush()
-    decode = (n - 1) / (end - first) if n > 1 and end > first else 0.0
-    return (
-        f"prompt {len(ids)} tokens at {human_count(len(ids) / max(first - start, 1e-9))} tok/s | "
-        f"generated {n} tokens at {human_count(decode)} tok/s"
-    )
+    prompt = f"prompt {len(ids)} tokens at {human_count(len(ids) / max(first - start, 1e-9))} tok/s"
+    if n < 2 or end <= first:  # the first token comes with the prompt: a decode rate needs two
+        return f"{prompt} | generated {n} token{'s' if n != 1 else ''}"
+    return f"{prompt} | generated {n} tokens at {human_count((n - 1) / (end - first))} tok/s"
 
 
 def run_batch(backend: Backend, tok, texts: list[str], opts: dict, max_new: int) -> str:

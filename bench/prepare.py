@@ -1,11 +1,14 @@
-"""Data preparation throughput: our prepare_data vs raw `tokenizers` encode_batch on the same text.
+"""Data preparation throughput: our prepare_data vs the raw encoders on the same text, per core and in total.
 
     python bench/prepare.py [--dataset builtin] [--tokenizer gpt2] [--copies 4] [--repeat 3] [--json out.json]
 
-Both run in this process on the same documents with the same tokenizer and thread pool. Ours is
-timed end to end (read the jsonl, hash, encode, split, write shards + meta, fsync); the baseline
-only encodes a list already in memory. tokens/s use the baseline's token count (EOS excluded). --json PATH
-also writes the figures as JSON (bench/run_all.py).
+Raw encoders, in this process, on a list already in memory: `tokenizers` encode_batch and
+encode_batch_fast (Rust threads, every core), tiktoken encode_batch (threads, every core; GPT-2 only),
+and each one on a single core (one document at a time) for the per-core rate. Ours is timed end to
+end (read the jsonl, hash, encode, split, write shards + meta, fsync), with its fast path (tiktoken
+for the packaged GPT-2) and without it (data.fast_gpt2: false). Rounds alternate the order so drift
+hits every variant. Then one prepare in a fresh process reports its peak RSS (ru_maxrss).
+tokens/s use the raw token count (EOS excluded). --json PATH also writes the figures (bench/run_all.py).
 """
 
 from __future__ import annotations
@@ -16,19 +19,48 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 os.environ["TOKENIZERS_PARALLELISM"] = "true"
 
 from tinyllama.core.config import DataConfig  # noqa: E402
 from tinyllama.core.hardware import cpu_name  # noqa: E402
+from tinyllama.data.encode import cores  # noqa: E402
+from tinyllama.data.fast_gpt2 import is_gpt2, tiktoken_gpt2  # noqa: E402
 from tinyllama.data.prepare import prepare_data  # noqa: E402
 from tinyllama.data.sources import resolve_source  # noqa: E402
 from tinyllama.data.tokenizer import load_tokenizer  # noqa: E402
+
+# a prepare in a fresh process: prints wall seconds and peak RSS in bytes. VmHWM, not ru_maxrss: Linux carries
+# ru_maxrss across exec, so a child forked from this (large) process would report this process's peak.
+CHILD = """
+import resource, sys, time
+from tinyllama.core.config import DataConfig
+from tinyllama.data.prepare import prepare_data
+start = time.perf_counter()
+prepare_data(DataConfig(dataset=sys.argv[1], tokenizer=sys.argv[2], cache_dir=sys.argv[3]), False, log=lambda *_: None)
+try:
+    peak = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+except OSError:  # no /proc (macOS): ru_maxrss is in bytes there
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(time.perf_counter() - start, peak)
+"""
+
+
+def peak_rss(corpus: Path, tokenizer: str, cache: Path) -> tuple[float, int]:
+    """(wall seconds, peak RSS bytes) of one prepare in a fresh process, imports included."""
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(corpus), tokenizer, str(cache)],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    return float(out[0]), int(out[1])
 
 
 def main() -> None:
@@ -44,6 +76,8 @@ def main() -> None:
     docs = [d for d in resolve_source(args.dataset, cache_dir=args.cache_dir).documents() if d] * args.copies
     tokenizer = load_tokenizer(args.tokenizer, corpus=docs)
     backend = tokenizer.backend
+    encoding = tiktoken_gpt2() if is_gpt2(tokenizer) else None
+    n_cores = cores()
     megabytes = sum(len(d.encode("utf-8")) for d in docs) / 1e6
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus.jsonl"
@@ -52,49 +86,63 @@ def main() -> None:
         tokenizer.save(spec)  # ours loads it the way the trainers do, from a path
 
         n_tokens = sum(len(e.ids) for e in backend.encode_batch(docs[: len(docs) // args.copies]))  # warm-up
-        names = ("raw encode_batch", "raw encode_batch_fast", "prepare_data")
-        wall: dict[str, list[float]] = {name: [] for name in names}
-        cpu: dict[str, list[float]] = {name: [] for name in names}
+        fresh = itertools.count()
 
         def raw() -> None:
             nonlocal n_tokens
             n_tokens = sum(len(e.ids) for e in backend.encode_batch(docs, add_special_tokens=False))
 
-        def raw_fast() -> None:
-            backend.encode_batch_fast(docs, add_special_tokens=False)
+        def ours(fast: bool) -> Callable[[], None]:
+            def run() -> None:  # a new cache directory each time: always a full prepare, never a cache hit
+                cache = str(Path(tmp) / f"cache{next(fresh)}")
+                cfg = DataConfig(dataset=str(corpus), tokenizer=spec, cache_dir=cache, fast_gpt2=fast)
+                prepared = prepare_data(cfg, progress=False, log=lambda *_: None)
+                assert sum(prepared.meta["tokens"].values()) == n_tokens + len(docs)
 
-        fresh = itertools.count()
+            return run
 
-        def ours() -> None:  # a new cache directory each time: always a full prepare, never a cache hit
-            cfg = DataConfig(dataset=str(corpus), tokenizer=spec, cache_dir=str(Path(tmp) / f"cache{next(fresh)}"))
-            prepared = prepare_data(cfg, progress=False, log=lambda *_: None)
-            assert sum(prepared.meta["tokens"].values()) == n_tokens + len(docs)
-
+        runs: dict[str, Callable[[], None]] = {
+            "raw encode_batch": raw,
+            "raw encode_batch_fast": lambda: backend.encode_batch_fast(docs, add_special_tokens=False),
+            "1 core tokenizers encode": lambda: [backend.encode(d, add_special_tokens=False) for d in docs],
+            "prepare_data": ours(True),
+        }
+        if encoding is not None:
+            runs["raw tiktoken encode_batch"] = lambda: encoding.encode_ordinary_batch(docs, num_threads=n_cores)
+            runs["1 core tiktoken encode"] = lambda: [encoding.encode_ordinary(d) for d in docs]
+            runs["prepare_data without tiktoken"] = ours(False)
+        wall: dict[str, list[float]] = {name: [] for name in runs}
+        cpu: dict[str, list[float]] = {name: [] for name in runs}
         load_before = os.getloadavg()[0]
         for round_ in range(args.repeat):
-            runs = [("raw encode_batch", raw), ("raw encode_batch_fast", raw_fast), ("prepare_data", ours)]
-            for name, run in runs if round_ % 2 == 0 else runs[::-1]:  # alternate the order: drift hits both
+            order = list(runs.items())
+            for name, run in order if round_ % 2 == 0 else order[::-1]:  # alternate the order: drift hits all
                 start, cpu_start = time.perf_counter(), time.process_time()
                 run()
                 wall[name].append(time.perf_counter() - start)
                 cpu[name].append(time.process_time() - cpu_start)
         load_after = os.getloadavg()[0]
+        rss_wall, rss = peak_rss(corpus, spec, Path(tmp) / "rss-cache")
 
     rate = {name: n_tokens / statistics.median(ts) for name, ts in wall.items()}
-    print(f"machine: {platform.machine()} {cpu_name()}, {os.cpu_count()} cores; python {platform.python_version()}")
+    per_core = {name: n_tokens / statistics.median(ts) for name, ts in cpu.items()}  # tokens per CPU-second
+    print(f"machine: {platform.machine()} {cpu_name()}, {n_cores} cores usable; python {platform.python_version()}")
     print(f"corpus: {args.dataset} x{args.copies} = {len(docs)} documents, {megabytes:.1f} MB, {n_tokens:,} tokens")
     print(f"tokenizer: {args.tokenizer} (vocab {tokenizer.vocab_size}); rounds: {args.repeat} (median)")
     print(f"load average (1 min) before/after: {load_before:.1f} / {load_after:.1f}")
     for name, value in rate.items():
         print(
-            f"  {name:24s} {value / 1e3:8.1f}k tok/s   wall {statistics.median(wall[name]):6.2f} s"
-            f"   cpu {statistics.median(cpu[name]):6.2f} s"
+            f"  {name:30s} {value / 1e3:8.1f}k tok/s   {per_core[name] / 1e3:7.1f}k tok/CPU-s"
+            f"   wall {statistics.median(wall[name]):6.2f} s   cpu {statistics.median(cpu[name]):6.2f} s"
         )
-    print(f"ratio prepare_data / raw encode_batch:      {rate['prepare_data'] / rate['raw encode_batch']:.2f}")
-    print(f"ratio prepare_data / raw encode_batch_fast: {rate['prepare_data'] / rate['raw encode_batch_fast']:.2f}")
+    for ref in ("raw encode_batch", "raw encode_batch_fast", "raw tiktoken encode_batch"):
+        if ref in rate:
+            print(f"ratio prepare_data / {ref + ':':27s} {rate['prepare_data'] / rate[ref]:.2f}")
+    print(f"prepare in a fresh process: {rss_wall:.2f} s wall (imports included), peak RSS {rss / 2**20:.0f} MiB")
     if args.json:
-        figures = {"machine": cpu_name(), "tokens": n_tokens, "megabytes": megabytes, "documents": len(docs)}
-        figures |= {"tok_per_s": rate, "load_before": load_before, "load_after": load_after}
+        figures = {"machine": cpu_name(), "cores": n_cores, "tokens": n_tokens, "megabytes": megabytes}
+        figures |= {"documents": len(docs), "tok_per_s": rate, "tok_per_cpu_s": per_core, "peak_rss": rss}
+        figures |= {"load_before": load_before, "load_after": load_after}
         Path(args.json).write_text(json.dumps(figures) + "\n")
 
 

@@ -96,10 +96,14 @@ def rows_generate(stdout: str) -> list[list[str]]:
 
 def rows_prepare(data: dict) -> list[list[str]]:
     rate, rows = data["tok_per_s"], []
-    for ref in ("encode_batch", "encode_batch_fast"):
+    for ref in ("encode_batch", "encode_batch_fast", "tiktoken encode_batch"):
+        if f"raw {ref}" not in rate:  # tiktoken: GPT-2 only
+            continue
         what = f"`prepare_data` end to end vs raw `{ref}` ({data['tokens']:,} tokens, {data['megabytes']:.1f} MB)"
         ours, theirs = rate["prepare_data"], rate[f"raw {ref}"]
         rows.append([what, f"{ours / 1e3:.1f}k tok/s", f"{theirs / 1e3:.1f}k tok/s", x(ours / theirs)])
+    if "peak_rss" in data:
+        rows.append(["`prepare_data` peak RSS (fresh process)", human_bytes(data["peak_rss"]), "", ""])
     return rows
 
 

@@ -4,180 +4,46 @@
 
 `prepare_data(cfg.data)` is what the trainers call: it returns at once when a prepared directory
 for the same source, tokenizer and split already exists under data.cache_dir, and otherwise builds
-one in a temp directory that is renamed into place only when complete.
+one beside it (`.<name>.partial`) that is renamed into place only when complete.
 
-Failures leave nothing behind: a full or read-only cache is one DataError line naming data.cache_dir, the
-temp directory is removed, finished directories (earlier preparations) are never touched, and what a
-killed prepare left is swept up by the next one that takes its lock.
+The build goes shard by shard (data/shards.py): a prepare that is killed (SIGKILL, a lost machine,
+Ctrl-C) resumes at its next missing shard on the next call with the same inputs, without tokenizing
+the finished shards again, and yields the same bytes as an uninterrupted one. Memory stays bounded by
+a few batches of text whatever the corpus size: documents are streamed, tokens go straight to disk.
 
-Encoding runs in `tokenizers`' Rust thread pool (encode_batch), one large batch at a time, so
-Python only flattens ids and writes them. Long documents are cut into ~256K-character pieces at
-whitespace (no EOS between pieces) so one huge file still spreads over all cores.
+Failures other than an interruption leave nothing behind: a full or read-only cache is one DataError line
+naming data.cache_dir, the partial directory is removed, finished directories (earlier preparations) are
+never touched, and what a killed atomic write left is swept up by the next prepare that takes its lock.
+
+Encoding: data/encode.py (tiktoken for the packaged GPT-2, else `tokenizers`' encode_batch; both on
+every core).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import itertools
-import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from tinyllama.core.cli import ArgumentParser, UserError, module_prog, run_cli
 from tinyllama.core.config import DataConfig, load_config, parse_overrides
 from tinyllama.core.config_help import override_help
-from tinyllama.core.fs import MARKS, OLD_MARK, atomic_path, file_lock, remove, write_json
+from tinyllama.core.fs import MARKS, OLD_MARK, atomic_path, file_lock, fsync_dir, remove, write_json
+from tinyllama.data.encode import Encoder, ValSplit, batch_encoder
+from tinyllama.data.shards import PROGRESS, SPLITS, Progress, ShardWriter, resume_progress
 from tinyllama.data.sources import Source, resolve_source
-from tinyllama.data.store import FORMAT, SHARD_TOKENS, SPLITS, PreparedData, ShardWriter, read_meta, token_dtype
+from tinyllama.data.store import FORMAT, PreparedData, read_meta, token_dtype
 from tinyllama.data.tokenizer import Tokenizer, load_tokenizer
 from tinyllama.data.util import DataError, cache_error, stable_hash
 
-CHUNK_CHARS = 1 << 18
-BATCH_CHARS = 1 << 22  # ~4 MB of text per encode_batch call: enough to keep every core busy
-BATCH_PIECES = 8192
-# The cut goes right before the last whitespace character of a run that precedes a non-space:
-# GPT-2-style pre-tokenizers put a token boundary there, so the ids equal whole-document encoding.
-_LAST_CUT = re.compile(r".*\s(?=\S)", re.S)
-
-
-def pieces(doc: str, chunk: int | None = None) -> Iterator[str]:
-    """`doc` in order, in pieces of at most `chunk` (default CHUNK_CHARS) characters.
-
-    A stretch of `chunk // 2` characters with no whitespace is cut hard (still lossless on decode).
-    """
-    chunk = chunk or CHUNK_CHARS
-    start = 0
-    while len(doc) - start > chunk:
-        match = _LAST_CUT.match(doc, start + chunk // 2, start + chunk)
-        cut = match.end() - 1 if match else start + chunk
-        yield doc[start:cut]
-        start = cut
-    yield doc[start:]
-
-
-class ValSplit:
-    """Sends whole documents to val so the val share of tokens stays as close as possible to `fraction`.
-
-    Deterministic and single-pass (works on streams of unknown length): a document goes to val when
-    that leaves |val - fraction * total| smaller than sending it to train would.
-    """
-
-    def __init__(self, fraction: float) -> None:
-        self.fraction, self.total, self.val = fraction, 0, 0
-
-    def is_val(self, n_tokens: int) -> bool:
-        self.total += n_tokens
-        to_val = self.val + n_tokens / 2 < self.fraction * self.total
-        self.val += n_tokens if to_val else 0
-        return to_val
-
-
-@contextlib.contextmanager
-def parallelism(workers: int) -> Iterator[None]:
-    """Let tokenizers use its thread pool here even if TOKENIZERS_PARALLELISM=false was set for forks.
-
-    `workers` (data.num_workers; 0 = all cores) sizes the pool only if it has not started yet.
-    """
-    saved = {key: os.environ.get(key) for key in ("TOKENIZERS_PARALLELISM", "RAYON_NUM_THREADS")}
-    os.environ["TOKENIZERS_PARALLELISM"] = "false" if workers == 1 else "true"
-    if workers > 1 and saved["RAYON_NUM_THREADS"] is None:
-        os.environ["RAYON_NUM_THREADS"] = str(workers)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-class Encoder:
-    """Feeds documents through the tokenizer in batches and appends them to the train/val writers.
-
-    Batch k+1 is encoded in a helper thread (tokenizers releases the GIL) while this thread reads
-    documents and writes batch k, so the Rust pool never waits on Python between batches.
-    """
-
-    def __init__(self, tokenizer: Tokenizer, writers: dict[str, ShardWriter], val_fraction: float, bar: Any) -> None:
-        self.tokenizer, self.writers, self.bar = tokenizer, writers, bar
-        self.dtype = writers["train"].dtype
-        self.split = ValSplit(val_fraction)
-        self.documents = {"train": 0, "val": 0}
-        self.texts: list[str] = []
-        self.ends: list[bool] = []  # does piece i end its document?
-        self.chars = 0
-        self.carry: list[np.ndarray] = []  # tokens of a document whose last piece is in a later batch
-        self.pool: ThreadPoolExecutor | None = None
-        self.in_flight: tuple[Future[list[list[int]]], list[bool]] | None = None
-
-    def add(self, doc: str) -> None:
-        parts = list(pieces(doc))
-        for i, part in enumerate(parts):
-            self.texts.append(part)
-            self.ends.append(i == len(parts) - 1)
-            self.chars += len(part)
-            if self.chars >= BATCH_CHARS or len(self.texts) >= BATCH_PIECES:
-                self.flush()
-
-    def add_all(self, docs: Iterable[str]) -> None:
-        with ThreadPoolExecutor(1, thread_name_prefix="encode") as self.pool:
-            for doc in docs:
-                if doc:
-                    self.add(doc)
-            self.flush()
-            self.flush()  # the second call writes the last batch in flight
-
-    def flush(self) -> None:
-        """Start encoding the collected pieces, then write the batch that was in flight before them."""
-        started = None
-        if self.texts:
-            if self.pool is None:
-                raise RuntimeError("Encoder.flush outside add_all")
-            started = (self.pool.submit(self.tokenizer.encode_batch, self.texts), self.ends)
-            self.texts, self.ends, self.chars = [], [], 0
-        if self.in_flight is not None:
-            self._write(self.in_flight[0].result(), self.in_flight[1])
-        self.in_flight = started
-
-    def _write(self, ids: list[list[int]], ends: list[bool]) -> None:
-        for piece_ids, end in zip(ids, ends, strict=True):
-            if end:
-                piece_ids.append(self.tokenizer.eos_id)
-        lengths = np.fromiter(map(len, ids), np.int64, len(ids))
-        flat = np.fromiter(itertools.chain.from_iterable(ids), self.dtype, int(lengths.sum()))
-        labels = self._labels(lengths, ends)
-        per_token = np.repeat(labels, lengths)
-        for code, split in enumerate(("train", "val")):
-            self.writers[split].write(flat[per_token == code])
-        if labels[-1] == 2:
-            self.carry.append(flat[per_token == 2])
-        self.bar.update(int(flat.size))
-
-    def _labels(self, lengths: np.ndarray, ends: list[bool]) -> np.ndarray:
-        """Per piece: 0 train, 1 val, 2 held back (its document continues in the next batch)."""
-        labels = np.full(len(lengths), 2, np.int8)
-        first, doc_tokens = 0, sum(len(c) for c in self.carry)
-        for i, end in enumerate(ends):
-            doc_tokens += int(lengths[i])
-            if not end:
-                continue
-            code = int(self.split.is_val(doc_tokens))
-            labels[first : i + 1] = code
-            self.documents["val" if code else "train"] += 1
-            if self.carry:  # the first document of this batch began earlier: its head goes first
-                self.writers["val" if code else "train"].write(np.concatenate(self.carry))
-                self.carry = []
-            first, doc_tokens = i + 1, 0
-        return labels
+PARTIAL = ".partial"
 
 
 def _limited(source: Source, max_documents: int) -> Iterator[str]:
@@ -192,17 +58,75 @@ def _progress(enabled: bool, desc: str) -> Any:
     return tqdm(desc=desc, unit="tok", unit_scale=True, disable=not shown, file=sys.stderr, dynamic_ncols=True)
 
 
-def _build(
-    directory: Path, source: Source, tokenizer: Tokenizer, cfg: DataConfig, progress: bool, shard_tokens: int
-) -> None:
+def _meta(source: Source, tokenizer: Tokenizer, cfg: DataConfig, progress: Progress, extra: dict[str, Any]) -> dict:
+    return {
+        "format": FORMAT,
+        "source": {
+            "spec": source.spec,
+            "kind": source.kind,
+            "description": source.description,
+            "fingerprint": source.fingerprint,
+            "text_field": cfg.text_field,
+            "max_documents": cfg.max_documents,
+        },
+        "tokenizer": {
+            "spec": cfg.tokenizer,
+            "name": tokenizer.name,
+            "fingerprint": tokenizer.fingerprint(),
+            "vocab_size": tokenizer.vocab_size,
+            "eos_id": tokenizer.eos_id,
+            "bos_id": tokenizer.bos_id,
+        },
+        "dtype": progress.dtype,
+        "val_fraction": cfg.val_fraction,
+        "shard_tokens": progress.shard_tokens,
+        **extra,
+        "documents": progress.documents,
+        "shards": progress.shards,
+    }
+
+
+def _build(work: Path, source: Source, tokenizer: Tokenizer, cfg: DataConfig, key: str, show: bool, log: Any) -> None:
+    """Tokenize into `work` shard by shard, resuming a killed build of the same inputs; on return `work` holds
+    a finished prepared directory (meta.json written, progress.json gone)."""
     dtype = token_dtype(tokenizer.vocab_size)
-    writers = {split: ShardWriter(directory, split, dtype, shard_tokens) for split in SPLITS}
+    existed = work.exists()
+    progress = resume_progress(work, key, cfg.shard_tokens, dtype)
+    if progress is None:
+        if existed:
+            log(f"data: starting over: {work} had no usable progress.json (or another data.shard_tokens)")
+        work.mkdir(parents=True)
+        progress = Progress(key, cfg.shard_tokens, dtype.name)
+    elif progress.documents_read:
+        done = sum(x["tokens"] == cfg.shard_tokens for s in SPLITS for x in progress.shards[s])
+        log(f"data: resuming after {progress.documents_read:,} documents ({done} finished shards) in {work}")
+    writers = {s: ShardWriter(work, s, dtype, cfg.shard_tokens, progress.shards[s]) for s in SPLITS}
+    split = ValSplit(cfg.val_fraction, *progress.val_split)
+    finished = sum(w.finished for w in writers.values())
+
+    def checkpoint(read: int) -> None:
+        nonlocal finished
+        now = sum(w.finished for w in writers.values())
+        if now == finished:
+            return
+        for writer in writers.values():
+            writer.sync()
+        fsync_dir(work)
+        progress.documents_read, progress.val_split = read, (split.total, split.val)
+        progress.shards = {s: [dict(x) for x in w.shards] for s, w in writers.items()}
+        progress.save(work)
+        finished = now
+
     start = time.perf_counter()
+    resumed_tokens = sum(w.tokens for w in writers.values())
     try:
-        with _progress(progress, "tokenizing") as bar, parallelism(cfg.num_workers):
-            encoder = Encoder(tokenizer, writers, cfg.val_fraction, bar)
+        encoding = batch_encoder(tokenizer, dtype, cfg.num_workers, cfg.fast_gpt2)
+        with _progress(show, "tokenizing") as bar, encoding as (encoder_name, enc):
+            bar.update(resumed_tokens)
+            encoder = Encoder(enc, tokenizer.eos_id, writers, split, progress.documents, bar, checkpoint)
+            docs = itertools.islice(_limited(source, cfg.max_documents), progress.documents_read, None)
             try:
-                encoder.add_all(_limited(source, cfg.max_documents))
+                encoder.add_all(docs, progress.documents_read)
             except BaseException:
                 bar.leave = False  # cleared on close: the error line stands alone
                 raise
@@ -210,49 +134,31 @@ def _build(
             raise DataError(
                 f"the corpus is empty: {source.description} has no text; check data.dataset / data.text_field"
             )
+        for writer in writers.values():
+            writer.close_file()
         val_from_tail = writers["val"].tokens == 0
         if val_from_tail:  # no document could go to val (e.g. a single file): take the end of the stream
             tail = writers["train"].take_tail(max(1, round(cfg.val_fraction * writers["train"].tokens)))
             writers["val"].write(tail)
-        for writer in writers.values():
-            writer.close_file()
+            writers["val"].close_file()
     except BaseException:
         for writer in writers.values():
             writer.abort()
         raise
-    tokenizer.save(directory / "tokenizer")
+    tokenizer.save(work / "tokenizer")
     seconds = time.perf_counter() - start
-    total = sum(w.tokens for w in writers.values())
-    write_json(
-        directory / "meta.json",
-        {
-            "format": FORMAT,
-            "source": {
-                "spec": source.spec,
-                "kind": source.kind,
-                "description": source.description,
-                "fingerprint": source.fingerprint,
-                "text_field": cfg.text_field,
-                "max_documents": cfg.max_documents,
-            },
-            "tokenizer": {
-                "spec": cfg.tokenizer,
-                "name": tokenizer.name,
-                "fingerprint": tokenizer.fingerprint(),
-                "vocab_size": tokenizer.vocab_size,
-                "eos_id": tokenizer.eos_id,
-                "bos_id": tokenizer.bos_id,
-            },
-            "dtype": dtype.name,
-            "val_fraction": cfg.val_fraction,
-            "val_from_tail": val_from_tail,
-            "tokens": {split: writers[split].tokens for split in SPLITS},
-            "documents": encoder.documents,
-            "shards": {split: writers[split].shards for split in SPLITS},
-            "seconds": round(seconds, 3),
-            "tokens_per_second": round(total / seconds) if seconds > 0 else None,
-        },
-    )
+    new_tokens = sum(w.tokens for w in writers.values()) - resumed_tokens
+    progress.shards = {s: w.shards for s, w in writers.items()}
+    extra = {
+        "val_from_tail": val_from_tail,
+        "tokens": {s: writers[s].tokens for s in SPLITS},
+        "seconds": round(seconds, 3),
+        "tokens_per_second": round(new_tokens / seconds) if seconds > 0 else None,
+        "resumed_tokens": resumed_tokens,
+        "encoder": encoder_name,
+    }
+    write_json(work / "meta.json", _meta(source, tokenizer, cfg, progress, extra))
+    remove(work / PROGRESS)
 
 
 def _slug(spec: str) -> str:
@@ -327,9 +233,15 @@ def _plain_lock(directory: Path) -> Callable[[str], Path]:
 
 
 def prepare_data(
-    data_cfg: DataConfig, progress: bool = True, shard_tokens: int = SHARD_TOKENS, log: Any = print
+    data_cfg: DataConfig, progress: bool = True, shard_tokens: int | None = None, log: Any = print
 ) -> PreparedData:
-    """Prepared tokens for this data config: reused from data.cache_dir when its inputs are unchanged."""
+    """Prepared tokens for this data config: reused from data.cache_dir when its inputs are unchanged.
+
+    `shard_tokens` overrides data.shard_tokens (tests use tiny shards)."""
+    if shard_tokens is not None:
+        data_cfg = dataclasses.replace(data_cfg, shard_tokens=shard_tokens)
+    if data_cfg.shard_tokens < 1:
+        raise DataError(f"data.shard_tokens must be at least 1, got {data_cfg.shard_tokens}; e.g. 100000000")
     given = Path(data_cfg.dataset).expanduser()
     # a prepared directory, or one that lost its meta.json (read_meta says so) rather than a datasets directory
     if (given / "meta.json").exists() or ((given / "tokenizer").is_dir() and any(given.glob("train-*.bin"))):
@@ -352,12 +264,10 @@ def prepare_data(
         data_cfg.encoding_errors,
     )
     with _cache_errors(cache):
-        return _prepare(source, cache, data_cfg, progress, shard_tokens, log)
+        return _prepare(source, cache, data_cfg, progress, log)
 
 
-def _prepare(
-    source: Source, cache: Path, data_cfg: DataConfig, progress: bool, shard_tokens: int, log: Any
-) -> PreparedData:
+def _prepare(source: Source, cache: Path, data_cfg: DataConfig, progress: bool, log: Any) -> PreparedData:
     corpus_key = stable_hash([source.fingerprint, data_cfg.max_documents])
     docs = _limited(source, data_cfg.max_documents)
     tokenizer = load_tokenizer(data_cfg.tokenizer, docs, cache / "tokenizers", corpus_key, source.description)
@@ -383,9 +293,17 @@ def _prepare(
             except DataError as exc:
                 log(f"data: rebuilding damaged cache {target} ({exc})")
         log(f"data: preparing {source.description} with tokenizer {data_cfg.tokenizer} -> {target}")
-        with atomic_path(target) as tmp:
-            tmp.mkdir()
-            _build(tmp, source, tokenizer, data_cfg, progress, shard_tokens)
+        work = target.with_name(f".{target.name}{PARTIAL}")
+        try:
+            _build(work, source, tokenizer, data_cfg, key, progress, log)
+            with atomic_path(target) as tmp:
+                work.rename(tmp)
+        except KeyboardInterrupt:
+            raise  # an interruption: the next prepare resumes from `work`
+        except BaseException:
+            with contextlib.suppress(OSError):
+                remove(work)  # a failure (bad input, full disk): nothing half-made stays in the cache
+            raise
     return PreparedData.open(target, tokenizer)
 
 

@@ -4,6 +4,8 @@
 - a file, a glob (`corpus/*.txt`, `**/*.jsonl`) of `.txt`-like files (one document per file),
   `.jsonl` (one document per line, field data.text_field) or `.parquet` (column data.text_field);
   `.gz` / `.bz2` / `.xz` compressed text and jsonl are read too
+- a directory holding `.parquet` files (FineWeb's `sample/10BT/`): those files, sorted, streamed; when
+  their names start with a split (`train-00000-of-00004.parquet`), only data.split's
 - a directory written by `datasets.save_to_disk`, or any other directory / Hugging Face dataset
   name, read with `datasets.load_dataset` (streaming when data.streaming); `datasets` is imported
   only on this path, as it costs seconds
@@ -61,6 +63,7 @@ JSONL = {".jsonl", ".ndjson", ".json"}
 HF_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 FILE_SUFFIXES = {".txt", ".text", ".md", ".rst", ".csv", ".tsv", ".html", ".parquet", *JSONL, *OPENERS}
 ERRORS_HINT = " or set data.encoding_errors: replace"
+SPLIT_PREFIX = re.compile(r"^(train|test|validation|valid|dev)[-_.]")
 
 
 @dataclass
@@ -220,8 +223,20 @@ def _expand(spec: str) -> list[Path]:
     return [Path(pattern)]
 
 
-def _local_files(spec: str, field: str, errors: str) -> Source:
-    paths = _expand(spec)
+def _parquet_dir(path: Path, split: str) -> list[Path]:
+    """The .parquet files directly inside a plain directory (not a save_to_disk one), sorted; when their names
+    carry split prefixes (train-00000-of-00004.parquet, test-...), only data.split's. [] when there are none."""
+    if _is_saved_to_disk(path):
+        return []
+    files = sorted(p for p in path.glob("*.parquet") if p.is_file())
+    named = {p: m.group(1) for p in files if (m := SPLIT_PREFIX.match(p.name))}
+    return [p for p, name in named.items() if name == split] if named else files
+
+
+def _local_files(spec: str, field: str, errors: str, paths: list[Path] | None = None) -> Source:
+    paths = paths if paths is not None else _expand(spec)
+    if not paths:
+        raise DataError(f"data.dataset '{spec}': no files to read; check data.dataset and data.split")
     for path in paths:
         if path.is_file():
             continue
@@ -378,6 +393,9 @@ def resolve_source(
     if spec == "builtin":
         return _builtin(cache_dir, max_documents)
     path = Path(spec).expanduser()
+    parquet = _parquet_dir(path, split) if path.is_dir() else []
+    if parquet:  # FineWeb's layout: stream the files ourselves (bounded memory, no arrow copy in the HF cache)
+        return _local_files(str(path / "*.parquet"), text_field, errors, parquet)
     if path.is_dir():
         return _hf_source(spec, text_field, hf_config, split, streaming)
     looks_local = spec.startswith((".", "/", "~")) or path.suffix.lower() in FILE_SUFFIXES

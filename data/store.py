@@ -18,7 +18,6 @@ size: a damaged cache is rebuilt by prepare, and a damaged directory given as da
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,12 @@ from typing import Any
 import numpy as np
 
 from tinyllama.data.loader import BatchLoader, val_windows
+from tinyllama.data.shards import SHARD_TOKENS, SPLITS, ShardWriter  # noqa: F401 (re-exported)
 from tinyllama.data.tokenizer import Tokenizer
 from tinyllama.data.util import DataError, json_type, os_reason, stable_hash
 
 FORMAT = 1
-SPLITS = ("train", "val")
 MATCH_KEYS = ("dataset", "max_documents", "tokenizer", "val_fraction")  # what makes a prepared val split ours
-SHARD_TOKENS = 1 << 28  # 512 MiB of uint16 per file: small enough to copy, few enough to list
 DTYPES = ("uint16", "uint32")
 # meta.json keys whose type the code relies on (prepare's summary, signature(), find_prepared, open())
 META_FIELDS = {
@@ -49,70 +47,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
     if vocab_size <= 1 << 32:
         return np.dtype("<u4")
     raise DataError(f"vocab size {vocab_size} does not fit uint32 token files; use a tokenizer under 2**32 ids")
-
-
-class ShardWriter:
-    """Appends token arrays to `<split>-00000.bin`, `<split>-00001.bin`, ... of at most shard_tokens each."""
-
-    def __init__(self, directory: Path, split: str, dtype: np.dtype, shard_tokens: int = SHARD_TOKENS) -> None:
-        self.directory, self.split, self.dtype, self.shard_tokens = directory, split, np.dtype(dtype), shard_tokens
-        self.shards: list[dict[str, Any]] = []
-        self._handle: Any = None
-        self.tokens = 0
-
-    def _open_next(self) -> None:
-        self.close_file()
-        name = f"{self.split}-{len(self.shards):05d}.bin"
-        self.shards.append({"file": name, "tokens": 0})
-        self._handle = open(self.directory / name, "wb")
-
-    def write(self, tokens: np.ndarray) -> None:
-        tokens = np.asarray(tokens, dtype=self.dtype)
-        while tokens.size:
-            if self._handle is None or self.shards[-1]["tokens"] >= self.shard_tokens:
-                self._open_next()
-            room = self.shard_tokens - self.shards[-1]["tokens"]
-            part, tokens = tokens[:room], tokens[room:]
-            self._handle.write(part.tobytes())
-            self.shards[-1]["tokens"] += int(part.size)
-            self.tokens += int(part.size)
-
-    def close_file(self) -> None:
-        if self._handle is not None:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
-            self._handle = None
-
-    def abort(self) -> None:
-        """Close after a failure without flushing again: on a full disk a later flush (at garbage collection)
-        would print 'Exception ignored' noise under the one error line."""
-        handle, self._handle = self._handle, None
-        if handle is not None:
-            try:
-                handle.close()
-            except OSError:
-                pass
-
-    def take_tail(self, count: int) -> np.ndarray:
-        """Remove and return the last `count` tokens (they may span shards)."""
-        self.close_file()
-        parts = []
-        while count > 0 and self.shards:
-            last = self.shards[-1]
-            path = self.directory / last["file"]
-            n = min(count, last["tokens"])
-            data = np.memmap(path, self.dtype, "r", shape=(last["tokens"],))
-            parts.append(np.array(data[last["tokens"] - n :]))
-            del data
-            os.truncate(path, (last["tokens"] - n) * self.dtype.itemsize)
-            last["tokens"] -= n
-            self.tokens -= n
-            count -= n
-            if last["tokens"] == 0:
-                path.unlink()
-                self.shards.pop()
-        return np.concatenate(parts[::-1]) if parts else np.empty(0, self.dtype)
 
 
 class ConcatTokens:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tinyllama.core.config import DataConfig
-from tinyllama.data import prepare
+from tinyllama.data import encode, prepare
 from tinyllama.data.prepare import main, prepare_data
 from tinyllama.data.store import PreparedData, find_prepared
 from tinyllama.data.tokenizer import load_tokenizer
@@ -92,10 +92,10 @@ def test_single_document_takes_val_from_the_tail(tmp_path):
 def test_long_documents_are_cut_without_changing_ids(tmp_path, monkeypatch):
     text = "\n\n".join(DOCS) + "   spaces   and\ttabs\n\n\nend"
     tok = load_tokenizer("gpt2")
-    monkeypatch.setattr(prepare, "CHUNK_CHARS", 64)
-    assert len(list(prepare.pieces(text))) > 50 and "".join(prepare.pieces(text)) == text  # the patched size
+    monkeypatch.setattr(encode, "CHUNK_CHARS", 64)
+    assert len(list(encode.pieces(text))) > 50 and "".join(encode.pieces(text)) == text  # the patched size
     (tmp_path / "long.txt").write_text(text)
-    monkeypatch.setattr(prepare, "BATCH_CHARS", 500)  # documents span several batches too
+    monkeypatch.setattr(encode, "BATCH_CHARS", 500)  # documents span several batches too
     prepared = prepare_data(cfg(tmp_path, str(tmp_path / "long.txt")), False, shard_tokens=100)
     both = np.concatenate([np.asarray(prepared.tokens("train")), np.asarray(prepared.tokens("val"))])
     assert both.tolist() == tok.encode(text) + [tok.eos_id]
@@ -103,7 +103,7 @@ def test_long_documents_are_cut_without_changing_ids(tmp_path, monkeypatch):
 
 
 def test_multi_document_batches_and_shards(tmp_path, monkeypatch):
-    monkeypatch.setattr(prepare, "BATCH_CHARS", 300)
+    monkeypatch.setattr(encode, "BATCH_CHARS", 300)
     many = prepare_data(cfg(tmp_path / "a", str(write_docs(tmp_path / "c")) + "/*.txt"), False, shard_tokens=64)
     one = prepare_data(cfg(tmp_path / "b", str(tmp_path / "c") + "/*.txt"), False)
     for split in ("train", "val"):
@@ -154,7 +154,7 @@ def test_cache_reuse_and_invalidation(tmp_path):
 def test_failed_prepare_leaves_no_cache_and_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
     corpus = str(write_docs(tmp_path / "c", DOCS[:10]) / "*.txt")
 
-    def boom(self, docs):
+    def boom(self, docs, read=0):
         raise RuntimeError("killed mid-way")
 
     with monkeypatch.context() as m:

@@ -156,7 +156,7 @@ def test_data_pipeline_never_imports_torch_or_mlx(hf_dir, tmp_path):
     code = f"""
 import sys
 from tinyllama.core.config import DataConfig
-from tinyllama.data import corpus, loader, prepare, sources, store, tokenizer, util
+from tinyllama.data import corpus, encode, fast_gpt2, loader, prepare, shards, sources, store, tokenizer, util
 docs = list(sources.resolve_source({str(hf_dir)!r}, streaming=True).documents())
 assert len(docs) == 12, docs
 data = prepare.prepare_data(DataConfig(dataset={str(tmp_path / "a.txt")!r}, cache_dir={str(tmp_path)!r}), False)
@@ -197,3 +197,20 @@ def test_unknown_hf_name_fails_fast_offline(monkeypatch):
         assert time.perf_counter() - start < 20
     finally:
         util.hub_reachable.cache_clear()
+
+
+def test_directory_of_parquet_files_is_streamed_in_name_order(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fineweb = tmp_path / "sample" / "10BT"  # FineWeb-Edu's layout: 000_00000.parquet, 000_00001.parquet, ...
+    fineweb.mkdir(parents=True)
+    pq.write_table(pa.table({"text": DOCS[1:], "score": [3.1, 2.9]}), fineweb / "000_00001.parquet")
+    pq.write_table(pa.table({"text": DOCS[:1], "score": [4.0]}), fineweb / "000_00000.parquet")
+    source = resolve_source(str(fineweb))
+    assert source.kind == "files" and list(source.documents()) == DOCS
+    split_named = tmp_path / "repo"
+    split_named.mkdir()
+    pq.write_table(pa.table({"text": DOCS[:2]}), split_named / "train-00000-of-00001.parquet")
+    pq.write_table(pa.table({"text": DOCS[2:]}), split_named / "test-00000-of-00001.parquet")
+    assert docs_of(str(split_named)) == DOCS[:2] and docs_of(str(split_named), split="test") == DOCS[2:]

@@ -33,12 +33,18 @@ from tinyllama.core.loop import Device, Run
 from tinyllama.core.training import load_train_config, parse_train_args
 from tinyllama.data.prepare import prepare_data
 from tinyllama.mlx_model.generate import as_backend
-from tinyllama.mlx_model.optim import apply_weight_decay, load_optimizer_state, make_optimizer, optimizer_state
+from tinyllama.mlx_model.optim import (
+    apply_weight_decay,
+    load_optimizer_state,
+    make_optimizer,
+    optimizer_state,
+    restore_state,
+)
 from tinyllama.mlx_model.state import build_model, measured_gemm_flops, model_state
 
 
 def build_step(model, optimizer, cfg, world_size: int):
-    """Compiled micro-step (accumulate gradients) and step (last micro-batch + clip + AdamW update; returns
+    """Compiled micro-step (accumulate gradients) and step (last micro-batch + clip + AdamW/Muon update; returns
     the loss, the gradient norm and the updated weights' norm, whose finiteness the loop checks)."""
     t = cfg.training
     loss_and_grad = nn.value_and_grad(model, lambda m, x, y: m(x, targets=y))
@@ -60,7 +66,7 @@ def build_step(model, optimizer, cfg, world_size: int):
         else:
             norm = optim.clip_grad_norm(grads, float("inf"))[1]
         optimizer.learning_rate = lr
-        apply_weight_decay(model, lr, t.weight_decay)
+        apply_weight_decay(model, lr, t.weight_decay, t.optimizer)
         optimizer.update(model, grads)
         weights = tree_flatten(model.trainable_parameters())
         return loss, norm, mx.sqrt(sum(mx.sum(mx.square(p.astype(mx.float32))) for _, p in weights))
@@ -84,7 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     peak = peak_flops(chip, t.dtype)
     measured = peak is None and not args.dry_run
     peak = measured_gemm_flops(t.dtype) if measured else peak  # a CPU (MLX on Linux): ~1 s
-    device = Device(f"{mx.default_device()} ({chip})", system_memory_bytes(), peak, peak_measured=measured)
+    device = Device(
+        f"{mx.default_device()} ({chip})", system_memory_bytes(), peak, peak_measured=measured, lazy_graph=True
+    )
     run = Run(cfg, "mlx", device, group.rank(), world, any_rank)
     if args.dry_run:
         return run.dry_run()
@@ -122,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         finite = run.finite(step, loss.item(), grad_norm.item(), weight_norm.item())
         if not finite:
             model.update(before[0])
-            optimizer.state = before[1]
+            restore_state(optimizer, before[1])
         run.end_step(step, loss.item(), grad_norm.item(), skipped=not finite)
     run.finish()
 

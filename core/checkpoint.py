@@ -4,7 +4,8 @@
       config.json, generation_config.json       HF LlamaConfig (what transformers / mlx_lm read)
       model.safetensors                         HF names, metadata {"format": "pt"}
       tokenizer.json, tokenizer_config.json ... when a tokenizer directory is given
-      optimizer.safetensors                     "<param>.exp_avg", "<param>.exp_avg_sq" (fp32)
+      optimizer.safetensors                     "<param>.exp_avg", "<param>.exp_avg_sq" (AdamW),
+                                                "<param>.momentum_buffer" (Muon), fp32
       trainer_state.json                        step, tokens, lr, seeds, loss, backend, versions
       train_config.yaml                         the resolved run config
 

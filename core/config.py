@@ -57,9 +57,19 @@ class TrainingConfig:
     max_steps: int = opt(2000, "optimizer steps to train")
     max_tokens: int = opt(0, "> 0: train this many tokens instead (steps = ceil(max_tokens / tokens per step))")
     lr: float = opt(1e-3, "peak learning rate (after warmup)")
-    min_lr: float = opt(1e-4, "learning rate at the end of the cosine decay")
+    min_lr: float = opt(1e-4, "learning rate at the end of the decay (cosine or wsd)")
     warmup_steps: int = opt(100, "steps of linear warmup from 0 to lr")
+    schedule: str = opt(
+        "cosine", "cosine (warmup, cosine decay to min_lr) | wsd (warmup, stable at lr, linear decay to min_lr)"
+    )
+    decay_fraction: float = opt(0.2, "wsd: share of the steps, at the end, that decay linearly to min_lr; in [0, 1]")
     weight_decay: float = opt(0.1, "AdamW weight decay on matrices (not on norms)")
+    optimizer: str = opt(
+        "adamw", "adamw | muon: Muon for the 2-D weights inside the blocks, AdamW for embeddings, head and norms"
+    )
+    muon_lr: float = opt(0.02, "muon: peak learning rate of the Muon weights (follows lr's schedule)")
+    muon_momentum: float = opt(0.95, "muon: momentum of the Muon weights (Nesterov), in [0, 1)")
+    muon_weight_decay: float = opt(0.0, "muon: decoupled weight decay of the Muon weights (times muon lr)")
     betas: tuple[float, float] = opt((0.9, 0.95), "AdamW betas, as `0.9,0.95` on the command line")
     eps: float = opt(1e-8, "AdamW epsilon")
     grad_clip: float = opt(1.0, "global gradient-norm clip; 0 = off")
@@ -96,7 +106,9 @@ class DataConfig:
     streaming: bool = opt(False, "stream a Hugging Face dataset instead of downloading it whole")
     max_documents: int = opt(0, "read only the first N documents; 0 = all")
     cache_dir: str = opt("data_cache", "where prepared token files are cached")
-    num_workers: int = opt(0, "tokenizer processes; 0 = one per CPU core")
+    num_workers: int = opt(0, "tokenizer threads; 0 = one per CPU core")
+    shard_tokens: int = opt(100_000_000, "tokens per prepared shard file (a killed prepare resumes at the next shard)")
+    fast_gpt2: bool = opt(True, "encode GPT-2 with tiktoken (the same ids, ~5x faster per core) when it is installed")
     encoding_errors: str = opt("strict", "undecodable bytes in text files: strict (refuse, naming the file) | replace")
 
 
@@ -136,6 +148,8 @@ SECTIONS: dict[str, type] = typing.get_type_hints(Config)
 CHOICES = {
     "training.dtype": ("float32", "bfloat16"),
     "training.on_nonfinite": ("stop", "skip"),
+    "training.schedule": ("cosine", "wsd"),
+    "training.optimizer": ("adamw", "muon"),
     "data.encoding_errors": ("strict", "replace"),
     "hardware.accelerator": ("auto", "mlx", "cuda", "mps", "cpu"),
     "hardware.attention": ("sdpa", "flash_attn"),
@@ -348,6 +362,14 @@ def validate(config: Config) -> None:
     _require(t.eps > 0, f"training.eps must be > 0, got {t.eps}")
     _require(t.weight_decay >= 0, f"training.weight_decay must be >= 0, got {t.weight_decay}")
     _require(t.grad_clip >= 0, f"training.grad_clip must be >= 0 (0 disables), got {t.grad_clip}")
+    _require(0 <= t.decay_fraction <= 1, f"training.decay_fraction must be in [0, 1], got {t.decay_fraction}")
+    _require(t.muon_lr > 0, f"training.muon_lr must be > 0, got {t.muon_lr}")
+    _require(0 <= t.muon_momentum < 1, f"training.muon_momentum must be in [0, 1), got {t.muon_momentum}")
+    _require(t.muon_weight_decay >= 0, f"training.muon_weight_decay must be >= 0, got {t.muon_weight_decay}")
+    _require(
+        not (t.optimizer == "muon" and h.distributed == "fsdp"),
+        "training.optimizer muon needs whole matrices, which hardware.distributed fsdp shards; use ddp (or adamw)",
+    )
     _require(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
     _require(d.max_documents >= 0, f"data.max_documents must be >= 0 (0: all), got {d.max_documents}")
     _require(d.num_workers >= 0, f"data.num_workers must be >= 0 (0: one per core), got {d.num_workers}")

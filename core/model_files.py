@@ -1,5 +1,5 @@
-"""Reading any Llama model directory (ours, transformers', mlx_lm's): config.json, the weights and the AdamW
-moments, each checked before it is used.
+"""Reading any Llama model directory (ours, transformers', mlx_lm's): config.json, the weights and the
+optimizer state (AdamW moments, Muon momentum buffers), each checked before it is used.
 
 Weights are checked from the safetensors headers before any tensor is read (floating-point dtypes, as many
 tensors as the config's layers need, names and shapes), then for finite values; a damaged or foreign file
@@ -22,7 +22,7 @@ from tinyllama.core.cli import UserError
 from tinyllama.core.config import ConfigError, ModelConfig
 from tinyllama.core.fs import is_temporary
 from tinyllama.core.hf_config import from_hf_config
-from tinyllama.core.weights import numpy_dtype, parameter_shapes
+from tinyllama.core.weights import moment_shapes, numpy_dtype, parameter_shapes
 
 
 class CheckpointError(UserError):
@@ -230,23 +230,26 @@ def load_weights(
     return _read_checked(files, model_cfg, lambda: parameter_shapes(model_cfg), str(path), fix, drop)
 
 
-def load_optimizer(path: str | Path, model_cfg: ModelConfig | None = None) -> dict[str, np.ndarray] | None:
-    """The AdamW moments ("<param>.exp_avg" / ".exp_avg_sq", one per parameter, its shape), checked like
-    the weights; None when the checkpoint has none."""
+def load_optimizer(
+    path: str | Path, model_cfg: ModelConfig | None = None, optimizer: str = "adamw"
+) -> dict[str, np.ndarray] | None:
+    """The optimizer state for `training.optimizer` = `optimizer`, checked like the weights (names, shapes,
+    finite values); None when the checkpoint has none. AdamW parameters have "<param>.exp_avg" /
+    ".exp_avg_sq", Muon weights "<param>.momentum_buffer" (core.weights.moment_names). A file written by the
+    other optimizer is refused in one line: its moments cannot continue this run's update."""
     path = Path(path)
     file = path / "optimizer.safetensors"
     if not file.is_file():
         return None
     model_cfg = model_cfg or read_model_config(path)
-
-    def expected() -> dict[str, tuple[int, ...]]:
-        moments = {}
-        for name, shape in parameter_shapes(model_cfg).items():
-            moments[f"{name}.exp_avg"] = moments[f"{name}.exp_avg_sq"] = shape
-        return moments
-
     fix = "resume from another checkpoint, or start from its weights with training.init_from"
-    return _read_checked([file], model_cfg, expected, str(file), fix)
+    saved = "muon" if any(n.endswith(".momentum_buffer") for n in _header(file, fix)) else "adamw"
+    if saved != optimizer:
+        raise CheckpointError(
+            f"{file} holds {saved} state but training.optimizer is {optimizer}; resume with "
+            f"--training.optimizer {saved}, or start from its weights with training.init_from"
+        )
+    return _read_checked([file], model_cfg, lambda: moment_shapes(model_cfg, optimizer), str(file), fix)
 
 
 def read_eos_ids(path: str | Path) -> set[int]:

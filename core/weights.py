@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -88,13 +89,16 @@ def parameter_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def count_parameters(cfg: ModelConfig, include_embeddings: bool = True) -> int:
+def count_parameters(cfg: ModelConfig, include_embeddings: bool = True, muon_only: bool = False) -> int:
     """The parameter count of `parameter_shapes` in closed form: known without listing tensors, so a damaged
-    config.json that claims a billion layers is measured (and refused) before anything is allocated for it."""
+    config.json that claims a billion layers is measured (and refused) before anything is allocated for it.
+    `muon_only`: only the weights `uses_muon` gives Muon (one fp32 buffer each instead of AdamW's two)."""
     d, hd = cfg.d_model, cfg.resolved_head_dim
-    per_layer = 2 * d + 2 * cfg.n_heads * hd * d + 2 * cfg.n_kv_heads * hd * d + 3 * cfg.d_ff * d
+    matrices = 2 * cfg.n_heads * hd * d + 2 * cfg.n_kv_heads * hd * d + 3 * cfg.d_ff * d
+    if muon_only:
+        return cfg.n_layers * matrices
     heads = 1 if cfg.tie_embeddings else 2
-    total = cfg.vocab_size * d * heads + d + cfg.n_layers * per_layer
+    total = cfg.vocab_size * d * heads + d + cfg.n_layers * (2 * d + matrices)
     return total if include_embeddings else total - cfg.vocab_size * d
 
 
@@ -112,6 +116,29 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 def is_decayed(ndim: int) -> bool:
     """Weight decay applies to 2-D weights only (matrices and embeddings), never to norms."""
     return ndim >= 2
+
+
+MUON_WEIGHTS = re.compile(r"model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight")
+
+
+def uses_muon(name: str, optimizer: str = "muon") -> bool:
+    """Whether `training.optimizer` gives parameter `name` (an HF name) to Muon: the 2-D projections inside the
+    blocks. Embeddings, the LM head and norms stay on AdamW (Muon's orthogonalised update suits hidden
+    matrices, not lookup tables or gains). The one rule both backends and the checkpoint format follow."""
+    return optimizer == "muon" and MUON_WEIGHTS.fullmatch(name) is not None
+
+
+def moment_names(name: str, optimizer: str) -> tuple[str, ...]:
+    """The neutral optimizer-state tensors of one parameter: "<param>.momentum_buffer" for a Muon weight,
+    "<param>.exp_avg" and "<param>.exp_avg_sq" for an AdamW one (fp32, the parameter's shape)."""
+    if uses_muon(name, optimizer):
+        return (f"{name}.momentum_buffer",)
+    return (f"{name}.exp_avg", f"{name}.exp_avg_sq")
+
+
+def moment_shapes(cfg: ModelConfig, optimizer: str) -> dict[str, tuple[int, ...]]:
+    """Every tensor optimizer.safetensors holds for `training.optimizer` = `optimizer`, with its shape."""
+    return {moment: shape for name, shape in parameter_shapes(cfg).items() for moment in moment_names(name, optimizer)}
 
 
 def init_weights(cfg: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:

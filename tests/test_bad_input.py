@@ -71,6 +71,13 @@ CASES = [
     ("config-positions", "train_cuda.py", "{train} --model.max_seq_len 1e10", "positions supported", "max_seq_len"),
     ("config-no-steps", "train_cuda.py", "{train} --training.max_steps 0", "set training.max_steps", "max_steps"),
     ("config-min-lr", "train_cuda.py", "{train} --training.min_lr 1", "must be between 0", "training.min_lr"),
+    (
+        "config-muon-fsdp",
+        "train_cuda.py",
+        "{train} --training.optimizer muon --hardware.distributed fsdp",
+        "needs whole matrices",
+        "hardware.distributed",
+    ),
     # ------------------------------------------------------------------------------------ training runs
     ("out-is-a-file", "train_cuda.py", "{train} --output.dir {s}/a-file", "is a file, not a directory", "a-file"),
     ("out-holds-a-run", "train_cuda.py", "{used}", "already holds a run", "run/ckpt"),
@@ -80,6 +87,13 @@ CASES = [
     ("resume-latest-escape", "train_cuda.py", "{escape} --resume auto", "not a checkpoint in", "latest"),
     ("resume-bad-state", "train_mlx.py", "{run_of:bad-state} --resume auto", "'step' must be an integer", "step"),
     ("resume-bad-moments", "train_mlx.py", "{run_of:bad-moments} --resume auto", "has shape (3, 3)", "exp_avg"),
+    (
+        "resume-other-optimizer",
+        "train_cuda.py",
+        "{used} --resume auto --training.optimizer muon",
+        "holds adamw state but training.optimizer is muon",
+        "optimizer.safetensors",
+    ),
     (
         "resume-no-moments",
         "train_cuda.py",

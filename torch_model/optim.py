@@ -1,8 +1,10 @@
-"""torch AdamW with the project's weight-decay rule, and its state in the neutral checkpoint format.
+"""The torch optimizers (AdamW with the project's weight-decay rule; Muon for the block matrices when
+training.optimizer is muon) and their state in the neutral checkpoint format.
 
-Weight decay applies to 2-D weights only (core.weights.is_decayed), the same rule as MLX. The
-neutral format is "<param>.exp_avg" / "<param>.exp_avg_sq" in fp32 plus the step count from
-trainer_state.json, which is exactly what torch's AdamW keeps per parameter."""
+Weight decay applies to the 2-D weights AdamW owns (core.weights.is_decayed), the same rule as MLX. The
+neutral format (core.weights.moment_names) is "<param>.exp_avg" / "<param>.exp_avg_sq" for AdamW, exactly
+what torch's AdamW keeps per parameter, and "<param>.momentum_buffer" for Muon, in fp32; the step count
+comes from trainer_state.json."""
 
 from __future__ import annotations
 
@@ -12,43 +14,91 @@ import numpy as np
 import torch
 
 from tinyllama.core.config import TrainingConfig
-from tinyllama.core.weights import is_decayed
+from tinyllama.core.weights import is_decayed, uses_muon
+from tinyllama.torch_model.muon import Muon
 from tinyllama.torch_model.state import to_numpy, to_torch, unwrap
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.AdamW:
-    """AdamW with the fused kernel on CUDA and CPU (one pass per tensor; ~7x foreach on CPU, bench/loss.py)."""
-    params = list(unwrap(model).parameters())
+class MuonAdamW:
+    """Muon and AdamW stepped as one optimizer: what the trainer touches (param_groups for the lr, step,
+    zero_grad, state_dict for on_nonfinite: skip) spans both."""
+
+    def __init__(self, adamw: torch.optim.AdamW, muon: Muon):
+        self.adamw, self.muon = adamw, muon
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.adamw.param_groups + self.muon.param_groups
+
+    def step(self) -> None:
+        self.adamw.step()
+        self.muon.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.adamw.zero_grad(set_to_none=set_to_none)
+        self.muon.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"adamw": self.adamw.state_dict(), "muon": self.muon.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.adamw.load_state_dict(state["adamw"])
+        self.muon.load_state_dict(state["muon"])
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.AdamW | MuonAdamW:
+    """AdamW with the fused kernel on CUDA and CPU (one pass per tensor; ~7x foreach on CPU, bench/loss.py);
+    for muon, the weights `core.weights.uses_muon` names go to Muon instead."""
+    named = list(unwrap(model).named_parameters())
+    muon = [p for n, p in named if uses_muon(n, cfg.optimizer)]
+    rest = [p for n, p in named if not uses_muon(n, cfg.optimizer)]
     groups = [
-        {"params": [p for p in params if is_decayed(p.ndim)], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if not is_decayed(p.ndim)], "weight_decay": 0.0},
+        {"params": [p for p in rest if is_decayed(p.ndim)], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in rest if not is_decayed(p.ndim)], "weight_decay": 0.0},
     ]
-    fused = all(p.device.type in ("cuda", "cpu") for p in params) or None
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
+    fused = all(p.device.type in ("cuda", "cpu") for _, p in named) or None
+    adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
+    if not muon:
+        return adamw
+    return MuonAdamW(adamw, Muon(muon, cfg.lr, cfg.muon_lr / cfg.lr, cfg.muon_momentum, cfg.muon_weight_decay))
 
 
-def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, np.ndarray]:
-    """The moments as "<param>.exp_avg" / "<param>.exp_avg_sq" fp32 numpy arrays; zeros for a parameter torch
-    has not stepped yet (its state is created lazily), so every checkpoint can be resumed."""
+def _split(optimizer) -> tuple[torch.optim.AdamW, Muon | None]:
+    return (optimizer.adamw, optimizer.muon) if isinstance(optimizer, MuonAdamW) else (optimizer, None)
+
+
+def optimizer_state(model: torch.nn.Module, optimizer) -> dict[str, np.ndarray]:
+    """The state as neutral fp32 numpy arrays ("<param>.exp_avg" / ".exp_avg_sq" / ".momentum_buffer");
+    zeros for a parameter torch has not stepped yet (its state is created lazily), so every checkpoint can
+    be resumed."""
+    adamw, muon = _split(optimizer)
     out = {}
     for name, p in unwrap(model).named_parameters():
-        state = optimizer.state.get(p) or {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+        if muon is not None and uses_muon(name):
+            buf = muon.state.get(p, {}).get("momentum_buffer", torch.zeros_like(p))
+            out[f"{name}.momentum_buffer"] = to_numpy(buf.float())
+            continue
+        state = adamw.state.get(p) or {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
         out[f"{name}.exp_avg"] = to_numpy(state["exp_avg"].float())
         out[f"{name}.exp_avg_sq"] = to_numpy(state["exp_avg_sq"].float())
     return out
 
 
-def load_optimizer_state(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, moments: dict[str, np.ndarray] | None, step: int
-) -> None:
+def load_optimizer_state(model: torch.nn.Module, optimizer, moments: dict[str, np.ndarray] | None, step: int) -> None:
     """Continue from neutral moments at `step` steps done (nothing to do for a fresh run)."""
     if moments is None:
         return
-    on_device = bool(optimizer.defaults.get("fused") or optimizer.defaults.get("capturable"))
+    adamw, muon = _split(optimizer)
+    on_device = bool(adamw.defaults.get("fused") or adamw.defaults.get("capturable"))
     for name, p in unwrap(model).named_parameters():
+        if muon is not None and uses_muon(name):
+            if f"{name}.momentum_buffer" not in moments:
+                raise ValueError(f"optimizer state lacks moments for '{name}'")
+            muon.state[p] = {"momentum_buffer": _like(p, moments[f"{name}.momentum_buffer"]).float()}
+            continue
         if f"{name}.exp_avg" not in moments or f"{name}.exp_avg_sq" not in moments:
             raise ValueError(f"optimizer state lacks moments for '{name}'")
-        optimizer.state[p] = {
+        adamw.state[p] = {
             "step": torch.tensor(float(step), dtype=torch.float32, device=p.device if on_device else "cpu"),
             "exp_avg": _like(p, moments[f"{name}.exp_avg"]),
             "exp_avg_sq": _like(p, moments[f"{name}.exp_avg_sq"]),
@@ -66,7 +116,7 @@ def _like(param: torch.Tensor, full: np.ndarray) -> torch.Tensor:
 
 
 def snapshot(model, optimizer):
-    """Copies of the weights and AdamW state, to undo an update that training.on_nonfinite skip rejects."""
+    """Copies of the weights and optimizer state, to undo an update that training.on_nonfinite skip rejects."""
     return [p.detach().clone() for p in model.parameters()], copy.deepcopy(optimizer.state_dict())
 
 

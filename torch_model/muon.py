@@ -1,0 +1,52 @@
+"""Muon for torch: the update of core/muon.py as a `torch.optim.Optimizer`; mlx_model/muon.py is its twin.
+
+Not `torch.optim.Muon`: it orthogonalises in bf16, so it cannot match MLX (or a resumed MLX run) to fp32
+precision. Under DDP every rank holds the all-reduced gradient and computes the same update; FSDP2 shards
+the matrices, which the orthogonalisation needs whole (core.config refuses that pairing)."""
+
+from __future__ import annotations
+
+import torch
+
+from tinyllama.core.muon import NS_COEFFICIENTS, NS_EPS, NS_STEPS, muon_scale
+
+
+def orthogonalize(update: torch.Tensor) -> torch.Tensor:
+    """The Newton-Schulz approximation of update's nearest semi-orthogonal matrix, in fp32."""
+    a, b, c = NS_COEFFICIENTS
+    x = update.float()
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T  # iterate on the wide side: X X^T is the smaller Gram matrix
+    x = x / (torch.linalg.matrix_norm(x) + NS_EPS)  # spectral norm <= Frobenius norm <= 1
+    for _ in range(NS_STEPS):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * (gram @ gram)) @ x
+    return x.T if tall else x
+
+
+class Muon(torch.optim.Optimizer):
+    """Nesterov momentum, orthogonalised, scaled by shape; decoupled weight decay. A group's `lr` is the AdamW
+    rate of the step (the trainer sets every group alike); Muon runs at `lr_ratio` times it (muon_lr / lr)."""
+
+    def __init__(self, params, lr: float, lr_ratio: float, momentum: float, weight_decay: float):
+        super().__init__(params, {"lr": lr, "lr_ratio": lr_ratio, "momentum": momentum, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            mu, lr = group["momentum"], group["lr"] * group["lr_ratio"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad.float()
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
+                buf = state["momentum_buffer"]
+                buf.mul_(mu).add_(g, alpha=1 - mu)
+                x = orthogonalize((1 - mu) * g + mu * buf)
+                if group["weight_decay"]:
+                    p.mul_(1 - lr * group["weight_decay"])
+                p.add_(x.to(p.dtype), alpha=-lr * muon_scale(tuple(p.shape)))
+        return None

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from tinyllama.core.backend import pick
 from tinyllama.core.cli import UserError, run_cli
 from tinyllama.core.generate import mean_loss
-from tinyllama.core.hardware import cpu_name, peak_flops, system_memory_bytes
+from tinyllama.core.hardware import cpu_name, peak_flops, peak_rss_bytes, system_memory_bytes
 from tinyllama.core.loop import Device, Run
 from tinyllama.core.training import load_train_config, parse_train_args
 from tinyllama.data.prepare import prepare_data
@@ -34,6 +34,14 @@ from tinyllama.torch_model.loss import chunk_bytes as loss_chunk_bytes
 from tinyllama.torch_model.optim import load_optimizer_state, make_optimizer, optimizer_state, restore, snapshot
 from tinyllama.torch_model.state import build_model, measured_gemm_flops, model_state, resolve_device, weight_norm
 from tinyllama.torch_model.wrap import wrap_model
+
+
+def runtime_rss() -> int:
+    """What this process holds before the model exists, as training will: torch's optimizers import
+    torch._dynamo (~70 MB) at their first step, so --dry-run imports it before measuring too."""
+    import torch._dynamo  # noqa: F401
+
+    return peak_rss_bytes()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,7 +73,14 @@ def main(argv: list[str] | None = None) -> None:
     peak = peak_flops(name, t.dtype, tf32=True) if cuda else None  # TF32 matmuls are on (above)
     measured = peak is None and not args.dry_run
     peak = measured_gemm_flops(device, t.dtype) if measured else peak  # a CPU or an unlisted GPU: ~1 s
-    device_info = Device(f"{device} ({name})", memory, peak, measured, loss_chunk_bytes=loss_chunk_bytes(device.type))
+    device_info = Device(
+        f"{device} ({name})",
+        memory,
+        peak,
+        measured,
+        loss_chunk_bytes=loss_chunk_bytes(device.type),
+        runtime_bytes=0 if cuda else runtime_rss(),  # off CUDA the mem figure is the process's RSS
+    )
     run = Run(cfg, "torch", device_info, rank, world, any_rank)
     if args.dry_run:
         return run.dry_run()

@@ -99,6 +99,14 @@ def is_apple_silicon() -> bool:
     return platform.system() == "Darwin" and platform.machine() == "arm64"
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set so far: the memory figure on a CPU, where no allocator counts."""
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if platform.system() == "Darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
+
+
 def system_memory_bytes() -> int:
     """Physical memory (unified memory on Apple Silicon)."""
     try:

@@ -58,6 +58,8 @@ class Device:
     peak_flops: float | None = None  # for MFU (None: MFU not shown)
     peak_measured: bool = False  # peak_flops is this machine's measured GEMM rate, not a published peak
     loss_chunk_bytes: int | None = None  # torch's fused loss works on this many bytes of logits at a time
+    runtime_bytes: int = 0  # held before the model exists, where the peak shown is the process's RSS (a CPU)
+    lazy_graph: bool = False  # one graph per step (MLX): gradients and activations are alive together
 
 
 Capture = Callable[[], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]  # -> (weights, optimizer moments)
@@ -97,7 +99,14 @@ class Run:
         """--dry-run: size, FLOPs and the memory estimate against the device; exit 1 when it cannot fit."""
         d = self.device
         report, fits = dry_run_report(
-            self.cfg, self.total, self.world, f"{self.backend} {d.name}", d.memory, d.loss_chunk_bytes
+            self.cfg,
+            self.total,
+            self.world,
+            f"{self.backend} {d.name}",
+            d.memory,
+            d.loss_chunk_bytes,
+            d.runtime_bytes,
+            d.lazy_graph,
         )
         print(report)
         if not fits:
@@ -107,7 +116,8 @@ class Run:
         """Before any long work: the model must be able to fit the device, and rank 0 makes output.dir this
         run's (core.training.claim_output: lock, debris, no mixing with an earlier run); every rank learns
         whether that failed, so none is left waiting for the others."""
-        need, have = estimate_memory(self.cfg, self.device.loss_chunk_bytes)["total"], self.device.memory
+        d = self.device
+        need, have = estimate_memory(self.cfg, d.loss_chunk_bytes, d.runtime_bytes, d.lazy_graph)["total"], d.memory
         if have and need > 1.5 * have:  # the estimate is rough: refuse only what clearly cannot fit
             raise UserError(
                 f"this run needs about {human_bytes(need)} but {self.device.name} has {human_bytes(have)}; lower "

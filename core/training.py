@@ -102,7 +102,7 @@ def resolve_start(cfg: Config, resume: str, world_size: int, data: dict[str, Any
         changed = _differences(old_training, dataclasses.asdict(cfg.training), "training", skip=("init_from",))
         if changed:
             print(f"resuming {path} with changed settings: {changed}", file=sys.stderr)
-        optimizer = load_optimizer(path, cfg.model)
+        optimizer = load_optimizer(path, cfg.model, cfg.training.optimizer)
         if optimizer is None:
             raise UserError(f"cannot resume from {path}: it has no optimizer.safetensors (use training.init_from)")
         updates = state_count(state, "updates", path) if "updates" in state else step
@@ -255,37 +255,56 @@ def step_name(step: int) -> str:
     return f"step-{step:06d}.ckpt"
 
 
-def estimate_memory(cfg: Config, loss_chunk_bytes: int | None = None) -> dict[str, float]:
-    """Rough peak bytes of one training process: weights, grads, AdamW moments, activations, logits.
-    `loss_chunk_bytes`: the loss works on that many bytes of logits at a time (torch's fused loss)."""
+def estimate_memory(
+    cfg: Config, loss_chunk_bytes: int | None = None, runtime_bytes: int = 0, lazy_graph: bool = False
+) -> dict[str, float]:
+    """Peak bytes of one training process: weights, optimizer state (fp32), gradients and what the forward
+    keeps for the backward (activations, logits). torch frees activations as its backward produces the
+    gradients, so its peak holds the larger of the two; a `lazy_graph` (MLX) holds both at once.
+    `loss_chunk_bytes`: the loss works on that many bytes of logits at a time (torch's fused loss).
+    `runtime_bytes`: what the process holds before the model exists (Python, the framework), counted where
+    the peak the log line shows is the process's resident set (a CPU, MPS) rather than an allocator's.
+    The activation size is fitted to the peaks both backends report (bench/memory.py, docs/benchmarks.md)."""
     m, t = cfg.model, cfg.training
     n = count_parameters(m)
     weight_bytes = 2 if t.dtype == "bfloat16" else 4
     tokens = t.batch_size * t.seq_len
-    per_layer = tokens * (14 * m.d_model + 3 * m.d_ff + 2 * m.n_heads * m.resolved_head_dim) * weight_bytes
-    logits = tokens * m.vocab_size * 4 * 3  # fp32 logits, softmax and its gradient
+    per_layer = tokens * (22 * m.d_model + m.d_ff) * weight_bytes  # saved per token and layer (fitted)
+    logits = tokens * m.vocab_size * 4 * 2  # fp32 logits and their gradient (the fused loss: one exp, no softmax copy)
     if loss_chunk_bytes:  # chunk buffers, plus the fp32 head gradient they are summed into
         logits = min(logits, 3 * loss_chunk_bytes) + m.vocab_size * m.d_model * 4
     parts = {
         "weights": n * weight_bytes,
         "gradients": n * weight_bytes,
-        "adamw moments": n * 4 * 2,
+        "optimizer state": 4 * (2 * n - (count_parameters(m, muon_only=True) if t.optimizer == "muon" else 0)),
         "activations": m.n_layers * per_layer,
         "logits": logits,
     }
-    parts["total"] = sum(parts.values()) * 1.15  # allocator slack
+    saved = parts["activations"] + logits
+    grads = parts["gradients"] + saved if lazy_graph else max(parts["gradients"], saved)
+    held = parts["weights"] + parts["optimizer state"] + grads
+    parts["total"] = held * 1.15 + runtime_bytes  # allocator slack
+    if runtime_bytes:
+        parts["runtime"] = runtime_bytes
     return parts
 
 
 def dry_run_report(
-    cfg: Config, steps: int, world_size: int, device: str, memory_bytes: int, loss_chunk_bytes: int | None = None
+    cfg: Config,
+    steps: int,
+    world_size: int,
+    device: str,
+    memory_bytes: int,
+    loss_chunk_bytes: int | None = None,
+    runtime_bytes: int = 0,
+    lazy_graph: bool = False,
 ) -> tuple[str, bool]:
     """The text --dry-run prints, and whether the estimate fits in the device's memory."""
     m, t = cfg.model, cfg.training
     n = count_parameters(m)
     fpt = flops_per_token(m, t.seq_len)
     tokens_per_step = t.batch_size * t.grad_accum * t.seq_len * world_size
-    est = estimate_memory(cfg, loss_chunk_bytes)
+    est = estimate_memory(cfg, loss_chunk_bytes, runtime_bytes, lazy_graph)
     lines = [
         f"model: {human_count(n)} parameters ({human_count(count_parameters(m, False))} without embeddings), "
         f"{m.n_layers} layers, d_model {m.d_model}, heads {m.n_heads}/{m.n_kv_heads} (q/kv), vocab {m.vocab_size}",

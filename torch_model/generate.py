@@ -10,8 +10,6 @@ device, so on CUDA the next step is queued before the host waits for the previou
 
 from __future__ import annotations
 
-import resource
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from tinyllama.core.backend import Backend
+from tinyllama.core.hardware import peak_rss_bytes
 from tinyllama.torch_model.model import Model
 from tinyllama.torch_model.state import load_model, resolve_device, unwrap
 
@@ -77,8 +76,7 @@ def peak_memory() -> int:
     """Peak bytes: CUDA's allocator on a GPU, else this process's peak resident set (CPU)."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return int(torch.cuda.max_memory_allocated())
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)
+    return peak_rss_bytes()
 
 
 def as_backend(model: torch.nn.Module) -> Backend:

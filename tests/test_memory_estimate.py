@@ -1,0 +1,72 @@
+"""`--dry-run`'s memory estimate is within 20% of the peak a real run's log line shows, on both backends.
+
+Small configs here (a few seconds each); bench/memory.py runs the same measurement on config.yaml and the
+124M config. Each run is a fresh process, as a user's: the torch figure off CUDA is the process's peak
+resident set (the estimate counts the runtime it measures at start-up), MLX's is its allocator's peak."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+
+import pytest
+from helpers import ROOT
+
+from tinyllama.core.config import load_config
+from tinyllama.core.training import estimate_memory
+
+spec = importlib.util.spec_from_file_location("bench_memory", ROOT / "bench" / "memory.py")
+bench_memory = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench_memory)
+
+SHAPES = {  # a vocab-512 model whose activations outweigh the runtime (config.yaml's: bench/memory.py)
+    "d512 L4 b16x256": [
+        "--config", "configs/smoke.yaml", "--model.d_model", "512", "--model.d_ff", "1376", "--model.n_layers", "4",
+        "--model.n_heads", "8", "--model.n_kv_heads", "4", "--model.max_seq_len", "256", "--training.seq_len", "256",
+        "--training.batch_size", "16",
+    ],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data_cache(tmp_path_factory):
+    """One prepared-data cache for every run here: each tokenizer and corpus is prepared once."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_dry_run_estimate_within_20_percent_of_the_measured_peak(backend, shape, tmp_path, data_cache):
+    result = bench_memory.measure(backend, SHAPES[shape], tmp_path, steps=3, cache=data_cache)
+    assert 0.8 <= result["ratio"] <= 1.2, result
+
+
+def test_estimate_grows_with_what_a_run_holds():
+    """The parts move the way the memory does: activations with tokens and layers, the optimizer state with
+    the parameter count, the runtime only where it is passed; gradients and activations are not summed."""
+    cfg = load_config(ROOT / "configs" / "smoke.yaml", {})
+    base = estimate_memory(cfg)
+    more = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, batch_size=2 * cfg.training.batch_size))
+    assert estimate_memory(more)["activations"] == pytest.approx(2 * base["activations"])
+    deeper = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_layers=4))
+    assert estimate_memory(deeper)["activations"] == pytest.approx(2 * base["activations"])
+    assert estimate_memory(deeper)["optimizer state"] > base["optimizer state"]
+    saved = base["activations"] + base["logits"]
+    fixed = base["weights"] + base["optimizer state"]
+    assert base["total"] == pytest.approx(1.15 * (fixed + max(base["gradients"], saved)))
+    lazy = estimate_memory(cfg, lazy_graph=True)["total"]  # MLX: gradients and activations alive together
+    assert lazy == pytest.approx(1.15 * (fixed + base["gradients"] + saved))
+    assert "runtime" not in base
+    with_runtime = estimate_memory(cfg, runtime_bytes=300 * 2**20)
+    assert with_runtime["total"] == pytest.approx(base["total"] + 300 * 2**20)
+
+
+def test_torch_dry_run_counts_the_process_runtime_off_cuda(capsys):
+    """On a CPU the log line's mem is the process's RSS, so the estimate includes what is already resident."""
+    from tinyllama import train_cuda
+
+    train_cuda.main(["--config", str(ROOT / "configs" / "smoke.yaml"), "--dry-run", "--hardware.accelerator", "cpu"])
+    out = capsys.readouterr().out
+    runtime = bench_memory.parse_bytes(out.split("runtime ")[1].split(" ->")[0])
+    assert 100e6 < runtime < 4e9  # at least Python + torch, and not absurd

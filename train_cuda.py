@@ -25,7 +25,7 @@ import torch.distributed as dist
 from tinyllama.core.backend import pick
 from tinyllama.core.cli import UserError, run_cli
 from tinyllama.core.generate import mean_loss
-from tinyllama.core.hardware import cpu_name, peak_flops, peak_rss_bytes, system_memory_bytes
+from tinyllama.core.hardware import cpu_name, peak_flops, rss_bytes, system_memory_bytes
 from tinyllama.core.loop import Device, Run
 from tinyllama.core.training import load_train_config, parse_train_args
 from tinyllama.data.prepare import prepare_data
@@ -41,7 +41,7 @@ def runtime_rss() -> int:
     torch._dynamo (~70 MB) at their first step, so --dry-run imports it before measuring too."""
     import torch._dynamo  # noqa: F401
 
-    return peak_rss_bytes()
+    return rss_bytes()
 
 
 def main(argv: list[str] | None = None) -> None:

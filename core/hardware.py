@@ -99,12 +99,37 @@ def is_apple_silicon() -> bool:
     return platform.system() == "Darwin" and platform.machine() == "arm64"
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident set so far: the memory figure on a CPU, where no allocator counts."""
+def _proc_status_bytes(field: str) -> int | None:
+    """A memory line of Linux's /proc/self/status ("VmHWM:  1234 kB") in bytes; None elsewhere."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _max_rss_bytes() -> int:
     import resource
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if platform.system() == "Darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set so far: the memory figure on a CPU, where no allocator counts.
+    Linux: VmHWM, since ru_maxrss also carries the peak of the process this one was exec'd from (a
+    trainer started by pytest or a large parent would report the parent's memory)."""
+    peak = _proc_status_bytes("VmHWM")
+    return peak if peak is not None else _max_rss_bytes()
+
+
+def rss_bytes() -> int:
+    """This process's resident set now (Linux: VmRSS; elsewhere its peak so far, the closest portable figure)."""
+    now = _proc_status_bytes("VmRSS")
+    return now if now is not None else _max_rss_bytes()
 
 
 def system_memory_bytes() -> int:

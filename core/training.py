@@ -269,7 +269,7 @@ def estimate_memory(
     n = count_parameters(m)
     weight_bytes = 2 if t.dtype == "bfloat16" else 4
     tokens = t.batch_size * t.seq_len
-    per_layer = tokens * (22 * m.d_model + m.d_ff) * weight_bytes  # saved per token and layer (fitted)
+    per_layer = tokens * (24 * m.d_model + m.d_ff) * weight_bytes  # saved per token and layer (fitted)
     logits = tokens * m.vocab_size * 4 * 2  # fp32 logits and their gradient (the fused loss: one exp, no softmax copy)
     if loss_chunk_bytes:  # chunk buffers, plus the fp32 head gradient they are summed into
         logits = min(logits, 3 * loss_chunk_bytes) + m.vocab_size * m.d_model * 4

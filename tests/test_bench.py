@@ -3,7 +3,6 @@ docs/benchmarks.md, a failing bench reported in its row, the Mac decisions with 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import platform
 import subprocess
@@ -11,19 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import bench_module
 
 from tinyllama.core import hardware
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
-
-
-def bench_module(name: str):
-    if f"bench_{name}" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-        sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[spec.name])
-    return sys.modules[f"bench_{name}"]
 
 
 run_all = bench_module("run_all")

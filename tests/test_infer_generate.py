@@ -130,6 +130,7 @@ def test_matches_transformers_generate(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from tinyllama.mlx_model.state import load_model as load_mlx
+    from tinyllama.torch_model.generate import load_backend as load_torch_backend
     from tinyllama.torch_model.state import load_model as load_torch
 
     torch.manual_seed(0)
@@ -145,9 +146,12 @@ def test_matches_transformers_generate(tmp_path):
                 p.mul_(6.0)  # sharper than the 0.02 init: argmax gaps far above float noise
     hf.save_pretrained(tmp_path / "hf")
     ours = {"mlx": load_mlx(tmp_path / "hf")[0], "torch": load_torch(tmp_path / "hf")[0].eval()}
+    torch_backend = load_torch_backend(tmp_path / "hf", device="cpu")
     for penalty in (1.0, 1.3):
         with torch.no_grad():
             opts = dict(max_new_tokens=30, min_new_tokens=30, do_sample=False, repetition_penalty=penalty)
             ref = hf.generate(torch.tensor([PROMPT]), **opts)[0, len(PROMPT) :].tolist()
         for backend, model in ours.items():
             assert list(GEN[backend](model).generate(PROMPT, 30, repetition_penalty=penalty)) == ref, backend
+        # the CPU inference path (fp32 weights stored transposed, torch_model.generate.transpose_storage) too
+        assert list(torch_backend.generate(PROMPT, 30, repetition_penalty=penalty)) == ref

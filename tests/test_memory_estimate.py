@@ -7,19 +7,16 @@ resident set (the estimate counts the runtime it measures at start-up), MLX's is
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import subprocess
 import sys
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, bench_module
 
 from tinyllama.core.config import load_config
 from tinyllama.core.training import estimate_memory
 
-spec = importlib.util.spec_from_file_location("bench_memory", ROOT / "bench" / "memory.py")
-bench_memory = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench_memory)
+bench_memory = bench_module("memory")
 
 SHAPES = {  # a vocab-512 model whose activations outweigh the runtime (config.yaml's: bench/memory.py)
     "d512 L4 b16x256": [

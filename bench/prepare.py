@@ -38,19 +38,16 @@ from tinyllama.data.prepare import prepare_data  # noqa: E402
 from tinyllama.data.sources import resolve_source  # noqa: E402
 from tinyllama.data.tokenizer import load_tokenizer  # noqa: E402
 
-# a prepare in a fresh process: prints wall seconds and peak RSS in bytes. VmHWM, not ru_maxrss: Linux carries
-# ru_maxrss across exec, so a child forked from this (large) process would report this process's peak.
+# a prepare in a fresh process: prints wall seconds and peak RSS in bytes (core.hardware.peak_rss_bytes: its own
+# peak, not that of this larger process, which Linux's ru_maxrss would carry across exec).
 CHILD = """
-import resource, sys, time
+import sys, time
 from tinyllama.core.config import DataConfig
+from tinyllama.core.hardware import peak_rss_bytes
 from tinyllama.data.prepare import prepare_data
 start = time.perf_counter()
 prepare_data(DataConfig(dataset=sys.argv[1], tokenizer=sys.argv[2], cache_dir=sys.argv[3]), False, log=lambda *_: None)
-try:
-    peak = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-except OSError:  # no /proc (macOS): ru_maxrss is in bytes there
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(time.perf_counter() - start, peak)
+print(time.perf_counter() - start, peak_rss_bytes())
 """
 
 

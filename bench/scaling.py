@@ -23,7 +23,6 @@ import argparse
 import importlib.util
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -235,8 +234,7 @@ def worker(args) -> dict:
         return {"tok_s": tok_s, "peak_bytes": torch.cuda.max_memory_allocated(), "memory": "max_memory_allocated"}
     if device.type == "mps":
         return {"tok_s": tok_s, "peak_bytes": torch.mps.driver_allocated_memory(), "memory": "MPS driver allocated"}
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"tok_s": tok_s, "peak_bytes": rss if sys.platform == "darwin" else rss * 1024, "memory": "peak RSS"}
+    return {"tok_s": tok_s, "peak_bytes": hardware.peak_rss_bytes(), "memory": "peak RSS"}
 
 
 # --- report ---

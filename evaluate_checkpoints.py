@@ -80,18 +80,19 @@ def expand(patterns: list[str]) -> list[Path]:
     return list(found)
 
 
-def val_tokens(run: Config, fingerprint: str | None, build: bool) -> tuple[Any, str | None]:
-    """The run's validation tokens (1-D), or None and why not. Only reads a prepared cache unless `build`."""
+def val_data(run: Config, fingerprint: str | None, build: bool) -> tuple[Any, str | None]:
+    """The run's prepared data (for its val split), or None and why not. Only reads a prepared cache unless
+    `build`."""
     from tinyllama.data.prepare import prepare_data
     from tinyllama.data.store import PreparedData, find_prepared
 
     try:
         if build:
-            return prepare_data(run.data, progress=False, log=lambda *_: None).tokens("val"), None
+            return prepare_data(run.data, progress=False, log=lambda *_: None), None
         path = find_prepared(dataclasses.asdict(run.data), fingerprint)
         if path is None:
             return None, f"dataset '{run.data.dataset}' is not prepared here (add --prepare-val)"
-        return PreparedData.open(path).tokens("val"), None
+        return PreparedData.open(path), None
     except (UserError, OSError) as exc:
         return None, f"validation data unavailable ({str(exc).splitlines()[0]})"
 
@@ -107,21 +108,19 @@ def validation(path: Path, fingerprint: str, args: argparse.Namespace, memo: dic
     run = config_from_dict(raw)
     key = (json.dumps(raw.get("data"), sort_keys=True), fingerprint)
     if key not in memo:
-        memo[key] = val_tokens(run, fingerprint, args.prepare_val)
-    tokens, note = memo[key]
-    if tokens is None:
+        memo[key] = val_data(run, fingerprint, args.prepare_val)
+    data, note = memo[key]
+    if data is None:
         return None, note
-    from tinyllama.data.loader import val_windows
-
     t = run.training
     if args.val_tokens is None:
         count = t.eval_batches * t.batch_size  # exactly the trainer's eval set
     else:
         count = max(1, args.val_tokens // t.seq_len) if args.val_tokens else 0  # 0: every window
     try:
-        windows = val_windows(tokens, t.seq_len, count)
+        windows = data.val_windows(t.seq_len, count)
     except UserError:
-        return None, f"validation split has only {len(tokens)} tokens"
+        return None, f"validation split has only {len(data.tokens('val'))} tokens"
     return (windows, t.batch_size), None
 
 

@@ -101,10 +101,10 @@ def main(argv: list[str] | None = None) -> None:
         return (torch.from_numpy(a).to(device, non_blocking=True) for a in arrays)
 
     @torch.no_grad()
-    def batch_loss(x, y) -> float:
-        x, y = to_device(x, y)
+    def batch_loss(x, y, *segments) -> float:
+        x, y, *segments = to_device(x, y, *segments)
         with autocast():
-            return model(x, targets=y).item()
+            return model(x, targets=y, segments=segments[0] if segments else None).item()
 
     def evaluate(windows) -> float:
         return mean_loss(batch_loss, windows, t.batch_size)
@@ -119,13 +119,15 @@ def main(argv: list[str] | None = None) -> None:
         for group in optimizer.param_groups:
             group["lr"] = run.lr(step)
         loss_sum = torch.zeros((), device=device)
+        denominator = torch.from_numpy(run.denominator(step)).to(device)  # targets per micro-batch, all ranks
         for micro in range(t.grad_accum):
-            x, y = to_device(*run.batch(step, micro))
+            x, y, *segments = to_device(*run.batch(step, micro))  # segments: packed conversations
             last = micro == t.grad_accum - 1
             sync = model.no_sync() if world > 1 and not last and hasattr(model, "no_sync") else contextlib.nullcontext()
             with sync:  # DDP: gradients are all-reduced only on the last micro-batch
                 with autocast():
-                    loss = model(x, targets=y) / t.grad_accum
+                    segments = segments[0] if segments else None
+                    loss = model(x, targets=y, segments=segments, denominator=denominator) / t.grad_accum
                 loss.backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)

@@ -47,17 +47,21 @@ def build_step(model, optimizer, cfg, world_size: int):
     """Compiled micro-step (accumulate gradients) and step (last micro-batch + clip + AdamW/Muon update; returns
     the loss, the gradient norm and the updated weights' norm, whose finiteness the loop checks)."""
     t = cfg.training
-    loss_and_grad = nn.value_and_grad(model, lambda m, x, y: m(x, targets=y))
+
+    def loss(m, x, y, denominator, *segments):  # segments: packed conversations
+        return m(x, targets=y, segments=segments[0] if segments else None, denominator=denominator)
+
+    loss_and_grad = nn.value_and_grad(model, loss)
     state = [model.state, optimizer.state, mx.random.state]
 
     @partial(mx.compile, inputs=state, outputs=state)  # value_and_grad swaps the model's params while tracing
-    def micro_step(x, y, acc):
-        loss, grads = loss_and_grad(model, x, y)
+    def micro_step(acc, *batch):
+        loss, grads = loss_and_grad(model, *batch)
         return loss, tree_map(mx.add, acc, grads)
 
     @partial(mx.compile, inputs=state, outputs=state)
-    def step(x, y, acc, lr):
-        loss, grads = loss_and_grad(model, x, y)
+    def step(acc, lr, *batch):
+        loss, grads = loss_and_grad(model, *batch)
         grads = tree_map(lambda a, g: (a + g) / t.grad_accum, acc, grads)
         if world_size > 1:
             grads = tree_map(lambda g: mx.distributed.all_sum(g) / world_size, grads)
@@ -105,8 +109,11 @@ def main(argv: list[str] | None = None) -> None:
     del start.weights, start.optimizer
     micro_step, step_fn = build_step(model, optimizer, cfg, run.world)
 
+    def batch_loss(x, y, *segments) -> float:
+        return model(mx.array(x), targets=mx.array(y), segments=mx.array(segments[0]) if segments else None).item()
+
     def evaluate(windows) -> float:
-        return mean_loss(lambda x, y: model(mx.array(x), targets=mx.array(y)).item(), windows, t.batch_size)
+        return mean_loss(batch_loss, windows, t.batch_size)
 
     def capture():
         return model_state(model), optimizer_state(optimizer)
@@ -115,14 +122,20 @@ def main(argv: list[str] | None = None) -> None:
     for step in run.steps():
         lr = mx.array(run.lr(step), dtype=mx.float32)
         acc = tree_map(mx.zeros_like, model.trainable_parameters())
+        denominator = mx.array(run.denominator(step))  # targets per micro-batch, all ranks
+
+        def batch(micro: int, step=step, denominator=denominator) -> list[mx.array]:  # x, y, denominator[, segments]
+            x, y, *segments = map(mx.array, run.batch(step, micro))
+            return [x, y, denominator, *segments]
+
         losses = []
         for micro in range(t.grad_accum - 1):
-            loss, acc = micro_step(*map(mx.array, run.batch(step, micro)), acc)
+            loss, acc = micro_step(acc, *batch(micro))
             mx.eval(loss, acc)
             losses.append(loss)
         # MLX arrays are immutable: holding the old trees is enough to undo a skipped update
         before = (model.parameters(), tree_map(lambda a: a, optimizer.state)) if t.on_nonfinite == "skip" else None
-        loss, grad_norm, weight_norm = step_fn(*map(mx.array, run.batch(step, t.grad_accum - 1)), acc, lr)
+        loss, grad_norm, weight_norm = step_fn(acc, lr, *batch(t.grad_accum - 1))
         loss = mx.mean(mx.stack([*losses, loss]))
         if run.world > 1:
             loss = mx.distributed.all_sum(loss) / run.world

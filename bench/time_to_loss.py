@@ -131,7 +131,8 @@ def mlx_loop(cfg):
 
     def step(x, y, i):
         acc = tree_map(mx.zeros_like, model.trainable_parameters())
-        loss, *_ = compiled(mx.array(x), mx.array(y), acc, mx.array(lr_at(i, t, t.max_steps), dtype=mx.float32))
+        lr = mx.array(lr_at(i, t, t.max_steps), dtype=mx.float32)
+        loss, *_ = compiled(acc, lr, mx.array(x), mx.array(y), mx.array(float(y.size)))
         mx.eval(model.state, optimizer.state, loss)
         return loss.item()
 

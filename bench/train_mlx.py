@@ -42,10 +42,12 @@ from tinyllama.train_mlx import build_step  # noqa: E402
 def mlx_lm_model(cfg):
     from mlx_lm.models.llama import Model, ModelArgs
 
-    class WithLoss(Model):  # the trainer's call convention, model(x, targets=y) -> mean loss
-        def __call__(self, inputs, cache=None, targets=None):
+    class WithLoss(Model):  # the trainer's call convention, model(x, targets=y, denominator=N) -> loss sum / N
+        def __call__(self, inputs, cache=None, targets=None, segments=None, denominator=None):
             logits = super().__call__(inputs, cache=cache)
-            return logits if targets is None else nn.losses.cross_entropy(logits.astype(mx.float32), targets).mean()
+            if targets is None:
+                return logits
+            return nn.losses.cross_entropy(logits.astype(mx.float32), targets).sum() / denominator
 
     hf = to_hf_config(cfg.model)
     args = ModelArgs.from_dict(hf)
@@ -61,7 +63,8 @@ def time_steps(model, cfg, batches) -> float:
 
     def one(x, y):
         acc = tree_map(mx.zeros_like, model.trainable_parameters())
-        loss, *_ = step(mx.array(x), mx.array(y), acc, mx.array(cfg.training.lr, dtype=mx.float32))
+        lr = mx.array(cfg.training.lr, dtype=mx.float32)
+        loss, *_ = step(acc, lr, mx.array(x), mx.array(y), mx.array(float(y.size)))
         mx.eval(model.state, optimizer.state, loss)
 
     one(*batches[0])  # compile

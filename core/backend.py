@@ -81,8 +81,8 @@ class Backend:
         """(rank of the first continuation token, log-probs of every continuation token) per pair."""
         return driver.score(partial(self.score_batch, self.model), self.config.max_seq_len, pairs, batch_size)
 
-    def mean_loss(self, windows: np.ndarray, batch_size: int = 8) -> float:
-        """Mean next-token loss over windows (N, L+1), e.g. data.loader.val_windows."""
+    def mean_loss(self, windows: Any, batch_size: int = 8) -> float:
+        """Mean next-token loss over windows (N, L+1), e.g. data.loader.val_windows, or packed rows."""
         return driver.mean_loss(partial(self.batch_loss, self.model), windows, batch_size)
 
 

@@ -110,6 +110,14 @@ class DataConfig:
     shard_tokens: int = opt(100_000_000, "tokens per prepared shard file (a killed prepare resumes at the next shard)")
     fast_gpt2: bool = opt(True, "encode GPT-2 with tiktoken (the same ids, ~5x faster per core) when it is installed")
     encoding_errors: str = opt("strict", "undecodable bytes in text files: strict (refuse, naming the file) | replace")
+    format: str = opt(
+        "auto",
+        "auto | text | chat ({messages: [{role, content}]}) | completions ({prompt, completion}); auto: by fields",
+    )
+    mask_prompt: bool = opt(True, "chat / completions: learn only the assistant's tokens (the loss skips the prompt)")
+    chat_template: str = opt(
+        "", "chat / completions: a jinja2 chat template or a .jinja file; '' = the tokenizer's or ours"
+    )
 
 
 @dataclass
@@ -151,6 +159,7 @@ CHOICES = {
     "training.schedule": ("cosine", "wsd"),
     "training.optimizer": ("adamw", "muon"),
     "data.encoding_errors": ("strict", "replace"),
+    "data.format": ("auto", "text", "chat", "completions"),
     "hardware.accelerator": ("auto", "mlx", "cuda", "mps", "cpu"),
     "hardware.attention": ("sdpa", "flash_attn"),
     "hardware.distributed": ("none", "ddp", "fsdp"),

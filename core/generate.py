@@ -136,14 +136,18 @@ def score(
     return results
 
 
-def mean_loss(batch_loss: Callable[[np.ndarray, np.ndarray], float], windows: np.ndarray, batch_size: int) -> float:
-    """Validation loss: mean next-token cross-entropy over every target token of `windows` (N, L+1), in
-    batches of `batch_size` rows; `batch_loss(x, y)` is one batch's mean. The trainers' eval and
-    evaluate_checkpoints.py both use this on data.loader.val_windows, so they report the same number."""
+def mean_loss(batch_loss: Callable[..., float], windows: Any, batch_size: int) -> float:
+    """Validation loss: mean next-token cross-entropy over every target token of `windows`, in batches of
+    `batch_size` rows. `windows` is (N, L+1) token rows (data.loader.val_windows), or packed conversations
+    (data.loader.Rows: x, y with -1 where no loss is taken, segments); `batch_loss(x, y[, segments])` is one
+    batch's mean over its targets. The trainers' eval and evaluate_checkpoints.py both use this, so they
+    report the same number."""
     total, count = 0.0, 0
     for start in range(0, len(windows), batch_size):
         chunk = windows[start : start + batch_size]
-        n = chunk.shape[0] * (chunk.shape[1] - 1)
-        total += batch_loss(chunk[:, :-1], chunk[:, 1:]) * n
-        count += n
-    return total / count
+        arrays = (chunk[:, :-1], chunk[:, 1:]) if isinstance(chunk, np.ndarray) else (chunk.x, chunk.y, chunk.segments)
+        n = int((arrays[1] >= 0).sum())
+        if n:
+            total += batch_loss(*arrays) * n
+            count += n
+    return total / count if count else float("nan")

@@ -143,6 +143,13 @@ class Run:
         self.start = resolve_start(self.cfg, resume, self.world, self.signature)
         self.loader = data.train_batches(t.seq_len, t.batch_size, t.seed, self.rank, self.world, t.grad_accum)
         self.val = data.val_windows(t.seq_len, t.eval_batches * t.batch_size)
+        if data.conversations:
+            self.say(
+                f"data: {data.meta['rows']['conversations']['train']:,} conversations packed into "
+                f"{self.loader.n_windows:,} rows of {t.seq_len + 1} tokens ({self.loader.fill:.0%} filled, "
+                f"{self.loader.cut} cut to fit), loss on "
+                f"{'answer' if data.meta['rows']['mask_prompt'] else 'all'} tokens"
+            )
         self.step, self.updates, self.tokens_seen = self.start.step, self.start.updates, self.start.tokens_seen
         self.loss, self.lr_now = float("nan"), lr_at(self.start.step, t, self.total)
         return self.start
@@ -173,9 +180,15 @@ class Run:
             rate = human_flops(self.device.peak_flops)
             self.say(f"mfu: against this machine's measured {self.t.dtype} GEMM rate, {rate}")
 
-    def batch(self, step: int, micro_step: int) -> tuple[np.ndarray, np.ndarray]:
-        """This rank's (x, y) int32 (batch_size, seq_len) for a micro-step: a pure function of the step."""
+    def batch(self, step: int, micro_step: int) -> tuple[np.ndarray, ...]:
+        """This rank's (x, y) int32 (batch_size, seq_len) for a micro-step, a pure function of the step; for
+        conversations (x, y, segments), y -1 where no loss is taken (data.loader.PackedLoader)."""
         return self.loader.batch(step, micro_step)
+
+    def denominator(self, step: int) -> np.ndarray:
+        """What each micro-batch's summed loss is divided by, so that the step's gradient is the mean over
+        all of the step's targets on all ranks (conversations have different numbers per row)."""
+        return np.array(self.loader.denominator(step), np.float32)
 
     def lr(self, step: int) -> float:
         self.lr_now = lr_at(step, self.t, self.total)
@@ -245,7 +258,7 @@ class Run:
 
     def sample_text(self) -> str:
         tokenizer = self.data.tokenizer
-        ids = tokenizer.encode(self.t.sample_prompt)
+        ids = self.data.prompt_ids(self.t.sample_prompt)  # a user turn, through the chat template, for conversations
         new = self.sample(ids, self.t.sample_tokens, eos_id=tokenizer.eos_id)
         return self.t.sample_prompt + tokenizer.decode(list(new))
 

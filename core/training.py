@@ -26,7 +26,7 @@ from tinyllama.core.checkpoint import (
     write_latest,
 )
 from tinyllama.core.cli import ArgumentParser, UserError, human_bytes, human_count
-from tinyllama.core.config import Config, load_config, parse_overrides, validate
+from tinyllama.core.config import Config, DataConfig, load_config, parse_overrides, validate
 from tinyllama.core.config_help import override_help
 from tinyllama.core.fs import hold_lock, remove_atomically, remove_debris
 from tinyllama.core.model_files import CheckpointError, load_optimizer, load_weights, read_model_config
@@ -51,6 +51,10 @@ def load_train_config(path: str, overrides: dict[str, Any]) -> Config:
                   f"({human_count(count_parameters(model))} parameters)", file=sys.stderr)  # fmt: skip
             cfg.model = model
             validate(cfg)
+        if cfg.data.tokenizer == DataConfig.tokenizer and (Path(source) / "tokenizer.json").is_file():
+            # the default (gpt2) was not chosen for this model: its own tokenizer is the one its ids mean
+            print(f"training.init_from: using the tokenizer of {source}", file=sys.stderr)
+            cfg.data.tokenizer = str(source)
     return cfg
 
 

@@ -10,6 +10,7 @@ once, resume needs only the step, and MLX and torch get the same tokens at the s
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -59,11 +60,12 @@ class BatchLoader:
                 self._perms.popitem(last=False)
         return perm
 
-    def windows(self, step: int, micro_step: int = 0) -> np.ndarray:
-        """Window indices of this rank's micro-batch (step is 0-based: the first optimizer step is 0)."""
+    def windows(self, step: int, micro_step: int = 0, rank: int | None = None) -> np.ndarray:
+        """Window indices of this rank's (or `rank`'s) micro-batch (step is 0-based: the first step is 0)."""
         if step < 0 or not 0 <= micro_step < self.grad_accum:
             raise DataError(f"step {step} / micro_step {micro_step} out of range (grad_accum {self.grad_accum})")
-        first = ((step * self.grad_accum + micro_step) * self.world_size + self.rank) * self.batch_size
+        rank = self.rank if rank is None else rank
+        first = ((step * self.grad_accum + micro_step) * self.world_size + rank) * self.batch_size
         out = np.empty(self.batch_size, np.int64)
         for b in range(self.batch_size):
             epoch, index = divmod(first + b, self.n_windows)
@@ -77,6 +79,11 @@ class BatchLoader:
             start = int(window) * self.seq_len
             buf[row] = self.tokens[start : start + self.seq_len + 1]
         return buf[:, :-1].copy(), buf[:, 1:].copy()
+
+    def denominator(self, step: int) -> float:
+        """What each micro-batch's summed loss is divided by: the step's targets over all ranks and
+        micro-batches / (grad_accum * world), so the step's gradient is the mean over all its targets."""
+        return float(self.batch_size * self.seq_len)
 
 
 def val_windows(tokens: Any, seq_len: int, count: int = 0) -> np.ndarray:
@@ -94,3 +101,103 @@ def val_windows(tokens: Any, seq_len: int, count: int = 0) -> np.ndarray:
     for row, window in enumerate(picked.round().astype(np.int64)):
         out[row] = tokens[int(window) * seq_len : int(window) * seq_len + seq_len + 1]
     return out
+
+
+# --- packed conversations (data.format chat / completions) ---------------------------------------------
+
+TRAIN, STARTS = 1, 2  # mask bits (data/chat.py): the token is learnt as a target; a conversation starts here
+
+
+def pack(masks: np.ndarray, row_len: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Conversations packed in order into rows of at most row_len tokens, each row a contiguous slice
+    [start, stop) of the split; a conversation longer than a row gets a row of its own, cut to row_len.
+    Returns (starts, stops, number of cut conversations)."""
+    firsts = np.flatnonzero(np.asarray(masks) & STARTS)
+    lasts = np.append(firsts[1:], len(masks))
+    starts, stops, cut, open_start, open_stop = [], [], 0, -1, -1
+    for first, last in zip(firsts.tolist(), lasts.tolist(), strict=True):
+        if open_start >= 0 and last - open_start <= row_len:
+            open_stop = last  # fits in the open row
+            continue
+        if open_start >= 0:
+            starts.append(open_start), stops.append(open_stop)
+        open_start, open_stop = first, min(last, first + row_len)
+        cut += last - first > row_len
+    if open_start >= 0:
+        starts.append(open_start), stops.append(open_stop)
+    return np.asarray(starts, np.int64), np.asarray(stops, np.int64), cut
+
+
+def packed_rows(
+    tokens: Any, masks: Any, starts: np.ndarray, stops: np.ndarray, rows: np.ndarray, row_len: int, pad: int
+):
+    """(x, y, segments), each (len(rows), row_len - 1): y is -1 where no loss is taken (prompts, padding,
+    the first token of a conversation); segments number the conversations of a row from 1 (0 = padding),
+    so attention stays inside a conversation (core: the models' `segments`)."""
+    buf = np.full((len(rows), row_len), pad, np.int64)
+    bits = np.zeros((len(rows), row_len), np.uint8)
+    for i, row in enumerate(rows.tolist()):
+        start, stop = int(starts[row]), int(stops[row])
+        buf[i, : stop - start] = tokens[start:stop]
+        bits[i, : stop - start] = masks[start:stop]
+    segments = np.cumsum((bits & STARTS) > 0, axis=1, dtype=np.int32)
+    segments[np.arange(row_len)[None, :] >= (stops[rows] - starts[rows])[:, None]] = 0  # padding
+    y = np.where(bits[:, 1:] & TRAIN, buf[:, 1:], -1).astype(np.int32)
+    return buf[:, :-1].astype(np.int32), y, segments[:, :-1]
+
+
+class PackedLoader(BatchLoader):
+    """BatchLoader over packed rows of conversations instead of windows: the same order (a permutation per
+    epoch of (seed, epoch)), so resume and cross-backend resume stay exact; batches are (x, y, segments)."""
+
+    def __init__(self, tokens: Any, masks: Any, seq_len: int, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1, grad_accum: int = 1, pad: int = 0) -> None:  # fmt: skip
+        super().__init__(tokens, seq_len, batch_size, seed, rank, world_size, grad_accum)
+        self.masks, self.pad = masks, pad
+        self.starts, self.stops, self.cut = pack(masks, seq_len + 1)
+        self.n_windows = len(self.starts)
+        if self.n_windows < 1:
+            raise DataError("the train split holds no conversation; add conversations")
+        bits = np.asarray(masks)
+        trained = np.cumsum(np.concatenate([[0], (bits & TRAIN) > 0]))
+        # targets with a loss per row: trained tokens after the row's first (a row's first is never a target)
+        self.row_targets = trained[self.stops] - trained[self.starts + 1]
+        self.fill = float((self.stops - self.starts).sum() / (self.n_windows * (seq_len + 1)))
+
+    def batch(self, step: int, micro_step: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(x, y, segments), each (batch_size, seq_len) int32; y is -1 where no loss is taken."""
+        rows = self.windows(step, micro_step)
+        return packed_rows(self.tokens, self.masks, self.starts, self.stops, rows, self.seq_len + 1, self.pad)
+
+    def denominator(self, step: int) -> float:
+        rows = [self.windows(step, m, r) for m in range(self.grad_accum) for r in range(self.world_size)]
+        targets = int(self.row_targets[np.concatenate(rows)].sum())
+        return max(1, targets) / (self.grad_accum * self.world_size)
+
+
+@dataclass
+class Rows:
+    """Packed validation rows: inputs, targets (-1: no loss) and segment ids, each (N, seq_len)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    segments: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: slice) -> Rows:
+        return Rows(self.x[index], self.y[index], self.segments[index])
+
+    def max(self) -> int:
+        """The largest token id (as ndarray.max() of text windows: checked against the model's vocab)."""
+        return int(max(self.x.max(initial=0), self.y.max(initial=0)))
+
+
+def val_rows(tokens: Any, masks: Any, seq_len: int, count: int = 0, pad: int = 0) -> Rows:
+    """The validation set of a conversation split: `count` packed rows (0 = all) evenly spread, in order."""
+    starts, stops, _ = pack(masks, seq_len + 1)
+    if not len(starts):
+        raise DataError("the val split holds no conversation; raise data.val_fraction")
+    picked = np.arange(len(starts)) if count <= 0 or count >= len(starts) else np.linspace(0, len(starts) - 1, count)
+    return Rows(*packed_rows(tokens, masks, starts, stops, picked.round().astype(np.int64), seq_len + 1, pad))

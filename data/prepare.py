@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import glob
 import itertools
+import json
 import re
 import sys
 import time
@@ -36,9 +37,12 @@ from tinyllama.core.cli import ArgumentParser, UserError, module_prog, run_cli
 from tinyllama.core.config import DataConfig, load_config, parse_overrides
 from tinyllama.core.config_help import override_help
 from tinyllama.core.fs import MARKS, OLD_MARK, atomic_path, file_lock, fsync_dir, remove, write_json
+from tinyllama.data import conversations
+from tinyllama.data.chat import detect_format, template_of
+from tinyllama.data.conversations import builtin_chat_source, chat_template_text
 from tinyllama.data.encode import Encoder, ValSplit, batch_encoder
 from tinyllama.data.shards import PROGRESS, SPLITS, Progress, ShardWriter, resume_progress
-from tinyllama.data.sources import Source, resolve_source
+from tinyllama.data.sources import OPENERS, RECORD, TEXT_SUFFIXES, Source, resolve_source
 from tinyllama.data.store import FORMAT, PreparedData, read_meta, token_dtype
 from tinyllama.data.tokenizer import Tokenizer, load_tokenizer
 from tinyllama.data.util import DataError, cache_error, stable_hash
@@ -161,6 +165,20 @@ def _build(work: Path, source: Source, tokenizer: Tokenizer, cfg: DataConfig, ke
     remove(work / PROGRESS)
 
 
+def _build_conversations(work: Path, source: Source, tokenizer: Tokenizer, cfg: DataConfig, fmt: str, key: str) -> None:
+    """data/conversations.py into `work`, from scratch (a killed one starts over), then meta.json."""
+    if work.exists():
+        remove(work)
+    work.mkdir(parents=True)
+    start = time.perf_counter()
+    extra = conversations.build(work, _limited(source, cfg.max_documents), source.spec, tokenizer, cfg, fmt)
+    tokenizer.save(work / "tokenizer")
+    progress = Progress(key, cfg.shard_tokens, token_dtype(tokenizer.vocab_size).name)
+    progress.documents, progress.shards = extra.pop("documents"), extra.pop("shards")
+    extra["seconds"] = round(time.perf_counter() - start, 3)
+    write_json(work / "meta.json", _meta(source, tokenizer, cfg, progress, extra))
+
+
 def _slug(spec: str) -> str:
     """A readable cache directory prefix: `corpus/*.txt` -> corpus, `org/name` -> name."""
     parts = list(itertools.takewhile(lambda part: not glob.has_magic(part), Path(spec).parts))
@@ -253,33 +271,53 @@ def prepare_data(
         cache.mkdir(parents=True, exist_ok=True)
         for sub in ("tokenizers", "builtin"):
             sweep(cache / sub, _plain_lock(cache / sub))
-    source = resolve_source(
-        data_cfg.dataset,
-        data_cfg.text_field,
-        str(cache),
-        data_cfg.max_documents,
-        data_cfg.dataset_config,
-        data_cfg.split,
-        data_cfg.streaming,
-        data_cfg.encoding_errors,
-    )
+    fmt, source = _resolve(data_cfg, cache)
     with _cache_errors(cache):
-        return _prepare(source, cache, data_cfg, progress, log)
+        return _prepare(source, cache, data_cfg, progress, log, fmt)
 
 
-def _prepare(source: Source, cache: Path, data_cfg: DataConfig, progress: bool, log: Any) -> PreparedData:
+def _resolve(cfg: DataConfig, cache: Path) -> tuple[str, Source]:
+    """(format, source): data.format, or under auto what the first record holds (text files and the
+    built-in corpus are text without a look; builtin-chat is chat)."""
+    args = (str(cache), cfg.max_documents, cfg.dataset_config, cfg.split, cfg.streaming, cfg.encoding_errors)
+    if cfg.dataset == "builtin-chat":
+        if cfg.format not in ("auto", "chat"):
+            raise DataError(
+                f"data.dataset builtin-chat holds conversations; set data.format chat or auto, not {cfg.format}"
+            )
+        return "chat", builtin_chat_source(str(cache), cfg.max_documents)
+    suffix = next((x for x in reversed(Path(cfg.dataset).suffixes) if x.lower() not in OPENERS), "").lower()
+    if cfg.format == "text" or (cfg.format == "auto" and (cfg.dataset == "builtin" or suffix in TEXT_SUFFIXES)):
+        return "text", resolve_source(cfg.dataset, cfg.text_field, *args)
+    records = resolve_source(cfg.dataset, RECORD, *args)
+    fmt = cfg.format
+    if fmt == "auto":
+        first = next(iter(records.documents()), None)
+        try:
+            fmt = detect_format(json.loads(first)) if first is not None else "text"
+        except ValueError:
+            fmt = "text"
+    return (fmt, records) if fmt != "text" else ("text", resolve_source(cfg.dataset, cfg.text_field, *args))
+
+
+def _prepare(
+    source: Source, cache: Path, data_cfg: DataConfig, progress: bool, log: Any, fmt: str = "text"
+) -> PreparedData:
     corpus_key = stable_hash([source.fingerprint, data_cfg.max_documents])
     docs = _limited(source, data_cfg.max_documents)
     tokenizer = load_tokenizer(data_cfg.tokenizer, docs, cache / "tokenizers", corpus_key, source.description)
-    key = stable_hash(
-        {
-            "format": FORMAT,
-            "source": source.fingerprint,
-            "max_documents": data_cfg.max_documents,
-            "tokenizer": tokenizer.fingerprint(),
-            "val_fraction": data_cfg.val_fraction,
-        }
-    )
+    inputs = {
+        "format": FORMAT,
+        "source": source.fingerprint,
+        "max_documents": data_cfg.max_documents,
+        "tokenizer": tokenizer.fingerprint(),
+        "val_fraction": data_cfg.val_fraction,
+    }
+    if fmt != "text":  # conversations: how they are rendered and masked decides the tokens too
+        template = template_of(tokenizer, chat_template_text(data_cfg.chat_template))
+        inputs["rows"] = [fmt, data_cfg.mask_prompt, template]
+        tokenizer.chat_template = template  # PreparedData.open below may reuse this tokenizer
+    key = stable_hash(inputs)
     target = cache / "prepared" / f"{_slug(data_cfg.dataset)}-{key}"
     if target.is_dir():  # finished directories are renamed into place whole: safe to read without the lock
         with contextlib.suppress(DataError):
@@ -295,7 +333,10 @@ def _prepare(source: Source, cache: Path, data_cfg: DataConfig, progress: bool, 
         log(f"data: preparing {source.description} with tokenizer {data_cfg.tokenizer} -> {target}")
         work = target.with_name(f".{target.name}{PARTIAL}")
         try:
-            _build(work, source, tokenizer, data_cfg, key, progress, log)
+            if fmt == "text":
+                _build(work, source, tokenizer, data_cfg, key, progress, log)
+            else:
+                _build_conversations(work, source, tokenizer, data_cfg, fmt, key)
             with atomic_path(target) as tmp:
                 work.rename(tmp)
         except KeyboardInterrupt:

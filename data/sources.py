@@ -61,9 +61,11 @@ NOT_TEXT_FIX = "remove it from data.dataset (or narrow the glob)"
 SURROGATE = re.compile("[\ud800-\udfff]")  # what a lone "\ud800" escape in JSON decodes to; tokenizers reject it
 JSONL = {".jsonl", ".ndjson", ".json"}
 HF_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-FILE_SUFFIXES = {".txt", ".text", ".md", ".rst", ".csv", ".tsv", ".html", ".parquet", *JSONL, *OPENERS}
+TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst", ".csv", ".tsv", ".html"}  # one document per file
+FILE_SUFFIXES = {*TEXT_SUFFIXES, ".parquet", *JSONL, *OPENERS}
 ERRORS_HINT = " or set data.encoding_errors: replace"
 SPLIT_PREFIX = re.compile(r"^(train|test|validation|valid|dev)[-_.]")
+RECORD = "*"  # as the text field: each document is its whole record as a JSON string (chat / completions rows)
 
 
 @dataclass
@@ -170,6 +172,8 @@ def _field(record: Any, field: str, where: str, errors: str = "strict") -> str:
         raise DataError(
             f"{where}: a JSON {json_type(record)}, not an object; write one JSON object per line, text in '{field}'"
         )
+    if field == RECORD:
+        return json.dumps(record, ensure_ascii=False, default=str)
     if field not in record:
         keys = ", ".join(map(str, record))
         raise DataError(f"{where}: no '{field}' field (found: {keys}); set data.text_field to the text's field")
@@ -201,6 +205,9 @@ def _parquet_file(path: Path, field: str) -> Iterator[str]:
         except (pa.ArrowException, *READ_ERRORS) as exc:
             raise DataError(f"{path}: not a readable parquet file ({_one_line(exc)}); check or re-create it") from None
         names = table.schema_arrow.names
+        if field == RECORD:
+            yield from _parquet_records(path, table)
+            return
         if field not in names:
             raise DataError(f"{path}: no '{field}' column (found: {', '.join(names)}); set data.text_field")
         column_type = table.schema_arrow.field(field).type
@@ -211,6 +218,16 @@ def _parquet_file(path: Path, field: str) -> Iterator[str]:
                 yield from (value or "" for value in batch.column(0).to_pylist())
         except (pa.ArrowException, *READ_ERRORS) as exc:
             raise DataError(f"{path}: damaged parquet data ({_one_line(exc)}); re-create or re-download it") from None
+
+
+def _parquet_records(path: Path, table: Any) -> Iterator[str]:
+    import pyarrow as pa
+
+    try:
+        for batch in table.iter_batches(batch_size=1024):
+            yield from (json.dumps(row, ensure_ascii=False, default=str) for row in batch.to_pylist())
+    except (pa.ArrowException, *READ_ERRORS) as exc:
+        raise DataError(f"{path}: damaged parquet data ({_one_line(exc)}); re-create or re-download it") from None
 
 
 def _expand(spec: str) -> list[Path]:
@@ -352,7 +369,12 @@ def _hf_rows(dataset: Any, field: str, spec: str) -> Iterator[str]:
 
 def _hf_texts(dataset: Any, field: str, spec: str) -> Iterator[str]:
     columns = getattr(dataset, "column_names", None)
-    if columns is not None and field not in columns:
+    if field == RECORD and hasattr(dataset, "iter") and hasattr(dataset, "num_rows"):
+        for batch in dataset.iter(batch_size=1024):
+            for row in zip(*batch.values(), strict=True):
+                yield json.dumps(dict(zip(batch, row, strict=True)), ensure_ascii=False, default=str)
+        return
+    if columns is not None and field != RECORD and field not in columns:
         raise DataError(f"{spec}: no '{field}' column (found: {', '.join(columns)}); set data.text_field")
     if hasattr(dataset, "iter") and hasattr(dataset, "num_rows"):  # map-style: fast column batches
         for batch in dataset.select_columns([field]).iter(batch_size=1024):

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from tinyllama.data.loader import BatchLoader, val_windows
+from tinyllama.data.loader import BatchLoader, PackedLoader, Rows, val_rows, val_windows
 from tinyllama.data.shards import SHARD_TOKENS, SPLITS, ShardWriter  # noqa: F401 (re-exported)
 from tinyllama.data.tokenizer import Tokenizer
 from tinyllama.data.util import DataError, json_type, os_reason, stable_hash
@@ -125,14 +125,29 @@ def meta_problem(meta: Any) -> str | None:
     for split in SPLITS:
         for shard in shards[split]:
             file = shard.get("file") if isinstance(shard, dict) else None
-            if not isinstance(file, str) or Path(file).name != file or file.startswith(".") or not file:
+            if not _plain_name(file):
                 return f"a '{split}' shard has no plain file name"
             if not _is_count(shard.get("tokens")):
                 return f"shard {file} has no token count"
         listed = sum(shard["tokens"] for shard in shards[split])
         if listed != meta["tokens"][split]:
             return f"the '{split}' shards hold {listed} tokens, but tokens.{split} says {meta['tokens'][split]}"
+    masks = meta.get("masks")
+    if masks is not None:  # conversations (data/conversations.py): a uint8 loss mask per token
+        if not isinstance(masks, dict) or not all(isinstance(masks.get(split), list) for split in SPLITS):
+            return "'masks' is not {train: [...], val: [...]}"
+        for split in SPLITS:
+            if not all(
+                isinstance(m, dict) and _plain_name(m.get("file")) and _is_count(m.get("tokens")) for m in masks[split]
+            ):
+                return f"a '{split}' mask shard has no plain file name or count"
+            if sum(m["tokens"] for m in masks[split]) != meta["tokens"][split]:
+                return f"the '{split}' mask shards do not cover its {meta['tokens'][split]} tokens"
     return None
+
+
+def _plain_name(file: Any) -> bool:
+    return isinstance(file, str) and bool(file) and Path(file).name == file and not file.startswith(".")
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -156,9 +171,10 @@ def read_meta(path: Path) -> dict[str, Any]:
             f"{path}: tokens stored as {dtype.name} cannot hold a vocab of {vocab}; delete it and prepare again"
         )
     for split in SPLITS:
-        for shard in meta["shards"][split]:
+        masks = [(m, 1) for m in meta.get("masks", {}).get(split, [])]
+        for shard, itemsize in [(s, dtype.itemsize) for s in meta["shards"][split]] + masks:
             file = path / shard["file"]
-            expected = shard["tokens"] * dtype.itemsize
+            expected = shard["tokens"] * itemsize
             if not file.is_file() or file.stat().st_size != expected:
                 raise DataError(f"{file}: missing or not {expected} bytes; delete {path} and prepare again")
     return meta
@@ -220,6 +236,23 @@ class PreparedData:
             raise DataError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
         return open_split(self.path, self.meta["shards"][split], self.dtype)
 
+    @property
+    def conversations(self) -> bool:
+        """Chat / completions rows with a loss mask (data/conversations.py), not plain text."""
+        return "masks" in self.meta
+
+    def masks(self, split: str = "train") -> np.ndarray | ConcatTokens:
+        """The uint8 loss mask of a conversation split, one per token (data.loader.TRAIN / STARTS bits)."""
+        return open_split(self.path, self.meta["masks"][split], np.dtype(np.uint8))
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """What the trainers' samples start from: `text` as a user turn for conversations, else as is."""
+        if not self.conversations:
+            return self.tokenizer.encode(text)
+        from tinyllama.data.chat import prompt_ids
+
+        return prompt_ids(self.tokenizer, [{"role": "user", "content": text}])
+
     def check_model_vocab(self, model_vocab_size: int) -> None:
         """Fail before training when the model's embedding table is smaller than the tokenizer's vocab."""
         if model_vocab_size < self.vocab_size:
@@ -239,16 +272,24 @@ class PreparedData:
             "tokens": {split: len(self.tokens(split)) for split in SPLITS},
             "sample": stable_hash(sample),
             "dataset": self.meta["source"]["spec"],
+            **({"rows": self.meta.get("rows")} if self.conversations else {}),
         }
 
     def train_batches(
         self, seq_len: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, grad_accum: int = 1
     ) -> BatchLoader:
-        """The deterministic batches of the train split (data.loader.BatchLoader)."""
+        """The deterministic batches of the train split (data.loader.BatchLoader; PackedLoader for conversations)."""
+        if self.conversations:
+            train, masks = self.tokens("train"), self.masks("train")
+            eos = self.tokenizer.eos_id
+            return PackedLoader(train, masks, seq_len, batch_size, seed, rank, world_size, grad_accum, eos)
         return BatchLoader(self.tokens("train"), seq_len, batch_size, seed, rank, world_size, grad_accum)
 
-    def val_windows(self, seq_len: int, count: int) -> np.ndarray:
-        """The validation set: `count` windows spread over the val split (data.loader.val_windows)."""
+    def val_windows(self, seq_len: int, count: int) -> np.ndarray | Rows:
+        """The validation set: `count` windows spread over the val split (data.loader.val_windows), or packed
+        rows of conversations (data.loader.val_rows)."""
+        if self.conversations:
+            return val_rows(self.tokens("val"), self.masks("val"), seq_len, count, self.tokenizer.eos_id)
         return val_windows(self.tokens("val"), seq_len, count)
 
 

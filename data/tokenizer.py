@@ -89,6 +89,7 @@ class Tokenizer:
         unk_token: str | None = None,
         name: str = "",
         model_max_length: int = DEFAULT_MAX_LENGTH,
+        chat_template: str | None = None,
     ) -> None:
         backend.no_truncation()  # a tokenizer.json may carry these; prepare must see whole documents
         backend.no_padding()
@@ -96,6 +97,7 @@ class Tokenizer:
         self._fingerprint: str | None = None
         self.name = name
         self.model_max_length = model_max_length
+        self.chat_template = chat_template  # jinja2, as in tokenizer_config.json (data/chat.py renders it)
         self.eos_token, self.bos_token, self.unk_token = eos_token, bos_token, unk_token
         eos_id = backend.token_to_id(eos_token)
         if eos_id is None:
@@ -152,6 +154,8 @@ class Tokenizer:
             "add_eos_token": False,
             "name_or_path": self.name,
         }
+        if self.chat_template:
+            config["chat_template"] = self.chat_template
         write_json(directory / "tokenizer_config.json", config)
         write_json(directory / "special_tokens_map.json", self.special_tokens())
         return directory
@@ -191,9 +195,14 @@ class Tokenizer:
                 f"or add one of {', '.join(EOS_CANDIDATES[:3])}"
             )
         bos = _token_str(config.get("bos_token")) or next((t for t in BOS_CANDIDATES if t in vocab), None)
+        template = config.get("chat_template")
+        if template is None and directory is not None and (directory / "chat_template.jinja").is_file():
+            template = (directory / "chat_template.jinja").read_text(encoding="utf-8", errors="replace")
         max_length = config.get("model_max_length")
         max_length = int(max_length) if isinstance(max_length, (int, float)) and max_length < 1e9 else None
-        return cls(backend, eos, bos, _token_str(config.get("unk_token")), name, max_length or DEFAULT_MAX_LENGTH)
+        unk = _token_str(config.get("unk_token"))
+        template = template if isinstance(template, str) else None  # a list of named templates: not supported
+        return cls(backend, eos, bos, unk, name, max_length or DEFAULT_MAX_LENGTH, template)
 
 
 # --- backends: GPT-2 from the packaged files, a BPE trained on the corpus ----------------------------

@@ -55,8 +55,10 @@ def score_batch(model: Model, tokens: np.ndarray, rows: np.ndarray, cols: np.nda
     return ranks.tolist(), logprobs.tolist()
 
 
-def batch_loss(model: Model, x: np.ndarray, y: np.ndarray) -> float:
-    return model(mx.array(x), targets=mx.array(y)).item()
+def batch_loss(model: Model, x: np.ndarray, y: np.ndarray, segments: np.ndarray | None = None) -> float:
+    """Mean loss over the targets >= 0 of y; `segments`: packed rows (core.generate.mean_loss)."""
+    segments = mx.array(segments) if segments is not None else None
+    return model(mx.array(x), targets=mx.array(y), segments=segments).item()
 
 
 def peak_memory() -> int:

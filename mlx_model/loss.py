@@ -21,12 +21,18 @@ import mlx.core as mx
 CHUNK_BYTES = 2**30
 
 
-def linear_cross_entropy(h: mx.array, weight: mx.array, targets: mx.array) -> mx.array:
-    """Mean of cross_entropy(h @ weight.T, targets) with softmax in fp32; h (..., d), weight (V, d)."""
+def linear_cross_entropy(
+    h: mx.array, weight: mx.array, targets: mx.array, denominator: mx.array | None = None
+) -> mx.array:
+    """Sum of cross_entropy(h @ weight.T, targets) over targets >= 0 (-1: no loss) / denominator (default:
+    their count, i.e. the mean), softmax in fp32; h (..., d), weight (V, d)."""
     h2d = h.reshape(-1, h.shape[-1])  # (N, d)
     n_chunks = -(-h2d.shape[0] * weight.shape[0] * 4 // CHUNK_BYTES)  # ceil
     rows = -(-h2d.shape[0] // n_chunks)  # equal chunks, no small remainder
-    return _fused(rows)(h2d, weight, targets.reshape(-1))[0]
+    targets = targets.reshape(-1)
+    if denominator is None:
+        denominator = mx.maximum((targets >= 0).sum(), 1)
+    return _fused(rows)(h2d, weight, targets, mx.array(denominator, mx.float32))[0]
 
 
 @lru_cache
@@ -34,28 +40,37 @@ def _fused(rows: int):
     """The custom function for one chunk size (a Python int, so mx.compile sees plain slices)."""
 
     @mx.custom_function
-    def fused(h: mx.array, weight: mx.array, targets: mx.array):
-        """(loss, d loss / d h, d loss / d weight) over row chunks of h: (N, d), weight: (V, d)."""
+    def fused(h: mx.array, weight: mx.array, targets: mx.array, denominator: mx.array):
+        """(loss, d loss / d h, d loss / d weight) over row chunks of h: (N, d), weight: (V, d); rows whose
+        target is -1 add nothing."""
         N, V = h.shape[0], weight.shape[0]
+        row_scale = ((targets >= 0) / denominator)[:, None].astype(h.dtype)  # (N, 1): 0 where no loss
         losses, grad_h, grad_w = [], [], None
         for start in range(0, N, rows):
             h_c, t = h[start : start + rows], targets[start : start + rows, None]  # (n, d), (n, 1)
+            scale = row_scale[start : start + rows]  # (n, 1)
             logits = (h_c @ weight.T).astype(mx.float32)  # (n, V)
             top = logits.max(axis=-1, keepdims=True)  # (n, 1)
             exp = mx.exp(logits - top)  # (n, V): the one exp per logit
             total = exp.sum(axis=-1, keepdims=True)  # (n, 1)
-            losses.append((mx.log(total) + top - mx.take_along_axis(logits, t, axis=-1)).sum())
+            picked = mx.take_along_axis(logits, mx.maximum(t, 0), axis=-1)  # (n, 1)
+            losses.append(((mx.log(total) + top - picked) * (t >= 0)).sum())
             grad = (exp / total - (mx.arange(V)[None, :] == t)).astype(h.dtype)  # (n, V) softmax - one_hot
-            grad_h.append(grad @ weight)  # (n, d)
-            grad_w_c = (grad.T @ h_c).astype(mx.float32)  # (V, d)
+            grad_h.append((grad @ weight) * scale)  # (n, d)
+            grad_w_c = (grad.T @ (h_c * scale)).astype(mx.float32)  # (V, d)
             grad_w = grad_w_c if grad_w is None else grad_w + grad_w_c
-        loss = mx.stack(losses).sum() / N
-        return loss, mx.concatenate(grad_h) / N, (grad_w / N).astype(weight.dtype)
+        loss = mx.stack(losses).sum() / denominator
+        return loss, mx.concatenate(grad_h), grad_w.astype(weight.dtype)
 
     @fused.vjp
     def fused_vjp(primals, cotangents, outputs):
-        h, weight, targets = primals
+        h, weight, targets, denominator = primals
         grad_loss, (_, grad_h, grad_w) = cotangents[0], outputs
-        return (grad_loss * grad_h).astype(h.dtype), (grad_loss * grad_w).astype(weight.dtype), mx.zeros_like(targets)
+        return (
+            (grad_loss * grad_h).astype(h.dtype),
+            (grad_loss * grad_w).astype(weight.dtype),
+            mx.zeros_like(targets),
+            mx.zeros_like(denominator),
+        )
 
     return fused

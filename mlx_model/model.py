@@ -82,7 +82,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=False)
         self.rope = RoPE(self.head_dim, cfg.rope_theta, cfg.max_seq_len)
 
-    def __call__(self, x: mx.array, cache: KVCache | None = None) -> mx.array:
+    def __call__(self, x: mx.array, cache: KVCache | None = None, mask: mx.array | None = None) -> mx.array:
         B, T, _ = x.shape
         q = self.q_proj(x).reshape(B, T, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)  # (B, H, T, hd)
         k = self.k_proj(x).reshape(B, T, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)  # (B, KV, T, hd)
@@ -91,14 +91,24 @@ class Attention(nn.Module):
         q, k = self.rope(q, offset), self.rope(k, offset)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, KV, S, hd), S = offset + T
-        out = attend(q, k, v, self.scale)  # (B, H, T, hd)
+        out = attend(q, k, v, self.scale, mask)  # (B, H, T, hd)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, -1))
 
 
-def attend(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
-    """Causal SDPA; MLX's "causal" mask is aligned bottom-right and takes GQA's fewer KV heads as is."""
-    mask = "causal" if q.shape[2] > 1 else None
+def attend(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None = None) -> mx.array:
+    """Causal SDPA; MLX's "causal" mask is aligned bottom-right and takes GQA's fewer KV heads as is. Or
+    with `mask` (B, 1, T, T) bool, packed rows' block-causal mask (segment_mask)."""
+    if mask is None:
+        mask = "causal" if q.shape[2] > 1 else None
     return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+
+
+def segment_mask(segments: mx.array) -> mx.array:
+    """(B, T) segment ids -> (B, 1, T, T) bool: causal, and only within a segment (RoPE is relative, so a
+    packed conversation computes what it would alone)."""
+    T = segments.shape[1]
+    causal = mx.tril(mx.ones((T, T), dtype=mx.bool_))
+    return (segments[:, None, :, None] == segments[:, None, None, :]) & causal  # (B, 1, T, T)
 
 
 class MLP(nn.Module):
@@ -120,8 +130,8 @@ class TransformerBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def __call__(self, x: mx.array, cache: KVCache | None = None) -> mx.array:
-        h = x + self.self_attn(self.input_layernorm(x), cache)
+    def __call__(self, x: mx.array, cache: KVCache | None = None, mask: mx.array | None = None) -> mx.array:
+        h = x + self.self_attn(self.input_layernorm(x), cache, mask)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -132,10 +142,13 @@ class LlamaModel(nn.Module):
         self.layers = [TransformerBlock(cfg) for _ in range(cfg.n_layers)]
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
 
-    def __call__(self, tokens: mx.array, cache: list[KVCache] | None = None) -> mx.array:
+    def __call__(
+        self, tokens: mx.array, cache: list[KVCache] | None = None, segments: mx.array | None = None
+    ) -> mx.array:
         h = self.embed_tokens(tokens)  # (B, T, d_model)
+        mask = segment_mask(segments) if segments is not None else None  # (B, 1, T, T) for packed rows
         for i, layer in enumerate(self.layers):
-            h = layer(h, cache[i] if cache is not None else None)
+            h = layer(h, cache[i] if cache is not None else None, mask)
         return self.norm(h)
 
 
@@ -148,13 +161,19 @@ class Model(nn.Module):
             self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
 
     def __call__(
-        self, tokens: mx.array, cache: list[KVCache] | None = None, targets: mx.array | None = None
+        self,
+        tokens: mx.array,
+        cache: list[KVCache] | None = None,
+        targets: mx.array | None = None,
+        segments: mx.array | None = None,
+        denominator: mx.array | None = None,
     ) -> mx.array:
-        """Logits (B, T, vocab); with `targets` (B, T), the mean next-token loss instead."""
-        h = self.model(tokens, cache)  # (B, T, d_model)
+        """Logits (B, T, vocab); with `targets` (B, T), the next-token loss instead: mean over targets >= 0, or
+        their sum / `denominator`. `segments` (B, T): packed rows, attention only within a segment."""
+        h = self.model(tokens, cache, segments)  # (B, T, d_model)
         if targets is not None:
             head = self.model.embed_tokens.weight if self.cfg.tie_embeddings else self.lm_head.weight  # (vocab, d)
-            return linear_cross_entropy(h, head, targets)  # one exp per logit, gradient in the forward pass
+            return linear_cross_entropy(h, head, targets, denominator)  # one exp per logit, gradient in forward
         # = h @ head.T, through the layers so that an MLX-quantized head (inference only) runs too
         return self.model.embed_tokens.as_linear(h) if self.cfg.tie_embeddings else self.lm_head(h)  # (B, T, vocab)
 

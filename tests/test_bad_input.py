@@ -108,6 +108,23 @@ CASES = [
     ("data-binary", "train_cuda.py", "{train} --data.dataset {s}/image.txt", "image.txt", "image.txt"),
     ("data-gz", "train_mlx.py", "{train} --data.dataset {s}/cut.jsonl.gz", "cut.jsonl.gz", "cut.jsonl.gz"),
     ("data-tokenizer", "train_cuda.py", "{train} --data.tokenizer bpe:abc", "expected bpe:<vocab size>", "bpe:abc"),
+    (
+        "data-shard-tokens",
+        "python -m data.prepare",
+        "--config {smoke} --data.shard_tokens 0",
+        "at least 1",
+        "shard_tokens",
+    ),
+    ("chat-no-answer", "train_cuda.py", "{train} --data.dataset {s}/no-answer.jsonl", "no assistant message", "row 2"),
+    (
+        "chat-not-records",
+        "train_mlx.py",
+        "{train} --data.dataset {s}/ok.txt --data.format chat",
+        "not a JSON",
+        "ok.txt",
+    ),
+    ("chat-template", "train_cuda.py", "{chat} --data.chat_template {s}/broken.jinja", "does not parse", "template"),
+    ("chat-format-choice", "train.py", "--config {smoke} --data.format sharegpt", "must be one of", "data.format"),
     ("data-cache-file", "train_cuda.py", "{train} --data.cache_dir {s}/a-file", "data.cache_dir", "a-file"),
     ("vocab-too-small", "train_cuda.py", "{train} --model.vocab_size 100", "smaller than the tokenizer", "vocab_size"),
     ("torch-given-mlx", "train_cuda.py", "{train} --hardware.accelerator mlx", "train with train_mlx.py", "mlx"),
@@ -289,6 +306,10 @@ def sandbox(tmp_path_factory, data_cache):
     (s / "ok.txt").write_text("Plain text. " * 100)
     (s / "cut.jsonl.gz").write_bytes(b'{"text": "not compressed at all"}\n' * 50)  # named .gz, plain inside
     (s / "model.gguf").write_bytes(b"GGUF" + bytes(60))
+    talk = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    (s / "no-answer.jsonl").write_text(json.dumps(talk) + "\n" + json.dumps({"messages": talk["messages"][:1]}) + "\n")
+    (s / "chat.jsonl").write_text((json.dumps(talk) + "\n") * 20)
+    (s / "broken.jinja").write_text("{% for message in messages %}{{ message['content'] }")
     (s / "typo-cases.yaml").write_text("- {prompt: a, expct: b}\n")
     write_word_tokenizer(s / "big-tok", 600)
     placeholders = {
@@ -298,6 +319,7 @@ def sandbox(tmp_path_factory, data_cache):
         "train": " ".join(smoke_argv(s / "fresh", data_cache)),
         "used": " ".join(base),
         "escape": " ".join(smoke_argv(s / "escape", data_cache)),
+        "chat": " ".join(smoke_argv(s / "fresh", data_cache, "--data.dataset", str(s / "chat.jsonl"))),
     }
     for name in ("bad-state", "bad-moments", "no-moments"):
         placeholders[f"run_of:{name}"] = " ".join(smoke_argv(s / name, data_cache))

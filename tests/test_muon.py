@@ -185,7 +185,7 @@ def test_training_steps_equal_on_both_backends():
         topt.step()
         topt.zero_grad()
         zeros = tree_map(mx.zeros_like, mm.trainable_parameters())
-        mlx_step(mx.array(x), mx.array(y), zeros, mx.array(lr, dtype=mx.float32))
+        mlx_step(zeros, mx.array(lr, dtype=mx.float32), mx.array(x), mx.array(y), mx.array(float(y.size)))
         mx.eval(mm.state, mopt.state)
     a, b = torch_weights(tm), mlx_weights(mm)
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-5
@@ -327,7 +327,8 @@ def _mlx_after_two_steps(reject_first: bool) -> tuple[dict, dict]:
     _, step = train_mlx.build_step(model, optimizer, cfg, 1)
 
     def run(lr: float) -> None:
-        step(mx.array(x), mx.array(y), tree_map(mx.zeros_like, model.trainable_parameters()), mx.array(lr))
+        acc = tree_map(mx.zeros_like, model.trainable_parameters())
+        step(acc, mx.array(lr), mx.array(x), mx.array(y), mx.array(float(y.size)))
         mx.eval(model.state, optimizer.state)
 
     if reject_first:  # what train_mlx.py does with a non-finite step under on_nonfinite: skip

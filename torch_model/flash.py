@@ -5,14 +5,17 @@ from __future__ import annotations
 import torch
 
 from tinyllama.core.cli import UserError
-from tinyllama.torch_model.model import Attention
+from tinyllama.torch_model.model import Attention, attend
 
 
-def flash_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+def flash_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None = None):
     """Same contract as torch_model.model.attend; flash-attn wants (B, T, H, hd) and aligns the causal
-    mask bottom-right (v2.1+), and takes GQA's fewer KV heads as they are."""
+    mask bottom-right (v2.1+), and takes GQA's fewer KV heads as they are. Packed rows (a block mask) go
+    to torch's SDPA, whose memory-efficient kernel takes masks."""
     from flash_attn import flash_attn_func
 
+    if mask is not None:
+        return attend(q, k, v, scale, mask)
     out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scale, causal=True)
     return out.transpose(1, 2)  # (B, H, T, hd)
 

@@ -67,9 +67,11 @@ def score_batch(model: Model, tokens: np.ndarray, rows: np.ndarray, cols: np.nda
 
 
 @torch.inference_mode()
-def batch_loss(model: Model, x: np.ndarray, y: np.ndarray) -> float:
+def batch_loss(model: Model, x: np.ndarray, y: np.ndarray, segments: np.ndarray | None = None) -> float:
+    """Mean loss over the targets >= 0 of y; `segments`: packed rows (core.generate.mean_loss)."""
     device = next(model.parameters()).device
-    return model(torch.as_tensor(x, device=device), targets=torch.as_tensor(y, device=device)).item()
+    x, y, *s = (torch.as_tensor(a, device=device) for a in (x, y, *([segments] if segments is not None else [])))
+    return model(x, targets=y, segments=s[0] if s else None).item()
 
 
 def peak_memory() -> int:

@@ -25,23 +25,29 @@ def chunk_bytes(device_type: str) -> int:
     return CHUNK_BYTES.get(device_type, DEFAULT_CHUNK_BYTES)
 
 
-def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean of cross_entropy(h @ weight.T, targets) with softmax in fp32; h (..., d), weight (V, d)."""
+def linear_cross_entropy(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, denominator: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Sum of cross_entropy(h @ weight.T, targets) over targets >= 0 (-1: no loss) / denominator (default:
+    their count, i.e. the mean), softmax in fp32; h (..., d), weight (V, d)."""
     device = h.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
     h2d = h.reshape(-1, h.shape[-1]).to(dtype)  # (N, d) in the matmul dtype, as autocast would run F.linear
     n_chunks = -(-h2d.shape[0] * weight.shape[0] * 4 // chunk_bytes(device))  # ceil
     rows = -(-h2d.shape[0] // n_chunks)  # equal chunks, no small remainder
+    targets = targets.reshape(-1)
+    if denominator is None:
+        denominator = (targets >= 0).sum().clamp_min(1)
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-        return _LinearCrossEntropy.apply(h2d, weight, targets.reshape(-1), rows)
+        return _LinearCrossEntropy.apply(h2d, weight, targets, denominator, rows)
     with torch.no_grad():
-        return _chunked(h2d, weight, targets.reshape(-1), rows, with_grads=False)[0]
+        return _chunked(h2d, weight, targets, denominator, rows, with_grads=False)[0]
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, targets, rows):
-        loss, grad_h, grad_w = _chunked(h, weight, targets, rows, with_grads=True)
+    def forward(ctx, h, weight, targets, denominator, rows):
+        loss, grad_h, grad_w = _chunked(h, weight, targets, denominator, rows, with_grads=True)
         ctx.grads, ctx.weight_dtype = (grad_h, grad_w), weight.dtype
         return loss
 
@@ -49,7 +55,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         grad_h, grad_w = ctx.grads
         del ctx.grads
-        return grad_h.mul_(grad_loss), grad_w.mul_(grad_loss).to(ctx.weight_dtype), None, None
+        return grad_h.mul_(grad_loss), grad_w.mul_(grad_loss).to(ctx.weight_dtype), None, None, None
 
 
 def keep_eager_under_compile() -> None:
@@ -62,9 +68,10 @@ def keep_eager_under_compile() -> None:
         _chunked._eager_under_compile = True
 
 
-def _chunked(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int, with_grads: bool):
-    """Loss (and d loss / d h, d loss / d weight) over row chunks of h: (N, d), weight: (V, d).
-    Matmuls run in h's dtype; the weight gradient is summed in fp32 and returned in the weight's."""
+def _chunked(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, denominator, rows: int, with_grads: bool):
+    """Loss (and d loss / d h, d loss / d weight) over row chunks of h: (N, d), weight: (V, d); rows whose
+    target is -1 add nothing. Matmuls run in h's dtype; the weight gradient is summed in fp32 and returned
+    in the weight's."""
     N, V = h.shape[0], weight.shape[0]
     weight = weight.to(h.dtype)  # (V, d) the autocast copy; a no-op in fp32
     logits_buf = torch.empty(min(rows, N), V, dtype=h.dtype, device=h.device)  # (C, V) matmul output
@@ -72,13 +79,15 @@ def _chunked(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows:
     loss = torch.zeros((), dtype=torch.float32, device=h.device)
     grad_h = torch.empty_like(h) if with_grads else None  # (N, d)
     grad_w = None  # (V, d) fp32 sum over chunks
-    h_scaled = h / N if with_grads else None  # the mean's 1/N, on the narrow side of the weight gradient
+    kept = (targets >= 0)[:, None]  # (N, 1)
+    row_scale = kept.to(h.dtype) / denominator  # (N, 1): 1/denominator, 0 where there is no loss
+    h_scaled = h * row_scale if with_grads else None  # on the narrow side of the weight gradient
     for start in range(0, N, rows):
         end = min(start + rows, N)
-        n, t = end - start, targets[start:end, None].long()  # (n, 1)
+        n, t = end - start, targets[start:end, None].long().clamp_min(0)  # (n, 1)
         logits = torch.mm(h[start:end], weight.t(), out=logits_buf[:n]).float()  # (n, V) fp32 view or copy
         log_probs = torch.log_softmax(logits, dim=-1, out=probs_buf[:n])  # (n, V)
-        loss -= log_probs.gather(1, t).sum()
+        loss -= log_probs.gather(1, t).mul_(kept[start:end]).sum()
         if not with_grads:
             continue
         grad = torch.softmax(logits, dim=-1, out=probs_buf[:n])  # (n, V) d loss_i / d logits_i = p - onehot
@@ -92,5 +101,5 @@ def _chunked(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows:
         else:
             grad_w += grad.t() @ h_scaled[start:end]  # bf16 product, fp32 sum
     if with_grads:
-        grad_h /= N
-    return loss / N, grad_h, grad_w
+        grad_h *= row_scale
+    return loss / denominator, grad_h, grad_w

@@ -116,7 +116,7 @@ class Attention(nn.Module):
         self.rope = RoPE(self.head_dim, cfg.rope_theta, cfg.max_seq_len)
         self.attend = attend  # swappable kernel (e.g. flash_attn), same signature
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
@@ -125,12 +125,13 @@ class Attention(nn.Module):
         q, k = self.rope(q, offset), self.rope(k, offset)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, KV, S, hd), S = offset + T
-        out = self.attend(q, k, v, self.scale)  # (B, H, T, hd)
+        out = self.attend(q, k, v, self.scale, mask)  # (B, H, T, hd)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """Causal SDPA with the mask aligned bottom-right, so queries at an offset see all past keys."""
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None = None):
+    """Causal SDPA with the mask aligned bottom-right, so queries at an offset see all past keys; or with
+    `mask` (B, 1, T, T) bool, packed rows' block-causal mask (segment_mask)."""
     T, S = q.shape[2], k.shape[2]
     n_rep = q.shape[1] // k.shape[1]
     if T == 1:  # one query sees every key: no mask; GQA as n_rep queries per KV head, no copy of the cache
@@ -140,10 +141,19 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> t
     if n_rep > 1:  # GQA: share each KV head across n_rep query heads (works with every SDPA backend)
         k = k.repeat_interleave(n_rep, dim=1)  # (B, H, S, hd)
         v = v.repeat_interleave(n_rep, dim=1)
-    if T == S:
+    if T == S and mask is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, scale=scale)
-    mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)  # bottom-right
+    if mask is None:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)  # bottom-right
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def segment_mask(segments: torch.Tensor) -> torch.Tensor:
+    """(B, T) segment ids -> (B, 1, T, T) bool: causal, and only within a segment (RoPE is relative, so a
+    packed conversation computes what it would alone)."""
+    T = segments.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+    return (segments[:, None, :, None] == segments[:, None, None, :]) & causal  # (B, 1, T, T)
 
 
 class MLP(nn.Module):
@@ -165,8 +175,8 @@ class TransformerBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), cache)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = x + self.self_attn(self.input_layernorm(x), cache, mask)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -177,10 +187,13 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.n_layers)])
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
 
-    def forward(self, tokens: torch.Tensor, cache: list[KVCache] | None = None) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, cache: list[KVCache] | None = None, segments: torch.Tensor | None = None
+    ) -> torch.Tensor:
         h = self.embed_tokens(tokens)  # (B, T, d_model)
+        mask = segment_mask(segments) if segments is not None else None  # (B, 1, T, T) for packed rows
         for i, layer in enumerate(self.layers):
-            h = layer(h, cache[i] if cache is not None else None)
+            h = layer(h, cache[i] if cache is not None else None, mask)
         return self.norm(h)
 
 
@@ -193,13 +206,19 @@ class Model(nn.Module):
             self.lm_head = Linear(cfg.d_model, cfg.vocab_size)
 
     def forward(
-        self, tokens: torch.Tensor, cache: list[KVCache] | None = None, targets: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        cache: list[KVCache] | None = None,
+        targets: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
+        denominator: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (B, T, vocab); with `targets` (B, T), the mean next-token loss instead."""
-        h = self.model(tokens, cache)  # (B, T, d_model)
+        """Logits (B, T, vocab); with `targets` (B, T), the next-token loss instead: mean over targets >= 0, or
+        their sum / `denominator`. `segments` (B, T): packed rows, attention only within a segment."""
+        h = self.model(tokens, cache, segments)  # (B, T, d_model)
         head = self.model.embed_tokens.weight if self.cfg.tie_embeddings else self.lm_head.weight  # (vocab, d)
         if targets is not None:
-            return linear_cross_entropy(h, head, targets)  # never materialises (B, T, vocab)
+            return linear_cross_entropy(h, head, targets, denominator)  # never materialises (B, T, vocab)
         return F.linear(h, head)  # (B, T, vocab)
 
     def make_cache(self) -> list[KVCache]:

@@ -5,6 +5,8 @@
     python infer.py --ckpt checkpoints/final.ckpt --prompt-file prompts.txt --seed 0    # one prompt per line
     python infer.py --ckpt checkpoints/final.ckpt                                      # interactive prompt loop
     echo "Once upon a time" | python infer.py --model checkpoints/final.ckpt -p - --temp 0.7 --min-p 0.05
+    python infer.py --ckpt checkpoints/final.ckpt --chat --system-prompt "Be brief."  # chat: /reset, /exit
+    python infer.py --ckpt checkpoints/final.ckpt --chat -p "What is the capital of France?"  # one answer
 
 mlx_lm's names work too: --model for --ckpt, --max-tokens, --temp, -p.
 
@@ -18,10 +20,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tinyllama.convert.model_source import resolve_model
 from tinyllama.core.backend import BACKENDS, Backend, load_backend, pick
+from tinyllama.core.chat_repl import Conversation, run_chat
 from tinyllama.core.cli import ArgumentParser, UserError, human_bytes, human_count, run_cli
 from tinyllama.core.model_files import is_mlx_quantized, read_eos_ids, read_model_config
 from tinyllama.core.sampling import SamplingParams, TextStream, fit_prompt
@@ -42,6 +46,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "-p", "--prompt", action="append", default=[], help="prompt text; repeat for several (batched); - = stdin"
     )
     p.add_argument("--prompt-file", help="a text file with one prompt per line (blank lines skipped)")
+    p.add_argument(
+        "--chat", action="store_true", help="chat through the chat template: a REPL, or one answer to --prompt"
+    )
+    p.add_argument("--system-prompt", help="--chat: a system message that starts the conversation")
+    p.add_argument("--chat-template", help="--chat: a jinja2 template file (default: the tokenizer's)")
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="default: %(default)s")
     p.add_argument("--max-new-tokens", "--max-tokens", type=int, default=100, help="default: %(default)s")
     p.add_argument("--temperature", "--temp", type=float, default=0.8, help="0 = greedy (default: %(default)s)")
@@ -60,6 +69,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.max_new_tokens < 1:
         p.error("--max-new-tokens must be >= 1")
+    if not args.chat and (args.system_prompt is not None or args.chat_template):
+        p.error("--system-prompt and --chat-template need --chat")
+    if args.chat and (len(args.prompt) > 1 or args.prompt_file):
+        p.error("--chat takes one --prompt (or none, for a conversation), not several or --prompt-file")
     return args
 
 
@@ -87,35 +100,91 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
-def prompt_ids(tok, text: str, max_seq_len: int, max_new: int) -> tuple[list[int], int]:
-    ids = tok.encode_prompt(text) or [tok.bos_id if tok.bos_id is not None else tok.eos_id]
+def fitted(ids: list[int], max_seq_len: int, max_new: int) -> tuple[list[int], int]:
     ids, max_new, note = fit_prompt(ids, max_seq_len, max_new)
     if note:
         print(f"warning: {note}", file=sys.stderr)
     return ids, max_new
 
 
-def stream_one(backend: Backend, tok, text: str, opts: dict, max_new: int) -> str:
-    """Generate for one prompt, printing as tokens arrive; returns the speed line."""
-    ids, max_new = prompt_ids(tok, text, backend.config.max_seq_len, max_new)
-    stream = TextStream(tok.decode, ids)
-    sys.stdout.write(text)
-    sys.stdout.flush()
+def prompt_ids(tok, text: str, max_seq_len: int, max_new: int) -> tuple[list[int], int]:
+    ids = tok.encode_prompt(text) or [tok.bos_id if tok.bos_id is not None else tok.eos_id]
+    return fitted(ids, max_seq_len, max_new)
+
+
+def stream_ids(backend: Backend, stream: TextStream, ids: list[int], opts: dict, max_new: int) -> tuple[list[int], str]:
+    """Generate after `ids`, printing the text as tokens arrive; returns (the new ids, the speed line)."""
     start = time.perf_counter()
     first = end = start
-    n = 0
+    new: list[int] = []
     for token in backend.generate(ids, max_new, **opts):
         end = time.perf_counter()
-        first = end if n == 0 else first
-        n += 1
+        first = end if not new else first
+        new.append(token)
         sys.stdout.write(stream.push(token))
         sys.stdout.flush()
     sys.stdout.write(stream.flush() + "\n")
     sys.stdout.flush()
+    n = len(new)
     prompt = f"prompt {len(ids)} tokens at {human_count(len(ids) / max(first - start, 1e-9))} tok/s"
     if n < 2 or end <= first:  # the first token comes with the prompt: a decode rate needs two
-        return f"{prompt} | generated {n} token{'s' if n != 1 else ''}"
-    return f"{prompt} | generated {n} tokens at {human_count((n - 1) / (end - first))} tok/s"
+        return new, f"{prompt} | generated {n} token{'s' if n != 1 else ''}"
+    return new, f"{prompt} | generated {n} tokens at {human_count((n - 1) / (end - first))} tok/s"
+
+
+def stream_one(backend: Backend, tok, text: str, opts: dict, max_new: int) -> str:
+    """Generate for one prompt, printing it and then the new text as tokens arrive; returns the speed line."""
+    ids, max_new = prompt_ids(tok, text, backend.config.max_seq_len, max_new)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    return stream_ids(backend, TextStream(tok.decode, ids), ids, opts, max_new)[1]
+
+
+def chat_template(tok, file: str | None) -> tuple[str, set[int]]:
+    """The template for --chat (--chat-template's file, else the tokenizer's, else data.chat's default, with
+    a note) and the ids that end an answer (rendering a probe conversation: a broken template fails here)."""
+    from tinyllama.data.chat import DEFAULT_TEMPLATE, end_of_turn_ids
+
+    if file is None:
+        template = tok.chat_template or DEFAULT_TEMPLATE
+        if tok.chat_template is None:
+            print(
+                "note: the tokenizer has no chat template; using the default (<|user|> ... <|assistant|>)",
+                file=sys.stderr,
+            )
+    else:
+        try:
+            template = Path(file).read_bytes().decode("utf-8")
+        except OSError as exc:
+            raise UserError(f"cannot read --chat-template {file}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise UserError(f"--chat-template {file} is not UTF-8 text (byte offset {exc.start})") from None
+        if not template.strip():
+            raise UserError(f"--chat-template {file} is empty; write a jinja2 chat template in it")
+    return template, end_of_turn_ids(tok, template)
+
+
+def chat(
+    backend: Backend,
+    tok,
+    template: str,
+    args: argparse.Namespace,
+    opts: dict,
+    report: Callable[[str], None],
+    prompt: str | None,
+) -> None:
+    """--chat: one answer to `prompt`, or a conversation read line by line from stdin."""
+    max_seq_len = backend.config.max_seq_len
+    reserve = min(args.max_new_tokens, max_seq_len // 2)  # kept for the answer; the rest is the conversation's
+
+    def reply(ids: list[int]) -> str:
+        max_new = min(args.max_new_tokens, max(max_seq_len - len(ids), reserve))
+        ids, max_new = fitted(ids, max_seq_len, max_new)  # trims only a single turn too long for the context
+        new, line = stream_ids(backend, TextStream(tok.decode), ids, opts, max_new)
+        report(line)
+        return tok.decode(new)
+
+    run_chat(Conversation(tok, template, args.system_prompt, max_seq_len - reserve), reply, prompt)
 
 
 def run_batch(backend: Backend, tok, texts: list[str], opts: dict, max_new: int) -> str:
@@ -154,18 +223,21 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> None:
     from tinyllama.data.tokenizer import checkpoint_tokenizer
 
     tok = checkpoint_tokenizer(args.ckpt, args.tokenizer, cfg.vocab_size)
+    template, stops = chat_template(tok, args.chat_template) if args.chat else ("", set())
     backend = load_backend(name, args.ckpt, args.dtype, device)
     seed = args.seed
     if seed is None and not params.greedy:
         seed = int(time.time_ns() % 2**31)
-    opts = dict(vars(params), seed=seed, eos_id=read_eos_ids(args.ckpt) | {tok.eos_id})
+    opts = dict(vars(params), seed=seed, eos_id=read_eos_ids(args.ckpt) | {tok.eos_id} | stops)
     label = backend.label + (f", seed {seed}" if seed is not None else "")
 
     def report(line: str) -> None:
         peak = backend.peak_memory()
         print(f"[{label}] {line} | peak memory {human_bytes(peak) if peak else 'n/a'}", file=sys.stderr)
 
-    if len(prompts) == 1:
+    if args.chat:
+        chat(backend, tok, template, args, opts, report, prompts[0] if prompts else None)
+    elif len(prompts) == 1:
         report(stream_one(backend, tok, prompts[0], opts, args.max_new_tokens))
     elif prompts:
         report(run_batch(backend, tok, prompts, opts, args.max_new_tokens))

@@ -61,7 +61,7 @@ train: install
 	$(PYTHON) train.py --config config.yaml $(TRAIN_ARGS)
 
 test: system install-dev
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PYTHON) -m pytest -q
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PYTHON) -m pytest -q --durations=25
 
 # The development loop: everything but the end-to-end runs marked slow (~50 s on 2 cores).
 test-fast: system install-dev

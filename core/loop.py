@@ -269,7 +269,8 @@ class Run:
             path = self._save("final.ckpt")
             if self.is_main:
                 self.log.plot()
-                self.say(f'done: {path}\ntry: python infer.py --ckpt {path} --prompt "{self.t.sample_prompt}"')
+                chat = " --chat" if self.data.conversations else ""
+                self.say(f'done: {path}\ntry: python infer.py --ckpt {path}{chat} --prompt "{self.t.sample_prompt}"')
         if self.is_main:
             self.log.close()
             release_lock(Path(self.cfg.output.dir) / ".lock")

@@ -232,3 +232,41 @@ def test_gradient_ignores_another_conversation_in_the_same_row():
     assert same(grads(x), grads(first))
     assert not same(grads(x), grads(user_turn))
     assert not same(grads(x, None), grads(first, None))  # without segments conversation 1 leaks in
+
+
+@pytest.mark.parametrize("template", [DEFAULT_TEMPLATE, CHATML], ids=["default", "chatml"])
+def test_transformers_renders_the_saved_template_as_we_do(template, chatml_tokenizer, tmp_path):
+    """The template saved with a prepared tokenizer renders the same text through transformers'
+    apply_chat_template, so a checkpoint is chatted with as it was trained."""
+    import copy
+
+    from transformers import AutoTokenizer
+
+    tok = copy.copy(chatml_tokenizer)
+    tok.chat_template = template
+    tok.save(tmp_path)
+    theirs = AutoTokenizer.from_pretrained(tmp_path)
+    for messages, generation in ((TALK, False), (TALK[:3], True)):
+        ours = render(template, messages, tok, add_generation_prompt=generation)
+        assert theirs.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation) == ours
+
+
+def test_parquet_and_saved_datasets_of_conversations(tmp_path):
+    """The same conversations from jsonl, a parquet file and a datasets.save_to_disk directory (auto-detected
+    as chat from their columns) prepare to the same tokens and masks."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = _chat_rows(40, seed=3)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "chat.parquet")
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    made = [_prepare(tmp_path / "jsonl", rows)]
+    for spec in (tmp_path / "chat.parquet", tmp_path / "saved"):
+        over = {"data.dataset": str(spec), "data.cache_dir": str(tmp_path / "cache"), "data.tokenizer": "gpt2"}
+        made.append(prepare_data(load_config(None, over).data, progress=False, log=lambda *_: None))
+    for data in made:
+        assert data.meta["rows"]["format"] == "chat"
+        for split in ("train", "val"):
+            assert (np.asarray(data.tokens(split)) == np.asarray(made[0].tokens(split))).all()
+            assert (np.asarray(data.masks(split)) == np.asarray(made[0].masks(split))).all()

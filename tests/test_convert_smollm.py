@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from helpers import greedy_mlx, greedy_torch
+from helpers import greedy_mlx, greedy_torch, run_infer
 
 from tinyllama.convert.gguf_export import export_gguf
 from tinyllama.convert.gguf_import import import_gguf, load_gguf, metadata, open_reader
@@ -118,34 +119,50 @@ def test_reexport_to_gguf_and_reload(smollm, torch_smollm, tokenizer, tmp_path):
     )
 
 
-def test_finetune_imported_model_with_train_mlx_then_export(smollm, tmp_path):
-    """import -> a few train_mlx.py steps from its weights (`training.init_from`) -> GGUF again."""
+def test_finetune_on_conversations_with_train_mlx_then_chat_and_export(smollm, tmp_path, capsys, monkeypatch):
+    """import -> a few train_mlx.py steps of configs/sft-smollm2.yaml (builtin-chat, ChatML, masked loss) ->
+    `infer.py --chat` answers in the template's assistant turn and stops at <|im_end|> -> GGUF again, with
+    the chat template."""
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parent.parent
     argv = [
-        sys.executable, "train_mlx.py", "--config", "configs/smoke.yaml",
-        "--training.init_from", str(smollm), "--data.tokenizer", str(smollm),
-        "--data.cache_dir", str(tmp_path / "cache"), "--data.max_documents", "3",
-        "--training.max_steps", "3", "--training.seq_len", "32", "--training.batch_size", "2",
-        "--training.lr", "1e-5", "--training.min_lr", "1e-6", "--training.warmup_steps", "0",
-        "--training.eval_every", "0", "--training.save_every", "0", "--training.log_every", "1",
+        sys.executable, "train_mlx.py", "--config", "configs/sft-smollm2.yaml", "--training.init_from", str(smollm),
+        "--data.cache_dir", str(tmp_path / "cache"), "--data.max_documents", "60",
+        "--training.max_steps", "3", "--training.seq_len", "128", "--training.batch_size", "2",
+        "--training.warmup_steps", "0", "--training.eval_every", "3", "--training.eval_batches", "1",
+        "--training.log_every", "1", "--training.sample_tokens", "8",
         "--output.dir", str(tmp_path / "ckpt"), "--output.logs", str(tmp_path / "logs"), "--output.run_name", "ft",
     ]  # fmt: skip
     out = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "using the model config of" in out.stderr
+    assert "using the model config of" in out.stderr and "using the tokenizer of" in out.stderr
+    assert "conversations packed into" in out.stdout and "loss on answer tokens" in out.stdout
     records = [json.loads(line) for line in (tmp_path / "logs" / "ft" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["split"] == "train"]
-    # a pretrained model on Wikipedia text: far below a fresh model's ln(49152) = 10.8
-    assert len(losses) == 3 and all(np.isfinite(losses)) and losses[0] < 6.0
+    # an instruct model on one-sentence answers: far below a fresh model's ln(49152) = 10.8
+    assert len(losses) == 3 and all(np.isfinite(losses)) and losses[0] < 5.0
 
     final = tmp_path / "ckpt" / "final.ckpt"
     tuned, base = load_weights(final), load_weights(smollm)
     changed = max(float(np.abs(tuned[k] - base[k]).max()) for k in base)
     assert 0 < changed < 0.05  # it trained, a little
+    template = json.loads((smollm / "tokenizer_config.json").read_text())["chat_template"]
+    assert "<|im_start|>" in template
+    assert json.loads((final / "tokenizer_config.json").read_text())["chat_template"] == template
+
+    code, answer, err = run_infer(
+        ["--ckpt", str(final), "--backend", "torch", "--chat", "-p", "What is Alabama?", "--temp", "0",
+         "--max-tokens", "80"], capsys, monkeypatch,
+    )  # fmt: skip
+    assert code == 0, err
+    generated = int(re.search(r"generated (\d+) tokens?", err).group(1))
+    assert 3 <= generated < 80  # stopped at the end of its turn, not at --max-tokens
+    assert answer.strip() and "<|im_start|>" not in answer and "<|im_end|>" not in answer
+
     export_gguf(final, tmp_path / "tuned.gguf", dtype="f32")
     cfg, weights, _ = load_gguf(tmp_path / "tuned.gguf")
     assert cfg == read_model_config(final)
     assert max(float(np.abs(weights[k] - tuned[k]).max()) for k in tuned) == 0.0
+    assert metadata(open_reader(tmp_path / "tuned.gguf"))["tokenizer.chat_template"] == template

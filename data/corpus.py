@@ -20,7 +20,6 @@ import hashlib
 import importlib.metadata
 import itertools
 import json
-import os
 import re
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tinyllama.core.fs import atomic_path, file_lock, write_text
+from tinyllama.core.hardware import user_cache_dir
 from tinyllama.data.util import DataError, stable_hash
 
 if TYPE_CHECKING:
@@ -160,11 +160,7 @@ def wiki_to_text(wikitext: str) -> str:
 
 def dump_path() -> Path:
     """The bz2 XML dump in the user's cache ($TINYLLAMA_CACHE, else ~/.cache/tinyllama), fetched on first use."""
-    home = (
-        os.environ.get("TINYLLAMA_CACHE")
-        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tinyllama"
-    )
-    path = Path(home) / Path(DUMP).name
+    path = user_cache_dir() / Path(DUMP).name
     if not (path.is_file() and path.stat().st_size == DUMP_SIZE):
         with file_lock(path.with_name(path.name + ".lock")):
             if not (path.is_file() and path.stat().st_size == DUMP_SIZE):

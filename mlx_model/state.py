@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mlx.core as mx
@@ -10,7 +11,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from tinyllama.core.config import ModelConfig
-from tinyllama.core.hardware import best_gemm_flops
+from tinyllama.core.hardware import apple_chip, cpu_name, remembered_gemm_flops
 from tinyllama.core.model_files import CheckpointError, load_weights, mlx_quantization, read_model_config, weight_files
 from tinyllama.core.weights import init_weights, numpy_dtype, runtime_dtype
 from tinyllama.mlx_model.model import Model
@@ -108,4 +109,5 @@ def measured_gemm_flops(dtype: str) -> float:
         a = mx.random.normal((n, n)).astype(DTYPES[dtype])
         return lambda: mx.eval(a @ a)
 
-    return best_gemm_flops(matmul)
+    key = f"mlx {mx.default_device()} {apple_chip() or cpu_name()} {dtype} blas={os.environ.get('TINY_LLAMA_BLAS', '')}"
+    return remembered_gemm_flops(key, matmul)

@@ -9,7 +9,7 @@ import torch
 
 from tinyllama.core.cli import UserError
 from tinyllama.core.config import ModelConfig
-from tinyllama.core.hardware import best_gemm_flops
+from tinyllama.core.hardware import cpu_name, remembered_gemm_flops
 from tinyllama.core.model_files import load_weights, read_model_config
 from tinyllama.core.weights import init_weights, numpy_dtype, runtime_dtype
 from tinyllama.torch_model.model import Model
@@ -101,4 +101,6 @@ def measured_gemm_flops(device: torch.device, dtype: str) -> float:
         a = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
         return lambda: (torch.mm(a, a), wait())
 
-    return best_gemm_flops(matmul)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    key = f"torch {device.type} {name} {dtype} threads={torch.get_num_threads()}"
+    return remembered_gemm_flops(key, matmul)

@@ -87,8 +87,10 @@ def val_data(run: Config, fingerprint: str | None, build: bool) -> tuple[Any, st
     from tinyllama.data.store import PreparedData, find_prepared
 
     try:
-        if build:
-            return prepare_data(run.data, progress=False, log=lambda *_: None), None
+        if build:  # in full, also for a data.prepare: ahead run (its val set is read from the finished data)
+            return prepare_data(
+                dataclasses.replace(run.data, prepare="full"), progress=False, log=lambda *_: None
+            ), None
         path = find_prepared(dataclasses.asdict(run.data), fingerprint)
         if path is None:
             return None, f"dataset '{run.data.dataset}' is not prepared here (add --prepare-val)"
@@ -118,7 +120,12 @@ def validation(path: Path, fingerprint: str, args: argparse.Namespace, memo: dic
     else:
         count = max(1, args.val_tokens // t.seq_len) if args.val_tokens else 0  # 0: every window
     try:
-        windows = data.val_windows(t.seq_len, count)
+        if run.data.prepare == "ahead":  # the held-out end of the first block, as the trainer evaluated
+            from tinyllama.data.ahead import finished_val
+
+            windows = finished_val(data, run.data, t.seq_len, count)
+        else:
+            windows = data.val_windows(t.seq_len, count)
     except UserError:
         return None, f"validation split has only {len(data.tokens('val'))} tokens"
     return (windows, t.batch_size), None

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         return run.dry_run()
 
     run.claim(args.resume)  # output.dir: locked, checked, never mixed with an earlier run
-    start = run.prepare(prepare_data(cfg.data, progress=run.is_main), args.resume)
+    start = run.prepare(prepare_data(cfg.data, progress=run.is_main, launch=run.is_main), args.resume)
     model = build_model(cfg.model, start.weights, device=device)  # fp32 master weights; bf16 via autocast
     model = wrap_model(model, cfg, device)  # before the optimizer: FSDP2 replaces the parameters
     optimizer = make_optimizer(model, t)

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         return run.dry_run()
 
     run.claim(args.resume)  # output.dir: locked, checked, never mixed with an earlier run
-    start = run.prepare(prepare_data(cfg.data, progress=run.is_main), args.resume)
+    start = run.prepare(prepare_data(cfg.data, progress=run.is_main, launch=run.is_main), args.resume)
     model = build_model(cfg.model, start.weights, dtype=t.dtype)
     optimizer = make_optimizer(t)
     load_optimizer_state(optimizer, model, start.optimizer, start.updates)

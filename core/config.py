@@ -110,6 +110,10 @@ class DataConfig:
     shard_tokens: int = opt(100_000_000, "tokens per prepared shard file (a killed prepare resumes at the next shard)")
     fast_gpt2: bool = opt(True, "encode GPT-2 with tiktoken (the same ids, ~5x faster per core) when it is installed")
     encoding_errors: str = opt("strict", "undecodable bytes in text files: strict (refuse, naming the file) | replace")
+    prepare: str = opt(
+        "full",
+        "full: tokenize everything before step 0 | ahead: train as shards appear (a background process tokenizes on)",
+    )
     format: str = opt(
         "auto",
         "auto | text | chat ({messages: [{role, content}]}) | completions ({prompt, completion}); auto: by fields",
@@ -160,6 +164,7 @@ CHOICES = {
     "training.optimizer": ("adamw", "muon"),
     "data.encoding_errors": ("strict", "replace"),
     "data.format": ("auto", "text", "chat", "completions"),
+    "data.prepare": ("full", "ahead"),
     "hardware.accelerator": ("auto", "mlx", "cuda", "mps", "cpu"),
     "hardware.attention": ("sdpa", "flash_attn"),
     "hardware.distributed": ("none", "ddp", "fsdp"),

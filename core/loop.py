@@ -143,6 +143,8 @@ class Run:
         self.start = resolve_start(self.cfg, resume, self.world, self.signature)
         self.loader = data.train_batches(t.seq_len, t.batch_size, t.seed, self.rank, self.world, t.grad_accum)
         self.val = data.val_windows(t.seq_len, t.eval_batches * t.batch_size)
+        if hasattr(data, "status"):  # data.prepare: ahead (data/ahead.py)
+            self.say(data.status())
         if data.conversations:
             self.say(
                 f"data: {data.meta['rows']['conversations']['train']:,} conversations packed into "

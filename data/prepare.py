@@ -38,6 +38,7 @@ from tinyllama.core.config import DataConfig, load_config, parse_overrides
 from tinyllama.core.config_help import override_help
 from tinyllama.core.fs import MARKS, OLD_MARK, atomic_path, file_lock, fsync_dir, remove, write_json
 from tinyllama.data import conversations
+from tinyllama.data.ahead import AheadData
 from tinyllama.data.chat import detect_format, template_of
 from tinyllama.data.conversations import builtin_chat_source, chat_template_text
 from tinyllama.data.encode import Encoder, ValSplit, batch_encoder
@@ -251,11 +252,13 @@ def _plain_lock(directory: Path) -> Callable[[str], Path]:
 
 
 def prepare_data(
-    data_cfg: DataConfig, progress: bool = True, shard_tokens: int | None = None, log: Any = print
-) -> PreparedData:
+    data_cfg: DataConfig, progress: bool = True, shard_tokens: int | None = None, log: Any = print, launch: bool = True
+) -> PreparedData | AheadData:
     """Prepared tokens for this data config: reused from data.cache_dir when its inputs are unchanged.
 
-    `shard_tokens` overrides data.shard_tokens (tests use tiny shards)."""
+    `shard_tokens` overrides data.shard_tokens (tests use tiny shards). With data.prepare: ahead, returns at
+    once: the trainer reads shards as a background prepare (started here when `launch`) writes them
+    (data/ahead.py)."""
     if shard_tokens is not None:
         data_cfg = dataclasses.replace(data_cfg, shard_tokens=shard_tokens)
     if data_cfg.shard_tokens < 1:
@@ -273,6 +276,14 @@ def prepare_data(
             sweep(cache / sub, _plain_lock(cache / sub))
     fmt, source = _resolve(data_cfg, cache)
     with _cache_errors(cache):
+        if data_cfg.prepare == "ahead":
+            if fmt != "text":
+                raise DataError(
+                    "data.prepare ahead streams text corpora; conversations are prepared whole: data.prepare full"
+                )
+            tokenizer, key, target = _plan(source, cache, data_cfg, fmt)
+            work = target.with_name(f".{target.name}{PARTIAL}")
+            return AheadData(data_cfg, tokenizer, target, work, key, launch)
         return _prepare(source, cache, data_cfg, progress, log, fmt)
 
 
@@ -300,9 +311,8 @@ def _resolve(cfg: DataConfig, cache: Path) -> tuple[str, Source]:
     return (fmt, records) if fmt != "text" else ("text", resolve_source(cfg.dataset, cfg.text_field, *args))
 
 
-def _prepare(
-    source: Source, cache: Path, data_cfg: DataConfig, progress: bool, log: Any, fmt: str = "text"
-) -> PreparedData:
+def _plan(source: Source, cache: Path, data_cfg: DataConfig, fmt: str) -> tuple[Tokenizer, str, Path]:
+    """(tokenizer, cache key, prepared directory) for these inputs; builds nothing but a bpe tokenizer."""
     corpus_key = stable_hash([source.fingerprint, data_cfg.max_documents])
     docs = _limited(source, data_cfg.max_documents)
     tokenizer = load_tokenizer(data_cfg.tokenizer, docs, cache / "tokenizers", corpus_key, source.description)
@@ -318,7 +328,13 @@ def _prepare(
         inputs["rows"] = [fmt, data_cfg.mask_prompt, template]
         tokenizer.chat_template = template  # PreparedData.open below may reuse this tokenizer
     key = stable_hash(inputs)
-    target = cache / "prepared" / f"{_slug(data_cfg.dataset)}-{key}"
+    return tokenizer, key, cache / "prepared" / f"{_slug(data_cfg.dataset)}-{key}"
+
+
+def _prepare(
+    source: Source, cache: Path, data_cfg: DataConfig, progress: bool, log: Any, fmt: str = "text"
+) -> PreparedData:
+    tokenizer, key, target = _plan(source, cache, data_cfg, fmt)
     if target.is_dir():  # finished directories are renamed into place whole: safe to read without the lock
         with contextlib.suppress(DataError):
             return PreparedData.open(target, tokenizer)

@@ -124,6 +124,7 @@ CASES = [
         "ok.txt",
     ),
     ("chat-template", "train_cuda.py", "{chat} --data.chat_template {s}/broken.jinja", "does not parse", "template"),
+    ("ahead-chat", "train_cuda.py", "{chat} --data.prepare ahead", "conversations are prepared whole", "data.prepare"),
     ("chat-format-choice", "train.py", "--config {smoke} --data.format sharegpt", "must be one of", "data.format"),
     ("data-cache-file", "train_cuda.py", "{train} --data.cache_dir {s}/a-file", "data.cache_dir", "a-file"),
     ("vocab-too-small", "train_cuda.py", "{train} --model.vocab_size 100", "smaller than the tokenizer", "vocab_size"),

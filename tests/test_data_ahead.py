@@ -1,0 +1,145 @@
+"""data.prepare: ahead: batches over a train stream that is still being written are the batches of the
+finished data, whatever the physical shard size; a real run trains while the background prepare works."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+from helpers import smoke_argv, train_losses, write_bpe_tokenizer
+
+from tinyllama import evaluate_checkpoints, train_cuda
+from tinyllama.core.config import load_config
+from tinyllama.data.ahead import AheadLoader, TrainStream, ahead_val, held_out
+from tinyllama.data.prepare import prepare_data
+from tinyllama.data.util import DataError
+
+WORDS = "the of and to in a is was for on as with by he at from his an were are which this be or had".split()
+
+
+def _corpus(path, documents: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        for i in range(documents):
+            words = rng.choice(WORDS, int(rng.integers(50, 400)))
+            f.write(json.dumps({"text": f"Document {i}. " + " ".join(words)}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The same corpus prepared with two physical shard sizes."""
+    root = tmp_path_factory.mktemp("ahead")
+    corpus = _corpus(root / "c.jsonl", 400)
+    out = {}
+    for shard in (700, 2500):
+        cfg = load_config(
+            None, {"data.dataset": str(corpus), "data.tokenizer": "gpt2", "data.cache_dir": str(root / f"c{shard}")}
+        )
+        out[shard] = prepare_data(cfg.data, progress=False, shard_tokens=shard, log=lambda *_: None).path
+    return root, out
+
+
+def _loader(stream, block=3000, hold=60, **kw):
+    return AheadLoader(stream, block, hold, seq_len=16, batch_size=4, seed=7, **kw)
+
+
+def _batches(loader, steps):
+    return [loader.batch(s, m) for s in range(steps) for m in range(loader.grad_accum)]
+
+
+def test_batches_while_shards_appear_equal_the_finished_datas(finished, tmp_path):
+    root, dirs = finished
+    target = dirs[700]
+    dtype = np.dtype(json.loads((target / "meta.json").read_text())["dtype"])
+    reference = _batches(_loader(TrainStream(target, target, dtype, None, None), grad_accum=2), 800)
+    # the same data written shard by shard into a directory being built, meta.json last into its final place
+    work, growing = tmp_path / ".partial", tmp_path / "final"
+    work.mkdir()
+    shards = sorted(target.glob("train-*.bin"))
+
+    def write():
+        for shard in shards[:-1]:
+            time.sleep(0.01)
+            shutil.copy(shard, work / (shard.name + ".part"))
+            (work / (shard.name + ".part")).rename(work / shard.name)
+        time.sleep(0.1)
+        shutil.copytree(target, growing)  # the finished directory renamed into place, with its last shard
+
+    writer = threading.Thread(target=write)
+    stream = TrainStream(growing, work, dtype, None, None)
+    writer.start()
+    got = _batches(_loader(stream, grad_accum=2), 800)
+    writer.join()
+    assert stream.complete  # 800 steps x 8 windows: into the second epoch, which waits for the whole corpus
+    for (x, y), (rx, ry) in zip(got, reference, strict=True):
+        assert (x == rx).all() and (y == ry).all()
+
+
+def test_the_order_does_not_depend_on_the_physical_shard_size(finished):
+    _, dirs = finished
+    loaders = []
+    for shard in (700, 2500):
+        dtype = np.dtype(json.loads((dirs[shard] / "meta.json").read_text())["dtype"])
+        loaders.append(_loader(TrainStream(dirs[shard], dirs[shard], dtype, None, None), world_size=2, rank=1))
+    for (x, y), (x2, y2) in zip(_batches(loaders[0], 30), _batches(loaders[1], 30), strict=True):
+        assert (x == x2).all() and (y == y2).all()
+
+
+def test_epoch_zero_walks_the_blocks_in_order_and_never_trains_on_the_held_out_tokens(finished):
+    _, dirs = finished
+    dtype = np.dtype(json.loads((dirs[700] / "meta.json").read_text())["dtype"])
+    stream = TrainStream(dirs[700], dirs[700], dtype, None, None)
+    loader = _loader(stream, block=3000, hold=held_out(3000, 0.02))
+    loader._extend(10**9)  # learn every block
+    total = sum(loader.counts)
+    starts = [loader.window_start(g) for g in range(total)]
+    assert starts == sorted(starts, key=lambda s: s // 3000)  # block by block
+    assert len(set(starts)) == total  # each window once per epoch
+    assert all(not (3000 - held_out(3000, 0.02) <= s + 16 < 3000) for s in starts)  # held-out tail untouched
+    assert all(s // 3000 == (s + 16) // 3000 for s in starts)  # windows never straddle blocks
+    second = sorted(loader.window_start(total + g) for g in range(total))
+    assert second == sorted(starts) and [loader.window_start(total + g) for g in range(total)] != starts
+    val = ahead_val(stream, 3000, 0.02, 16, 2)
+    assert val.shape == (2, 17) and (val[0] == np.asarray(stream.tokens[3000 - 60 : 3000 - 60 + 17])).all()
+
+
+def test_a_block_too_small_for_the_held_out_tokens_is_one_line(finished):
+    _, dirs = finished
+    stream = TrainStream(dirs[700], dirs[700], np.dtype("<u2"), None, None)
+    with pytest.raises(DataError, match="raise data.shard_tokens"):
+        AheadLoader(stream, 40, 30, 16, 4, 0)
+
+
+@pytest.mark.slow
+def test_a_run_trains_while_the_background_prepare_writes_and_matches_one_on_the_finished_data(tmp_path, capsys):
+    corpus = _corpus(tmp_path / "big.jsonl", 10000, seed=1)  # ~4M tokens: 20 blocks, seconds of tokenizing
+    tokenizer = write_bpe_tokenizer(tmp_path / "tok", 300)
+    args = ("--data.dataset", str(corpus), "--data.tokenizer", str(tokenizer), "--data.prepare", "ahead",
+            "--data.shard_tokens", "200000", "--data.max_documents", "0", "--training.max_steps", "12",
+            "--training.eval_every", "6",
+            "--hardware.accelerator", "cpu")  # fmt: skip
+    cache = tmp_path / "cache"
+    train_cuda.main(smoke_argv(tmp_path / "during", cache, *args))
+    # step 0 came once the first block was there, while the background prepare tokenized the rest
+    assert "train tokens ready; the rest is being tokenized in the background" in capsys.readouterr().out
+    cfg = load_config(
+        None, {"data.dataset": str(corpus), "data.tokenizer": str(tokenizer), "data.cache_dir": str(cache)}
+    )
+    prepare_data(cfg.data, progress=False, shard_tokens=200000, log=lambda *_: None)  # finished (or finishes)
+    train_cuda.main(smoke_argv(tmp_path / "after", cache, *args))
+    assert "(all of them)" in capsys.readouterr().out
+    during, after = train_losses(tmp_path / "during"), train_losses(tmp_path / "after")
+    assert sorted(during) == list(range(1, 13)) and during == after
+    records = [
+        json.loads(x) for x in (tmp_path / "after" / "logs" / "smoke" / "metrics.jsonl").read_text().splitlines()
+    ]
+    out = tmp_path / "eval.json"
+    evaluate_checkpoints.main(["--checkpoints", str(tmp_path / "after" / "ckpt" / "final.ckpt"), "--backend", "torch",
+                               "--out", str(out)])  # fmt: skip
+    trainer = [r["loss"] for r in records if r["split"] == "val"][-1]
+    assert json.loads(out.read_text())[0]["val_loss"] == pytest.approx(trainer, abs=2e-5)

@@ -1,6 +1,7 @@
 """Data preparation throughput: our prepare_data vs the raw encoders on the same text, per core and in total.
 
     python bench/prepare.py [--dataset builtin] [--tokenizer gpt2] [--copies 4] [--repeat 3] [--json out.json]
+    python bench/prepare.py --first-step-gb 2      # time to the first optimizer step, data.prepare: ahead
 
 Raw encoders, in this process, on a list already in memory: `tokenizers` encode_batch and
 encode_batch_fast (Rust threads, every core), tiktoken encode_batch (threads, every core; GPT-2 only),
@@ -9,6 +10,11 @@ end (read the jsonl, hash, encode, split, write shards + meta, fsync), with its 
 for the packaged GPT-2) and without it (data.fast_gpt2: false). Rounds alternate the order so drift
 hits every variant. Then one prepare in a fresh process reports its peak RSS (ru_maxrss).
 tokens/s use the raw token count (EOS excluded). --json PATH also writes the figures (bench/run_all.py).
+
+--first-step-gb N writes an N GB jsonl (the built-in articles, numbered copies), then times `python
+train_cuda.py --config config.yaml --data.prepare ahead --data.shard_tokens 5000000` from its start to its
+first optimizer step's log line (the background prepare working the while), then prepares the whole corpus
+in a fresh process and reports its wall time and peak RSS.
 """
 
 from __future__ import annotations
@@ -60,6 +66,38 @@ def peak_rss(corpus: Path, tokenizer: str, cache: Path) -> tuple[float, int]:
     return float(out[0]), int(out[1])
 
 
+def first_step(gigabytes: float, cache_dir: str) -> None:
+    """Time to the first step with data.prepare: ahead on a generated corpus, then a full prepare's peak RSS."""
+    docs = [d for d in resolve_source("builtin", cache_dir=cache_dir).documents() if d]
+    with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:  # the data dir's disk, not /tmp's
+        corpus, size, copy = Path(tmp) / "corpus.jsonl", 0, 0
+        with open(corpus, "w", encoding="utf-8") as f:
+            while size < gigabytes * 2**30:
+                for doc in docs:
+                    size += f.write(json.dumps({"text": f"Copy {copy}. {doc}"}) + "\n")
+                copy += 1
+        cache = Path(tmp) / "cache"
+        argv = [sys.executable, "train_cuda.py", "--config", "config.yaml", "--data.dataset", str(corpus),
+                "--data.prepare", "ahead", "--data.shard_tokens", "5000000", "--data.cache_dir", str(cache),
+                "--training.max_steps", "1", "--training.eval_every", "0", "--training.log_every", "1",
+                "--output.dir", str(Path(tmp) / "ckpt"), "--output.logs", str(Path(tmp) / "logs")]  # fmt: skip
+        start, ready, first, lines = time.perf_counter(), None, None, []
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            lines.append(line)
+            ready = ready or (time.perf_counter() - start if "prepare ahead:" in line else None)
+            first = first or (time.perf_counter() - start if line.startswith("step 1/") else None)
+        if proc.wait() or first is None:
+            raise SystemExit(f"train_cuda.py failed (exit {proc.returncode}):\n{''.join(lines[-5:])}")
+        rss_wall, rss = peak_rss(corpus, "gpt2", cache)  # resumes the background prepare's shards, then finishes
+    print(f"machine: {platform.machine()} {cpu_name()}, {cores()} cores usable")
+    print(f"corpus: {size / 2**30:.2f} GB jsonl ({copy} copies of the built-in articles), GPT-2")
+    print(
+        f"train_cuda.py --data.prepare ahead: first block ready at {ready:.1f} s, first optimizer step at {first:.1f} s"
+    )
+    print(f"the rest of the prepare in a fresh process: {rss_wall:.0f} s wall, peak RSS {rss / 2**20:.0f} MiB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="builtin")
@@ -68,7 +106,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="timed rounds; medians are reported")
     parser.add_argument("--cache-dir", default="data_cache", help="where the built-in corpus extraction is cached")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
+    parser.add_argument("--first-step-gb", type=float, help="only time the first step on a corpus of this size")
     args = parser.parse_args()
+    if args.first_step_gb:
+        return first_step(args.first_step_gb, args.cache_dir)
 
     docs = [d for d in resolve_source(args.dataset, cache_dir=args.cache_dir).documents() if d] * args.copies
     tokenizer = load_tokenizer(args.tokenizer, corpus=docs)

@@ -190,6 +190,8 @@ class AheadData:
         if launch and not (target / "meta.json").is_file():
             log = self._dir / "prepare.log"
             argv = [sys.executable, "-m", "tinyllama.data.prepare", "--quiet", *_overrides(cfg)]
+            if shutil.which("nice"):  # the trainer's steps first: tokenizing takes the cores they leave
+                argv = ["nice", "-n", "10", *argv]
             with open(log, "wb") as err:
                 process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
             atexit.register(_stop, process)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from helpers import smoke_argv, train_losses, write_bpe_tokenizer
 
-from tinyllama import evaluate_checkpoints, train_cuda
+from tinyllama import evaluate_checkpoints, train_cuda, train_mlx
 from tinyllama.core.config import load_config
 from tinyllama.data.ahead import AheadLoader, TrainStream, ahead_val, held_out
 from tinyllama.data.prepare import prepare_data
@@ -117,21 +117,21 @@ def test_a_block_too_small_for_the_held_out_tokens_is_one_line(finished):
 
 @pytest.mark.slow
 def test_a_run_trains_while_the_background_prepare_writes_and_matches_one_on_the_finished_data(tmp_path, capsys):
-    corpus = _corpus(tmp_path / "big.jsonl", 10000, seed=1)  # ~4M tokens: 20 blocks, seconds of tokenizing
+    corpus = _corpus(tmp_path / "big.jsonl", 10000, seed=1)  # ~6M tokens: 30 blocks, seconds of tokenizing
     tokenizer = write_bpe_tokenizer(tmp_path / "tok", 300)
     args = ("--data.dataset", str(corpus), "--data.tokenizer", str(tokenizer), "--data.prepare", "ahead",
             "--data.shard_tokens", "200000", "--data.max_documents", "0", "--training.max_steps", "12",
-            "--training.eval_every", "6",
-            "--hardware.accelerator", "cpu")  # fmt: skip
+            "--training.eval_every", "6", "--training.save_every", "6")  # fmt: skip
+    torch_args = (*args, "--hardware.accelerator", "cpu")
     cache = tmp_path / "cache"
-    train_cuda.main(smoke_argv(tmp_path / "during", cache, *args))
+    train_cuda.main(smoke_argv(tmp_path / "during", cache, *torch_args))
     # step 0 came once the first block was there, while the background prepare tokenized the rest
     assert "train tokens ready; the rest is being tokenized in the background" in capsys.readouterr().out
     cfg = load_config(
         None, {"data.dataset": str(corpus), "data.tokenizer": str(tokenizer), "data.cache_dir": str(cache)}
     )
     prepare_data(cfg.data, progress=False, shard_tokens=200000, log=lambda *_: None)  # finished (or finishes)
-    train_cuda.main(smoke_argv(tmp_path / "after", cache, *args))
+    train_cuda.main(smoke_argv(tmp_path / "after", cache, *torch_args))
     assert "(all of them)" in capsys.readouterr().out
     during, after = train_losses(tmp_path / "during"), train_losses(tmp_path / "after")
     assert sorted(during) == list(range(1, 13)) and during == after
@@ -143,3 +143,9 @@ def test_a_run_trains_while_the_background_prepare_writes_and_matches_one_on_the
                                "--out", str(out)])  # fmt: skip
     trainer = [r["loss"] for r in records if r["split"] == "val"][-1]
     assert json.loads(out.read_text())[0]["val_loss"] == pytest.approx(trainer, abs=2e-5)
+    # and the other backend resumes the same order exactly
+    halfway = tmp_path / "after" / "ckpt" / "step-000006.ckpt"
+    train_mlx.main(smoke_argv(tmp_path / "mlx", cache, *args, "--resume", str(halfway)))
+    resumed = train_losses(tmp_path / "mlx")
+    assert sorted(resumed) == list(range(7, 13))
+    assert all(abs(resumed[s] - after[s]) <= 1e-4 * after[s] for s in resumed), (resumed, after)

@@ -63,7 +63,7 @@ train: install
 test: system install-dev
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PYTHON) -m pytest -q --durations=25
 
-# The development loop: everything but the end-to-end runs marked slow (~50 s on 2 cores).
+# The development loop: everything but the end-to-end runs marked slow (~1.5 min on 2 busy cores).
 test-fast: system install-dev
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PYTHON) -m pytest -q -m "not slow"
 

@@ -128,6 +128,7 @@ def test_shard_tokens_is_checked(tmp_path):
         prepare_data(DataConfig(dataset=str(write_jsonl(tmp_path / "d.jsonl", DOCS[:3]))), False, 0)
 
 
+@pytest.mark.slow  # seconds of encoding the whole built-in corpus
 def test_tiktoken_gpt2_equals_tokenizers_gpt2_on_the_builtin_corpus(tmp_path):
     encoding = tiktoken_gpt2()
     assert encoding is not None, "tiktoken is a dependency: pip install -r requirements.txt"
@@ -150,6 +151,7 @@ def test_fast_and_plain_prepare_write_the_same_bytes(tmp_path, monkeypatch):
     assert is_gpt2(fast.tokenizer)  # the copy in the prepared directory still takes the fast path
 
 
+@pytest.mark.slow  # seconds of encoding the whole built-in corpus
 def test_the_hubs_gpt2_serialization_takes_the_fast_path_and_others_do_not(tmp_path):
     def variant(change) -> Tokenizer:
         spec = json.loads(packaged_gpt2().to_str())

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from tinyllama.data.loader import val_windows
-from tinyllama.data.store import ConcatTokens, read_meta, token_dtype
+from tinyllama.data.store import ConcatTokens, check_model_vocab, read_meta, token_dtype
 from tinyllama.data.tokenizer import Tokenizer
 from tinyllama.data.util import DataError
 
@@ -206,11 +206,7 @@ class AheadData:
         return self.tokenizer.vocab_size
 
     def check_model_vocab(self, model_vocab_size: int) -> None:
-        if model_vocab_size < self.vocab_size:
-            raise DataError(
-                f"model.vocab_size ({model_vocab_size}) is smaller than the tokenizer's vocab ({self.vocab_size}, "
-                f"{self.cfg.tokenizer}); set model.vocab_size to at least {self.vocab_size}"
-            )
+        check_model_vocab(model_vocab_size, self.vocab_size, self.cfg.tokenizer)
 
     def signature(self) -> dict[str, Any]:
         """Timing-free: the prepared directory's key (source, tokenizer, split) and the block order."""

@@ -29,6 +29,7 @@ import numpy as np
 from tinyllama.data import corpus
 from tinyllama.data.chat import conversation, encode_conversations, pieces, template_of
 from tinyllama.data.encode import ValSplit
+from tinyllama.data.loader import TRAIN
 from tinyllama.data.shards import SPLITS, ShardWriter
 from tinyllama.data.sources import Source
 from tinyllama.data.store import token_dtype
@@ -108,10 +109,11 @@ def build(work: Path, docs: Iterator[str], where: str, tokenizer: Any, cfg: Any,
     def flush() -> None:
         for ids, mask in encode_conversations(batch, tokenizer, cfg.mask_prompt):
             name = "val" if split.is_val(len(ids)) else "train"
+            bits = np.asarray(mask, np.uint8)
             tokens[name].write(np.asarray(ids, dtype))
-            masks[name].write(np.asarray(mask, np.uint8))
+            masks[name].write(bits)
             rows[name] += 1
-            trained[name] += sum(m & 1 for m in mask)
+            trained[name] += int(np.count_nonzero(bits & TRAIN))
         batch.clear()
 
     try:

@@ -114,18 +114,16 @@ def pack(masks: np.ndarray, row_len: int) -> tuple[np.ndarray, np.ndarray, int]:
     Returns (starts, stops, number of cut conversations)."""
     firsts = np.flatnonzero(np.asarray(masks) & STARTS)
     lasts = np.append(firsts[1:], len(masks))
-    starts, stops, cut, open_start, open_stop = [], [], 0, -1, -1
+    rows: list[list[int]] = []  # [start, stop] of each row
+    cut = 0
     for first, last in zip(firsts.tolist(), lasts.tolist(), strict=True):
-        if open_start >= 0 and last - open_start <= row_len:
-            open_stop = last  # fits in the open row
+        if rows and last - rows[-1][0] <= row_len:
+            rows[-1][1] = last  # fits in the open row
             continue
-        if open_start >= 0:
-            starts.append(open_start), stops.append(open_stop)
-        open_start, open_stop = first, min(last, first + row_len)
+        rows.append([first, min(last, first + row_len)])
         cut += last - first > row_len
-    if open_start >= 0:
-        starts.append(open_start), stops.append(open_stop)
-    return np.asarray(starts, np.int64), np.asarray(stops, np.int64), cut
+    bounds = np.asarray(rows, np.int64).reshape(-1, 2)
+    return bounds[:, 0].copy(), bounds[:, 1].copy(), cut
 
 
 def packed_rows(
@@ -154,14 +152,19 @@ class PackedLoader(BatchLoader):
                  world_size: int = 1, grad_accum: int = 1, pad: int = 0) -> None:  # fmt: skip
         super().__init__(tokens, seq_len, batch_size, seed, rank, world_size, grad_accum)
         self.masks, self.pad = masks, pad
-        self.starts, self.stops, self.cut = pack(masks, seq_len + 1)
+        bits = np.asarray(masks)  # read once: one byte per token
+        self.starts, self.stops, self.cut = pack(bits, seq_len + 1)
         self.n_windows = len(self.starts)
         if self.n_windows < 1:
             raise DataError("the train split holds no conversation; add conversations")
-        bits = np.asarray(masks)
-        trained = np.cumsum(np.concatenate([[0], (bits & TRAIN) > 0]))
-        # targets with a loss per row: trained tokens after the row's first (a row's first is never a target)
-        self.row_targets = trained[self.stops] - trained[self.starts + 1]
+        # targets with a loss per row: learnt tokens after the row's first (a row's first is never a target)
+        self.row_targets = np.array(
+            [
+                np.count_nonzero(bits[s + 1 : e] & TRAIN)
+                for s, e in zip(self.starts.tolist(), self.stops.tolist(), strict=True)
+            ],
+            np.int64,
+        )
         self.fill = float((self.stops - self.starts).sum() / (self.n_windows * (seq_len + 1)))
 
     def batch(self, step: int, micro_step: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -254,12 +254,7 @@ class PreparedData:
         return prompt_ids(self.tokenizer, [{"role": "user", "content": text}])
 
     def check_model_vocab(self, model_vocab_size: int) -> None:
-        """Fail before training when the model's embedding table is smaller than the tokenizer's vocab."""
-        if model_vocab_size < self.vocab_size:
-            raise DataError(
-                f"model.vocab_size ({model_vocab_size}) is smaller than the tokenizer's vocab ({self.vocab_size}, "
-                f"{self.meta['tokenizer']['spec']}); set model.vocab_size to at least {self.vocab_size}"
-            )
+        check_model_vocab(model_vocab_size, self.vocab_size, self.meta["tokenizer"]["spec"])
 
     def signature(self) -> dict[str, Any]:
         """What identifies the tokens a run trains on, wherever they were prepared: the tokenizer, the split
@@ -291,6 +286,15 @@ class PreparedData:
         if self.conversations:
             return val_rows(self.tokens("val"), self.masks("val"), seq_len, count, self.tokenizer.eos_id)
         return val_windows(self.tokens("val"), seq_len, count)
+
+
+def check_model_vocab(model_vocab_size: int, vocab_size: int, spec: str) -> None:
+    """Fail before training when the model's embedding table is smaller than the tokenizer's vocab."""
+    if model_vocab_size < vocab_size:
+        raise DataError(
+            f"model.vocab_size ({model_vocab_size}) is smaller than the tokenizer's vocab ({vocab_size}, {spec}); "
+            f"set model.vocab_size to at least {vocab_size}"
+        )
 
 
 def find_prepared(data: dict[str, Any], fingerprint: str | None) -> Path | None:

@@ -189,12 +189,13 @@ def greedy_mlx(model, tokens: list[int], steps: int) -> list[int]:
     return out
 
 
-def run_infer(argv: list[str], capsys, monkeypatch, stdin: str = "") -> tuple[int, str, str]:
-    """infer.py's main in this process, as the script runs it, stdin given: (exit code, stdout, stderr)."""
+def run_infer(argv: list[str], capsys, monkeypatch, stdin: str | io.StringIO = "") -> tuple[int, str, str]:
+    """infer.py's main in this process, as the script runs it, stdin given (text, or a stream standing in for
+    a terminal): (exit code, stdout, stderr)."""
     from tinyllama import infer
     from tinyllama.core.cli import run_cli
 
-    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin) if isinstance(stdin, str) else stdin)
     try:
         run_cli(lambda: infer.main(argv))
         code = 0

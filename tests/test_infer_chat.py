@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 
 import numpy as np
 import pytest
+from helpers import run_infer
 
-from tinyllama import infer
 from tinyllama.core.backend import Backend
 from tinyllama.core.checkpoint import save_checkpoint
-from tinyllama.core.cli import run_cli
 from tinyllama.core.config import ModelConfig
 from tinyllama.core.weights import parameter_shapes
 from tinyllama.data.chat import DEFAULT_TEMPLATE, prompt_ids
@@ -106,18 +104,6 @@ class CtrlC(io.StringIO):
         return super().readline(*args)
 
 
-def run(argv, capsys, monkeypatch, stdin: str | io.StringIO = ""):
-    """infer.main(argv) the way the script runs it: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin) if isinstance(stdin, str) else stdin)
-    code = 0
-    try:
-        run_cli(lambda: infer.main(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def chat_argv(ckpt, *extra: str, backend: str = "torch") -> list[str]:
     return ["--ckpt", str(ckpt), "--chat", "--backend", backend, "--temperature", "0", "--max-tokens", "20", *extra]
 
@@ -136,7 +122,7 @@ SYS = {"role": "system", "content": "w7 w8"}
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
 def test_one_shot_feeds_the_template_and_stops_at_end_of_turn(ckpt, tok, fed, backend, capsys, monkeypatch):
     argv = chat_argv(ckpt, "--system-prompt", "w7 w8", "-p", "w6 w16", backend=backend)
-    code, out, err = run(argv, capsys, monkeypatch)
+    code, out, err = run_infer(argv, capsys, monkeypatch)
     assert code == 0, err
     assert fed == [prompt_ids(tok, [SYS, user("w6 w16")], TEMPLATE)]
     assert fed[0] == [SYSTEM, 7, 8, EOT, USER, 6, 16, EOT, ASSISTANT]  # the template as written, system first
@@ -146,7 +132,7 @@ def test_one_shot_feeds_the_template_and_stops_at_end_of_turn(ckpt, tok, fed, ba
 
 def test_one_shot_reads_stdin_and_max_tokens_cuts_the_answer(ckpt, tok, fed, capsys, monkeypatch):
     argv = [*chat_argv(ckpt, "-p", "-"), "--max-tokens", "1"]
-    code, out, err = run(argv, capsys, monkeypatch, stdin="w6 w16\n")
+    code, out, err = run_infer(argv, capsys, monkeypatch, stdin="w6 w16\n")
     assert code == 0, err
     assert fed == [prompt_ids(tok, [user("w6 w16")], TEMPLATE)]
     assert out == "w10\n"
@@ -155,7 +141,7 @@ def test_one_shot_reads_stdin_and_max_tokens_cuts_the_answer(ckpt, tok, fed, cap
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
 def test_repl_keeps_the_conversation_until_reset_and_exit(ckpt, tok, fed, backend, capsys, monkeypatch):
     lines = "w6 w16\n\nw9\n/reset\nw13\n/exit\nw14\n"
-    code, out, err = run(chat_argv(ckpt, "--system-prompt", "w7 w8", backend=backend), capsys, monkeypatch, lines)
+    code, out, err = run_infer(chat_argv(ckpt, "--system-prompt", "w7 w8", backend=backend), capsys, monkeypatch, lines)
     assert code == 0, err
     first = [SYS, user("w6 w16")]
     assert fed == [
@@ -170,7 +156,7 @@ def test_repl_keeps_the_conversation_until_reset_and_exit(ckpt, tok, fed, backen
 
 def test_repl_ends_at_eof_and_drops_the_oldest_turns_when_too_long(ckpt, tok, fed, capsys, monkeypatch):
     turns = [" ".join(f"w{6 + (t + i) % 30}" for i in range(10)) for t in range(4)]
-    code, out, err = run(chat_argv(ckpt, "--system-prompt", "w7 w8"), capsys, monkeypatch, "\n".join(turns))
+    code, out, err = run_infer(chat_argv(ckpt, "--system-prompt", "w7 w8"), capsys, monkeypatch, "\n".join(turns))
     assert code == 0, err
     assert out == "w10 w11\n" * 4
     # 64 tokens of context - 20 new = 44 for the prompt; each turn costs 12 + 4 tokens, the system message 4
@@ -182,21 +168,21 @@ def test_repl_ends_at_eof_and_drops_the_oldest_turns_when_too_long(ckpt, tok, fe
 
 def test_max_tokens_beyond_the_context_leaves_the_conversation_whole(ckpt, tok, fed, capsys, monkeypatch):
     argv = [*chat_argv(ckpt), "--max-tokens", "100"]  # max_seq_len is 64: half of it stays for the conversation
-    code, out, err = run(argv, capsys, monkeypatch, "w6 w16\nw9\n")
+    code, out, err = run_infer(argv, capsys, monkeypatch, "w6 w16\nw9\n")
     assert code == 0, err
     assert fed[1] == prompt_ids(tok, [user("w6 w16"), assistant("w10 w11"), user("w9")], TEMPLATE)
     assert out == "w10 w11\n" * 2 and "warning" not in err and "dropping" not in err
 
 
 def test_a_tty_gets_a_prompt_and_commands_are_checked(ckpt, fed, capsys, monkeypatch):
-    code, out, err = run(chat_argv(ckpt), capsys, monkeypatch, TTY("/help\nw16\n"))
+    code, out, err = run_infer(chat_argv(ckpt), capsys, monkeypatch, TTY("/help\nw16\n"))
     assert code == 0, err
     assert err.count(">>> ") == 3 and "unknown command /help" in err
     assert len(fed) == 1 and out == "w10 w11\n"
 
 
 def test_ctrl_c_ends_with_one_line(ckpt, fed, capsys, monkeypatch):
-    code, out, err = run(chat_argv(ckpt), capsys, monkeypatch, CtrlC("w16\nw6\n"))
+    code, out, err = run_infer(chat_argv(ckpt), capsys, monkeypatch, CtrlC("w16\nw6\n"))
     assert code == 130 and out == "w10 w11\n\n" and len(fed) == 1
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
 
@@ -209,7 +195,7 @@ def test_without_a_template_the_default_is_used_with_a_note(ckpt, tok, tmp_path,
     config = json.loads((plain / "tokenizer_config.json").read_text())
     del config["chat_template"]
     (plain / "tokenizer_config.json").write_text(json.dumps(config))
-    code, out, err = run([*chat_argv(plain, "-p", "w16"), "--max-tokens", "4"], capsys, monkeypatch)
+    code, out, err = run_infer([*chat_argv(plain, "-p", "w16"), "--max-tokens", "4"], capsys, monkeypatch)
     assert code == 0, err
     assert fed == [prompt_ids(tok, [user("w16")], DEFAULT_TEMPLATE)] == [[USER, 16, EOS, ASSISTANT]]
     assert err.count("note: the tokenizer has no chat template") == 1
@@ -223,7 +209,7 @@ def test_chat_template_file_overrides_the_tokenizers(ckpt, tok, tmp_path, fed, c
             "'|> ' + m['content']", "'|> ' + ('w12 ' if m['role'] == 'assistant' else '') + m['content']"
         ).replace("'<|assistant|>'", "'<|assistant|> w12'")
     )
-    code, out, err = run(chat_argv(ckpt, "--chat-template", str(file), "-p", "w16"), capsys, monkeypatch)
+    code, out, err = run_infer(chat_argv(ckpt, "--chat-template", str(file), "-p", "w16"), capsys, monkeypatch)
     assert code == 0, err
     assert fed == [[USER, 16, EOT, ASSISTANT, 12]] and out == "w13\n"
 
@@ -239,14 +225,16 @@ def one_error_line(result, *fragments):
 
 def test_bad_input_is_one_line_and_exit_2(ckpt, tmp_path, fed, capsys, monkeypatch):
     base = chat_argv(ckpt)
-    one_error_line(run([*base, "-p", "w16", "-p", "w6"], capsys, monkeypatch), "--chat takes one --prompt")
-    one_error_line(run([*base, "--prompt-file", "p.txt"], capsys, monkeypatch), "--chat", "--prompt-file")
+    one_error_line(run_infer([*base, "-p", "w16", "-p", "w6"], capsys, monkeypatch), "--chat takes one --prompt")
+    one_error_line(run_infer([*base, "--prompt-file", "p.txt"], capsys, monkeypatch), "--chat", "--prompt-file")
     plain = ["--ckpt", str(ckpt), "-p", "w16"]
-    one_error_line(run([*plain, "--system-prompt", "w7"], capsys, monkeypatch), "need --chat")
+    one_error_line(run_infer([*plain, "--system-prompt", "w7"], capsys, monkeypatch), "need --chat")
     missing = tmp_path / "missing.jinja"
-    one_error_line(run([*base, "--chat-template", str(missing)], capsys, monkeypatch), "cannot read", str(missing))
+    result = run_infer([*base, "--chat-template", str(missing)], capsys, monkeypatch)
+    one_error_line(result, "cannot read", str(missing))
     broken = tmp_path / "broken.jinja"
     broken.write_text("{% for m in messages %}")
-    one_error_line(run([*base, "--chat-template", str(broken)], capsys, monkeypatch), "chat template does not parse")
-    one_error_line(run([*base, "-p", "-"], capsys, monkeypatch, stdin=""), "empty standard input")
+    result = run_infer([*base, "--chat-template", str(broken)], capsys, monkeypatch)
+    one_error_line(result, "chat template does not parse")
+    one_error_line(run_infer([*base, "-p", "-"], capsys, monkeypatch, stdin=""), "empty standard input")
     assert fed == []

@@ -205,29 +205,21 @@ def _parquet_file(path: Path, field: str) -> Iterator[str]:
         except (pa.ArrowException, *READ_ERRORS) as exc:
             raise DataError(f"{path}: not a readable parquet file ({_one_line(exc)}); check or re-create it") from None
         names = table.schema_arrow.names
-        if field == RECORD:
-            yield from _parquet_records(path, table)
-            return
-        if field not in names:
-            raise DataError(f"{path}: no '{field}' column (found: {', '.join(names)}); set data.text_field")
-        column_type = table.schema_arrow.field(field).type
-        if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
-            raise DataError(f"{path}: column '{field}' is {column_type}, not text; set data.text_field")
+        if field == RECORD:  # whole rows, as JSON
+            batches = table.iter_batches(batch_size=1024)
+            texts = (json.dumps(row, ensure_ascii=False, default=str) for b in batches for row in b.to_pylist())
+        else:
+            if field not in names:
+                raise DataError(f"{path}: no '{field}' column (found: {', '.join(names)}); set data.text_field")
+            column_type = table.schema_arrow.field(field).type
+            if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+                raise DataError(f"{path}: column '{field}' is {column_type}, not text; set data.text_field")
+            batches = table.iter_batches(batch_size=4096, columns=[field])
+            texts = (value or "" for b in batches for value in b.column(0).to_pylist())
         try:
-            for batch in table.iter_batches(batch_size=4096, columns=[field]):
-                yield from (value or "" for value in batch.column(0).to_pylist())
+            yield from texts
         except (pa.ArrowException, *READ_ERRORS) as exc:
             raise DataError(f"{path}: damaged parquet data ({_one_line(exc)}); re-create or re-download it") from None
-
-
-def _parquet_records(path: Path, table: Any) -> Iterator[str]:
-    import pyarrow as pa
-
-    try:
-        for batch in table.iter_batches(batch_size=1024):
-            yield from (json.dumps(row, ensure_ascii=False, default=str) for row in batch.to_pylist())
-    except (pa.ArrowException, *READ_ERRORS) as exc:
-        raise DataError(f"{path}: damaged parquet data ({_one_line(exc)}); re-create or re-download it") from None
 
 
 def _expand(spec: str) -> list[Path]:

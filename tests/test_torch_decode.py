@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from helpers import ROOT, TINY_MODELS, random_weights
 
 from tinyllama.core.checkpoint import save_checkpoint
+from tinyllama.torch_model.cache import KVCache
 from tinyllama.torch_model.generate import Decoder, as_backend, load_backend, transpose_storage
-from tinyllama.torch_model.model import KVCache, RMSNorm, RoPE, attend
+from tinyllama.torch_model.model import RMSNorm, RoPE, attend
 from tinyllama.torch_model.state import build_model, load_model
 
 PROMPT = [5, 17, 3, 42, 8, 11, 29]

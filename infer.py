@@ -25,7 +25,6 @@ from pathlib import Path
 
 from tinyllama.convert.model_source import resolve_model
 from tinyllama.core.backend import BACKENDS, Backend, load_backend, pick
-from tinyllama.core.chat_repl import Conversation, run_chat
 from tinyllama.core.cli import ArgumentParser, UserError, human_bytes, human_count, run_cli
 from tinyllama.core.model_files import is_mlx_quantized, read_eos_ids, read_model_config
 from tinyllama.core.sampling import SamplingParams, TextStream, fit_prompt
@@ -174,6 +173,8 @@ def chat(
     prompt: str | None,
 ) -> None:
     """--chat: one answer to `prompt`, or a conversation read line by line from stdin."""
+    from tinyllama.core.chat_repl import Conversation, run_chat  # jinja2: only --chat needs it
+
     max_seq_len = backend.config.max_seq_len
     reserve = min(args.max_new_tokens, max_seq_len // 2)  # kept for the answer; the rest is the conversation's
 

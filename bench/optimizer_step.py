@@ -2,9 +2,13 @@
 
     python bench/optimizer_step.py                                  # config.yaml's model, make train's 8 x 128
     python bench/optimizer_step.py --batch-size 16 --seq-len 256    # config.yaml's own batch
+    python bench/optimizer_step.py --batch-size 8 --seq-len 256 --set model.d_model=256 --set model.n_layers=4 \
+        --set model.n_heads=4 --set model.n_kv_heads=4 --set model.d_ff=688 --set model.vocab_size=2048
+                                                                    # bench/time_to_loss.py's model
 
 Muon's Newton-Schulz iterations cost the same whatever the batch, so their share of a step falls as the
-batch grows; this prints both parts (median of --steps after one warm-up step) and muon step / adamw step.
+batch grows; this prints both parts (median of --steps after one warm-up step, the optimizers alternating
+for --rounds) and muon step / adamw step.
 """
 
 from __future__ import annotations
@@ -30,11 +34,14 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=1, help="adamw, muon, adamw, muon, ...: the median of the rounds")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override (repeatable)")
     args = p.parse_args()
-    totals = {}
-    for name in ("adamw", "muon"):
+    overrides = dict(item.split("=", 1) for item in args.set)
+    totals = {"adamw": [], "muon": []}
+    for name in ("adamw", "muon") * args.rounds:
         shape = {"training.batch_size": args.batch_size, "training.seq_len": args.seq_len}
-        cfg = load_config(args.config, {"training.optimizer": name, **shape})
+        cfg = load_config(args.config, {**overrides, "training.optimizer": name, **shape})
         model = build_model(cfg.model)
         optimizer = make_optimizer(model, cfg.training)
         x = torch.randint(0, cfg.model.vocab_size, (args.batch_size, args.seq_len + 1))
@@ -49,9 +56,9 @@ def main() -> None:
                 forward_backward.append(t1 - t0)
                 step.append(time.perf_counter() - t1)
         fb, st = statistics.median(forward_backward), statistics.median(step)
-        totals[name] = fb + st
+        totals[name].append(fb + st)
         print(f"{name:6} forward+backward {fb:.3f} s  optimizer step {st:.3f} s", flush=True)
-    ratio = totals["muon"] / totals["adamw"]
+    ratio = statistics.median(totals["muon"]) / statistics.median(totals["adamw"])
     print(f"muon step / adamw step: {ratio:.2f}x ({args.batch_size} x {args.seq_len} tokens)")
 
 

@@ -257,3 +257,26 @@ def test_scaling_quick_runs_both_backends_in_subprocesses(tmp_path):
     results = json.loads(out.read_text())["results"]
     assert {(r["backend"], r["status"]) for r in results} == {("torch", "ok"), ("mlx", "ok")} and len(results) == 4
     assert all(r["tok_s"] > 0 and r["peak_bytes"] > 0 for r in results)
+
+
+# --- time to loss ---
+
+
+@pytest.mark.slow
+def test_time_to_loss_runs_the_transformers_loop_and_ours_on_the_same_weights_batches_and_evaluation(tmp_path):
+    """The reference loop (transformers + torch AdamW + LambdaLR cosine) and ours (our model, fused loss, our
+    schedule) are the same training, so the bench compares speed only: equal validation losses step for step."""
+    out = tmp_path / "ttl.json"
+    args = ["--only", "hf-adamw", "--only", "torch-adamw", "--max-steps", "4", "--eval-every", "2", "--warmup", "2"]
+    args += ["--target", "0", "--tokenizer", "bpe:512", "--max-documents", "200", "--eval-windows", "8"]
+    args += ["--cache-dir", str(tmp_path), "--json", str(out)]
+    bench = str(ROOT / "bench" / "time_to_loss.py")
+    done = subprocess.run([sys.executable, bench, *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    hf, ours = json.loads(out.read_text())["results"]
+    assert (hf["variant"], ours["variant"]) == ("hf-adamw", "torch-adamw")
+    assert [step for step, _, _ in hf["history"]] == [step for step, _, _ in ours["history"]] == [2, 4]
+    for (_, _, a), (_, _, b) in zip(hf["history"], ours["history"], strict=True):
+        assert abs(a - b) < 1e-4 * a
+    assert hf["history"][1][2] < hf["history"][0][2] < 6.3  # it learns (ln 512 = 6.24 at the start)
+    assert not hf["reached"] and "not reached" in done.stdout

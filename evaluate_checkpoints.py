@@ -28,7 +28,7 @@ from tinyllama.convert.model_source import resolve_model
 from tinyllama.core.backend import BACKENDS, load_backend, pick
 from tinyllama.core.cases import case_tokens, load_cases
 from tinyllama.core.checkpoint import read_train_config, read_trainer_state
-from tinyllama.core.cli import ArgumentParser, UserError, human_count, run_cli
+from tinyllama.core.cli import ArgumentParser, UserError, exit_without_teardown, human_count, run_cli
 from tinyllama.core.config import Config, config_from_dict
 from tinyllama.core.fs import atomic_path, check_writable, write_text
 from tinyllama.core.model_files import read_model_config
@@ -299,6 +299,7 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> list[dict[st
 def cli() -> None:
     """The `tinyllama-eval` command."""
     run_cli(lambda: main(fast_blas=True))
+    exit_without_teardown()  # ~0.6 s sooner back at the prompt (core.cli)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tinyllama.convert.model_source import resolve_model
 from tinyllama.core.backend import BACKENDS, Backend, load_backend, pick
-from tinyllama.core.cli import ArgumentParser, UserError, human_bytes, human_count, run_cli
+from tinyllama.core.cli import ArgumentParser, UserError, exit_without_teardown, human_bytes, human_count, run_cli
 from tinyllama.core.model_files import is_mlx_quantized, read_eos_ids, read_model_config
 from tinyllama.core.sampling import SamplingParams, TextStream, fit_prompt
 from tinyllama.core.weights import dtype_arg
@@ -259,6 +259,7 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> None:
 def cli() -> None:
     """The `tinyllama-infer` command."""
     run_cli(lambda: main(fast_blas=True))
+    exit_without_teardown()  # ~0.6 s sooner back at the prompt (core.cli)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ Both models get the same config, the same initial weights, the same compiled ste
 forward, backward, clipping, AdamW, all under mx.compile) and the same batches; the loss is ours
 fused with the head for our model, the plain cross-entropy of the logits for mlx-lm's; runs alternate so
 machine noise hits both. On Linux the process restarts itself with OpenBLAS preloaded (same BLAS
-for both). Prints tokens/s for each and ours / mlx-lm; --json PATH also writes them as JSON (bench/run_all.py).
+for both). Prints tokens/s for each, MFU (against the chip's published peak, else this machine's measured
+GEMM rate, as train_mlx.py logs it) and ours / mlx-lm; --json PATH also writes them as JSON (bench/run_all.py).
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ import numpy as np  # noqa: E402
 from mlx.utils import tree_map  # noqa: E402
 
 from tinyllama.core.config import load_config  # noqa: E402
-from tinyllama.core.hardware import cpu_name  # noqa: E402
+from tinyllama.core.hardware import apple_chip, cpu_name, peak_flops  # noqa: E402
 from tinyllama.core.hf_config import to_hf_config  # noqa: E402
-from tinyllama.core.weights import init_weights  # noqa: E402
+from tinyllama.core.weights import flops_per_token, init_weights  # noqa: E402
 from tinyllama.mlx_model.optim import load_optimizer_state, make_optimizer  # noqa: E402
-from tinyllama.mlx_model.state import build_model, load_state  # noqa: E402
+from tinyllama.mlx_model.state import build_model, load_state, measured_gemm_flops  # noqa: E402
 from tinyllama.train_mlx import build_step  # noqa: E402
 
 
@@ -94,14 +95,22 @@ def main() -> None:
         ours.append(time_steps(build_model(cfg.model, init_weights(cfg.model, 0)), cfg, batches))
         theirs.append(time_steps(mlx_lm_model(cfg), cfg, batches))
     o, t = statistics.median(ours), statistics.median(theirs)
-    print(f"machine: {cpu_name()}, MLX {mx.__version__} on {mx.default_device()}")
+    name = apple_chip() or cpu_name()
+    peak = peak_flops(name, cfg.training.dtype)
+    peak_of = "published peak" if peak else "measured GEMM rate"
+    peak = peak or measured_gemm_flops(cfg.training.dtype)
+    fpt = flops_per_token(cfg.model, args.seq_len)
+    print(f"machine: {name}, MLX {mx.__version__} on {mx.default_device()}, {peak_of} {peak / 1e12:.2f} TFLOP/s")
     print(f"model: {args.config}, batch {args.batch_size} x {args.seq_len}, {args.steps} steps x {args.rounds} rounds")
-    print(f"ours   : {o:,.0f} tok/s  (rounds: {', '.join(f'{v:,.0f}' for v in ours)})")
-    print(f"mlx-lm : {t:,.0f} tok/s  (rounds: {', '.join(f'{v:,.0f}' for v in theirs)})")
+    print(f"ours   : {o:,.0f} tok/s, MFU {100 * o * fpt / peak:.1f}%  (rounds: {', '.join(f'{v:,.0f}' for v in ours)})")
+    print(
+        f"mlx-lm : {t:,.0f} tok/s, MFU {100 * t * fpt / peak:.1f}%  (rounds: {', '.join(f'{v:,.0f}' for v in theirs)})"
+    )
     print(f"ratio ours / mlx-lm: {o / t:.2f}x")
     if args.json:
-        figures = {"machine": cpu_name(), "device": str(mx.default_device()), "config": args.config}
+        figures = {"machine": name, "device": str(mx.default_device()), "config": args.config}
         figures |= {"batch_size": args.batch_size, "seq_len": args.seq_len, "ours": o, "reference": t, "ratio": o / t}
+        figures |= {"mfu": o * fpt / peak, "reference_mfu": t * fpt / peak, "peak_of": peak_of}
         Path(args.json).write_text(json.dumps(figures | {"ours_rounds": ours, "reference_rounds": theirs}) + "\n")
 
 

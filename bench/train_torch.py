@@ -9,8 +9,8 @@ Same config, same initial weights, same batches, same loss value (fp32 cross-ent
 our model's fused loss, model(x, targets=y); theirs from their logits), same AdamW
 (weight decay on 2-D weights, fused kernel), same clipping, same autocast and compile settings,
 both with SDPA attention (flash backend on CUDA). Runs alternate so machine noise hits both.
-Prints tokens/s for each, MFU when the device's peak is known, and ours / transformers; --json PATH also
-writes them as JSON (bench/run_all.py).
+Prints tokens/s for each, MFU (against the card's published peak, else this machine's measured GEMM rate,
+as train_cuda.py logs it) and ours / transformers; --json PATH also writes them as JSON (bench/run_all.py).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from tinyllama.core.hf_config import to_hf_config  # noqa: E402
 from tinyllama.core.weights import flops_per_token, init_weights  # noqa: E402
 from tinyllama.torch_model.loss import keep_eager_under_compile  # noqa: E402
 from tinyllama.torch_model.optim import make_optimizer  # noqa: E402
-from tinyllama.torch_model.state import build_model  # noqa: E402
+from tinyllama.torch_model.state import build_model, measured_gemm_flops  # noqa: E402
 
 
 def plain_loss(logits, targets):
@@ -117,12 +117,15 @@ def main() -> None:
     o, t = statistics.median(ours), statistics.median(theirs)
     name = torch.cuda.get_device_name() if device.type == "cuda" else cpu_name()
     peak = peak_flops(name, args.dtype) if device.type == "cuda" else None
+    peak_of = "published peak" if peak else "measured GEMM rate"
+    peak = peak or measured_gemm_flops(device, args.dtype)
     fpt = flops_per_token(cfg.model, args.seq_len)
 
     def mfu(tok_s: float) -> str:
-        return f", MFU {100 * tok_s * fpt / peak:.1f}%" if peak else ""
+        return f", MFU {100 * tok_s * fpt / peak:.1f}%"
 
-    print(f"machine: {name}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    threads = torch.get_num_threads()
+    print(f"machine: {name}, torch {torch.__version__}, {threads} threads, {peak_of} {peak / 1e12:.2f} TFLOP/s")
     print(f"model: {args.config}, batch {args.batch_size} x {args.seq_len}, {args.steps} steps x {args.rounds} rounds, "
           f"{args.dtype}, compile {args.compile}, {fpt / 1e6:.0f} MFLOPs/token")  # fmt: skip
     print(f"ours         : {o:,.0f} tok/s{mfu(o)}  (rounds: {', '.join(f'{v:,.0f}' for v in ours)})")
@@ -131,7 +134,7 @@ def main() -> None:
     if args.json:
         figures = {"machine": name, "device": device.type, "config": args.config, "batch_size": args.batch_size}
         figures |= {"seq_len": args.seq_len, "dtype": args.dtype, "compile": args.compile, "ours": o, "reference": t}
-        figures |= {"ratio": o / t, "mfu": o * fpt / peak if peak else None}
+        figures |= {"ratio": o / t, "mfu": o * fpt / peak, "reference_mfu": t * fpt / peak, "peak_of": peak_of}
         figures |= {"ours_rounds": ours, "reference_rounds": theirs}
         Path(args.json).write_text(json.dumps(figures) + "\n")
 

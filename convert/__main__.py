@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tinyllama.core.cli import ArgumentParser, module_prog, run_cli
+from tinyllama.core.cli import ArgumentParser, exit_without_teardown, module_prog, run_cli
 from tinyllama.core.weights import canonical_dtype, dtype_arg
 
 GGUF_NAMES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}  # GGUF spells the float types its own way
@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
 def cli() -> None:
     """The `tinyllama-convert` command."""
     run_cli(main)
+    exit_without_teardown()  # ~0.6 s sooner back at the prompt (core.cli)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ command with one `error:` line that names the problem and the fix, exit code 2, 
 from __future__ import annotations
 
 import argparse
+import atexit
 import errno
 import os
 import signal
@@ -64,6 +65,21 @@ def exit_on_interrupt() -> None:
         os._exit(130)
 
     signal.signal(signal.SIGINT, handler)
+
+
+def exit_without_teardown() -> NoReturn:
+    """End a finished inference-side command (infer, evaluate, convert) at once, exit 0: the interpreter's
+    teardown of torch's modules alone costs ~0.6 s of start-to-prompt time (`python -c 'import torch'`:
+    2.15 -> 1.51 s on the dev VM) and frees nothing the OS does not. atexit handlers (a converted .gguf's
+    temporary directory) run and the output streams are flushed first. Not for the trainers: a process
+    group or a writer thread must close properly."""
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`| head`): nothing more to say
+            pass
+    os._exit(0)
 
 
 def os_error_message(exc: OSError) -> str:

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from tqdm import tqdm
 
 from tinyllama.core.cli import UserError
 from tinyllama.core.config import ConfigError, ModelConfig
@@ -122,8 +121,11 @@ def _header(file: Path, fix: str) -> dict[str, tuple[str, tuple[int, ...]]]:
 def _read_tensors(file: Path, names: list[str], fix: str) -> dict[str, np.ndarray]:
     try:
         with safe_open(file, framework="numpy") as f:
-            bar = tqdm(names, desc=f"read {file.name}", unit="tensor", disable=len(names) < 100 or None, leave=False)
-            tensors = {name: f.get_tensor(name) for name in bar}
+            if len(names) >= 100:  # a large sharded model: a progress bar (small ones skip tqdm's 0.05 s import)
+                from tqdm import tqdm
+
+                names = tqdm(names, desc=f"read {file.name}", unit="tensor", leave=False)
+            tensors = {name: f.get_tensor(name) for name in names}
     except (SafetensorError, OSError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{file} is corrupt or truncated ({exc}); {fix}") from None
     for name, value in tensors.items():

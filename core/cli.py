@@ -110,6 +110,9 @@ def run_cli(main: Callable[[], object]) -> None:
         if debug:
             raise
         fail(str(exc))
+    except BrokenPipeError:  # the reader stopped reading (`infer.py ... | head`): stop quietly, as `cat` does
+        sys.stderr.flush()
+        os._exit(141)  # the shell's status for a command ended by SIGPIPE; no flush of the closed pipe
     except OSError as exc:
         if debug:
             raise

@@ -390,6 +390,21 @@ def test_debug_shows_the_traceback(tmp_path):
         assert "CheckpointError: checkpoint not found" in run.stderr
 
 
+def test_a_reader_that_stops_reading_ends_the_command_quietly():
+    """`infer.py ... | head`: the closed pipe is no error line and no traceback; status 141 (SIGPIPE's)."""
+    import subprocess
+
+    code = (
+        "import sys; from tinyllama.core.cli import run_cli\n"
+        "def main():\n    while True:\n        sys.stdout.write('token ' * 1000); sys.stdout.flush()\n"
+        "run_cli(main)"
+    )
+    piped = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    piped.stdout.read(5)
+    piped.stdout.close()
+    assert piped.wait(timeout=60) == 141 and piped.stderr.read() == b""
+
+
 def test_docs_list_every_case():
     text = DOC.read_text()
     missing = [c[0] for c in CASES if f"`{c[0]}`" not in text]
@@ -409,7 +424,8 @@ def write_doc() -> None:
         "code 2; nothing that existed before is changed. `--debug` (or `TINYLLAMA_DEBUG=1`) shows the Python",
         "traceback instead. Below: every case of the test matrix (`tests/test_bad_input.py`), with the message",
         "the command printed (`…` stands for the directory the test ran in). Regenerate with",
-        "`python tests/test_bad_input.py`.",
+        "`python tests/test_bad_input.py`. Output piped into a reader that stops early (`infer.py ... | head`)",
+        "ends the command quietly with status 141, as `cat` does.",
         "",
         "In the arguments: `{smoke}` is `--config configs/smoke.yaml`'s file; `{train}` the arguments of a",
         "fresh smoke run; `{used}` those of a run that already finished, `{good}` its `final.ckpt`;",

@@ -50,6 +50,21 @@ def test_cached_greedy_equals_recomputation(backend, name):
     assert out == recompute_greedy(backend, built[backend], PROMPT, 24)
 
 
+@pytest.mark.parametrize("name", ["gqa8x2-tied", "mha4-untied"])
+def test_last_position_logits_equal_the_full_forward(name):
+    """The decode steps' head (MLX: weight @ h.T, torch: transposed storage) is the model's own head."""
+    from tinyllama.mlx_model.generate import last_logits as mlx_last
+    from tinyllama.torch_model.generate import last_logits as torch_last
+
+    _, built = models(name)
+    tokens = np.array([PROMPT, PROMPT[::-1]])  # (2, T)
+    full = np.array(built["mlx"](mx.array(tokens))[:, -1])  # (2, V)
+    np.testing.assert_allclose(np.array(mlx_last(built["mlx"], mx.array(tokens), None)), full, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        ours = torch_last(built["torch"], torch.tensor(tokens), None).numpy()
+        np.testing.assert_allclose(ours, built["torch"](torch.tensor(tokens))[:, -1].numpy(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", sorted(TINY_MODELS))
 def test_greedy_is_identical_across_backends(name):
     _, built = models(name, seed=1)

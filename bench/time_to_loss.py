@@ -49,6 +49,7 @@ def config(args):
         "training.max_steps": args.max_steps or TUNED[muon]["max_steps"], "training.warmup_steps": args.warmup,
         "training.lr": lr, "training.min_lr": lr / 10, "training.muon_lr": args.muon_lr, "training.seed": args.seed,
         "training.optimizer": "muon" if muon else "adamw", "training.schedule": "wsd" if muon else "cosine",
+        "training.muon_precision": args.muon_precision,
         "data.dataset": "builtin", "data.tokenizer": args.tokenizer, "data.max_documents": args.max_documents,
         "data.cache_dir": args.cache_dir,
     }  # fmt: skip
@@ -175,6 +176,7 @@ def run_variant(args) -> dict:
         "variant": args.variant, "target": args.target, "reached": reached is not None, "steps": steps,
         "tokens": steps * tokens_per_step, "seconds": history[-1][1], "best_val_loss": min(v for *_, v in history),
         "vocab_size": cfg.model.vocab_size, "max_steps": t.max_steps, "lr": t.lr, "muon_lr": t.muon_lr, "seed": t.seed,
+        "muon_precision": t.muon_precision,
         "history": history,
     }  # fmt: skip
 
@@ -189,6 +191,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--lr", type=float, help="AdamW peak lr, also of Muon runs' AdamW part (default: tuned)")
     parser.add_argument("--muon-lr", type=float, default=0.02)
+    parser.add_argument("--muon-precision", choices=("float32", "bfloat16"), default="float32",
+                        help="training.muon_precision: the Newton-Schulz matmuls' dtype")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="initial weights and data order (training.seed)")
     parser.add_argument("--tokenizer", default="bpe:2048")
     parser.add_argument("--max-documents", type=int, default=2000)

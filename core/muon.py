@@ -9,8 +9,12 @@ the buffer itself, its nearest semi-orthogonal matrix, found by a few Newton-Sch
           A = X X^T;  X = a X + (b A + c A A) X
     p   = p * (1 - lr * wd) - lr * scale(shape) * X      (decoupled decay, then the update)
 
-All in fp32. torch.optim.Muon runs the iteration in bf16 and mlx.optimizers.Muon couples its weight decay
-into the gradient, so neither computes this update; the twins do, line for line.
+All in fp32 by default, so both backends compute the same update to 1e-5 and a run resumes on either.
+`training.muon_precision: bfloat16` runs the Newton-Schulz matmuls in bf16 (the iteration tolerates it: it
+only needs singular values pushed towards 1), as torch.optim.Muon and modded-nanogpt do: several times
+faster where bf16 matmuls are, at the cost of that cross-backend agreement (the backends round differently).
+mlx.optimizers.Muon couples its weight decay into the gradient, so neither library optimizer computes this
+update; the twins do, line for line.
 """
 
 from __future__ import annotations

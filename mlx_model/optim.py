@@ -29,7 +29,7 @@ def make_optimizer(cfg: TrainingConfig) -> optim.Optimizer:
     adam = optim.Adam(learning_rate=cfg.lr, betas=list(cfg.betas), eps=cfg.eps, bias_correction=True)
     if cfg.optimizer != "muon":
         return adam
-    muon = Muon(cfg.lr, cfg.muon_lr / cfg.lr, cfg.muon_momentum, cfg.muon_weight_decay)
+    muon = Muon(cfg.lr, cfg.muon_lr / cfg.lr, cfg.muon_momentum, cfg.muon_weight_decay, cfg.muon_precision)
     return optim.MultiOptimizer([muon, adam], [lambda name, _: uses_muon(name)])
 
 

@@ -104,6 +104,7 @@ def test_wsd_warms_up_holds_then_decays_linearly_to_min_lr():
         ({"training.decay_fraction": "1.5"}, r"training.decay_fraction must be in \[0, 1\]"),
         ({"training.muon_momentum": "1"}, r"training.muon_momentum must be in \[0, 1\)"),
         ({"training.muon_lr": "0"}, "training.muon_lr must be > 0"),
+        ({"training.muon_precision": "float16"}, "training.muon_precision must be one of float32, bfloat16"),
         ({"training.optimizer": "muon", "hardware.distributed": "fsdp"}, "muon needs whole matrices"),
     ],
 )
@@ -147,6 +148,36 @@ def test_one_muon_step_matches_the_reference_on_both_backends(shape):
         assert np.abs((w - got_w) - step).max() < 1e-4 * np.abs(step).max()
     assert np.allclose(opt.state[p]["momentum_buffer"].numpy(), expected_buf, atol=1e-6)
     assert np.allclose(np.array(mlx_opt.state["w"]["momentum_buffer"]), expected_buf, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(48, 32), (32, 80)])
+def test_a_bf16_newton_schulz_step_stays_close_to_the_fp32_one_on_both_backends(shape):
+    """training.muon_precision: bfloat16 iterates in bf16: each backend's step within bf16 rounding of the
+    fp32 reference (not to 1e-5: that is float32's contract), the weights it returns still fp32."""
+    import mlx.core as mx
+    import torch
+
+    from tinyllama.mlx_model.muon import Muon as MlxMuon
+    from tinyllama.torch_model.muon import Muon as TorchMuon
+
+    rng = np.random.default_rng(1)
+    w, g, buf = (rng.standard_normal(shape).astype(np.float32) for _ in range(3))
+    lr, ratio, momentum, wd = 1e-2, 20.0, 0.9, 0.1
+    expected_w, _ = reference_muon(w.astype(np.float64), g, buf, lr * ratio, momentum, wd)
+    step = w - expected_w
+    p = torch.nn.Parameter(torch.from_numpy(w.copy()))
+    p.grad = torch.from_numpy(g.copy())
+    opt = TorchMuon([p], lr, ratio, momentum, wd, precision="bfloat16")
+    opt.state[p]["momentum_buffer"] = torch.from_numpy(buf.copy())
+    opt.step()
+    mlx_opt = MlxMuon(lr, ratio, momentum, wd, precision="bfloat16")
+    mlx_opt.init({"w": mx.array(w)})
+    mlx_opt.state["w"]["momentum_buffer"] = mx.array(buf)
+    got = mlx_opt.apply_gradients({"w": mx.array(g)}, {"w": mx.array(w)})["w"]
+    assert p.dtype == torch.float32 and got.dtype == mx.float32
+    for got_w in (p.detach().numpy(), np.array(got)):
+        error = np.abs((w - got_w) - step).max() / np.abs(step).max()
+        assert 1e-5 < error < 0.05, error  # bf16 rounding shows (so bf16 ran), and stays small
 
 
 def test_training_steps_equal_on_both_backends():

@@ -1,7 +1,7 @@
 """Muon for torch: the update of core/muon.py as a `torch.optim.Optimizer`; mlx_model/muon.py is its twin.
 
-Not `torch.optim.Muon`: it orthogonalises in bf16, so it cannot match MLX (or a resumed MLX run) to fp32
-precision. Under DDP every rank holds the all-reduced gradient and computes the same update; FSDP2 shards
+Not `torch.optim.Muon`: it always orthogonalises in bf16, so it cannot match MLX (or a resumed MLX run) to
+fp32 precision; here bf16 is a choice (`training.muon_precision`). Under DDP every rank holds the all-reduced gradient and computes the same update; FSDP2 shards
 the matrices, which the orthogonalisation needs whole (core.config refuses that pairing)."""
 
 from __future__ import annotations
@@ -11,28 +11,32 @@ import torch
 from tinyllama.core.muon import NS_COEFFICIENTS, NS_EPS, NS_STEPS, muon_scale
 
 
-def orthogonalize(updates: torch.Tensor) -> torch.Tensor:
-    """The Newton-Schulz approximation of each update's nearest semi-orthogonal matrix, in fp32; `updates`
-    (N, rows, cols) is a stack of same-shaped matrices (one batched matmul each time: ~15% faster on a
-    CPU than N small ones)."""
+def orthogonalize(updates: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The Newton-Schulz approximation of each update's nearest semi-orthogonal matrix, iterated in `dtype`,
+    returned in fp32; `updates` (N, rows, cols) is a stack of same-shaped matrices (one batched matmul each
+    time: ~15% faster on a CPU than N small ones)."""
     a, b, c = NS_COEFFICIENTS
     x = updates.float()
     tall = x.shape[-2] > x.shape[-1]
     if tall:
         x = x.mT  # iterate on the wide side: X X^T is the smaller Gram matrix
     x = x / (torch.linalg.matrix_norm(x, keepdim=True) + NS_EPS)  # spectral norm <= Frobenius norm <= 1
+    x = x.to(dtype)
     for _ in range(NS_STEPS):
         gram = x @ x.mT  # (N, rows, rows)
         x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)  # a X + (b A + c A A) X
-    return x.mT if tall else x
+    return (x.mT if tall else x).float()
 
 
 class Muon(torch.optim.Optimizer):
     """Nesterov momentum, orthogonalised, scaled by shape; decoupled weight decay. A group's `lr` is the AdamW
     rate of the step (the trainer sets every group alike); Muon runs at `lr_ratio` times it (muon_lr / lr)."""
 
-    def __init__(self, params, lr: float, lr_ratio: float, momentum: float, weight_decay: float):
+    def __init__(
+        self, params, lr: float, lr_ratio: float, momentum: float, weight_decay: float, precision: str = "float32"
+    ):
         super().__init__(params, {"lr": lr, "lr_ratio": lr_ratio, "momentum": momentum, "weight_decay": weight_decay})
+        self.ns_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[precision]
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -50,7 +54,7 @@ class Muon(torch.optim.Optimizer):
                 buf.mul_(mu).add_(g, alpha=1 - mu)
                 by_shape.setdefault(tuple(p.shape), []).append((p, (1 - mu) * g + mu * buf))
             for shape, items in by_shape.items():
-                updates = orthogonalize(torch.stack([u for _, u in items]))  # (N, rows, cols)
+                updates = orthogonalize(torch.stack([u for _, u in items]), self.ns_dtype)  # (N, rows, cols)
                 for (p, _), x in zip(items, updates, strict=True):
                     if group["weight_decay"]:
                         p.mul_(1 - lr * group["weight_decay"])

@@ -60,7 +60,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.A
     adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
     if not muon:
         return adamw
-    return MuonAdamW(adamw, Muon(muon, cfg.lr, cfg.muon_lr / cfg.lr, cfg.muon_momentum, cfg.muon_weight_decay))
+    ratio = cfg.muon_lr / cfg.lr
+    return MuonAdamW(adamw, Muon(muon, cfg.lr, ratio, cfg.muon_momentum, cfg.muon_weight_decay, cfg.muon_precision))
 
 
 def _split(optimizer) -> tuple[torch.optim.AdamW, Muon | None]:

@@ -152,8 +152,9 @@ def test_one_muon_step_matches_the_reference_on_both_backends(shape):
 
 @pytest.mark.parametrize("shape", [(48, 32), (32, 80)])
 def test_a_bf16_newton_schulz_step_stays_close_to_the_fp32_one_on_both_backends(shape):
-    """training.muon_precision: bfloat16 iterates in bf16: each backend's step within bf16 rounding of the
-    fp32 reference (not to 1e-5: that is float32's contract), the weights it returns still fp32."""
+    """training.muon_precision: bfloat16 iterates in bf16: each backend's step differs from the fp32 reference
+    by bf16 rounding (1-5% relative; 1e-5 is float32's contract) but points the same way and is still
+    orthogonalised; the weights it returns stay fp32."""
     import mlx.core as mx
     import torch
 
@@ -176,8 +177,12 @@ def test_a_bf16_newton_schulz_step_stays_close_to_the_fp32_one_on_both_backends(
     got = mlx_opt.apply_gradients({"w": mx.array(g)}, {"w": mx.array(w)})["w"]
     assert p.dtype == torch.float32 and got.dtype == mx.float32
     for got_w in (p.detach().numpy(), np.array(got)):
-        error = np.abs((w - got_w) - step).max() / np.abs(step).max()
-        assert 1e-5 < error < 0.05, error  # bf16 rounding shows (so bf16 ran), and stays small
+        got_step = w - got_w
+        error = np.linalg.norm(got_step - step) / np.linalg.norm(step)
+        cosine = (got_step * step).sum() / np.linalg.norm(got_step) / np.linalg.norm(step)
+        s = np.linalg.svd((w * (1 - lr * ratio * wd) - got_w) / (lr * ratio * max(1, shape[0] / shape[1]) ** 0.5))[1]
+        assert error > 1e-4  # bf16 rounding shows: bf16 ran
+        assert cosine > 0.998 and 0.5 < s.min() and s.max() < 1.3  # the same direction, still orthogonalised
 
 
 def test_training_steps_equal_on_both_backends():

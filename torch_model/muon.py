@@ -1,8 +1,9 @@
 """Muon for torch: the update of core/muon.py as a `torch.optim.Optimizer`; mlx_model/muon.py is its twin.
 
 Not `torch.optim.Muon`: it always orthogonalises in bf16, so it cannot match MLX (or a resumed MLX run) to
-fp32 precision; here bf16 is a choice (`training.muon_precision`). Under DDP every rank holds the all-reduced gradient and computes the same update; FSDP2 shards
-the matrices, which the orthogonalisation needs whole (core.config refuses that pairing)."""
+fp32 precision; here bf16 is a choice (`training.muon_precision`). Under DDP every rank holds the
+all-reduced gradient and computes the same update; FSDP2 shards the matrices, which the orthogonalisation
+needs whole (core.config refuses that pairing)."""
 
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ All in fp32 by default, so both backends compute the same update to 1e-5 and a r
 `training.muon_precision: bfloat16` runs the Newton-Schulz matmuls in bf16 (the iteration tolerates it: it
 only needs singular values pushed towards 1), as torch.optim.Muon and modded-nanogpt do: several times
 faster where bf16 matmuls are, at the cost of that cross-backend agreement (the backends round differently).
-mlx.optimizers.Muon couples its weight decay into the gradient, so neither library optimizer computes this
-update; the twins do, line for line.
+torch.optim.Muon always iterates in bf16 and mlx.optimizers.Muon couples its weight decay into the gradient,
+so neither library optimizer computes this update; the twins do, line for line.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ class Muon(optim.Optimizer):
         super().__init__()
         self._maybe_schedule("learning_rate", learning_rate)
         self.lr_ratio, self.momentum, self.weight_decay = lr_ratio, momentum, weight_decay
-        self.ns_dtype = {"float32": mx.float32, "bfloat16": mx.bfloat16}[precision]
+        self.ns_dtype = getattr(mx, precision)  # float32 | bfloat16 (core.config checks the choice)
 
     def init_single(self, parameter: mx.array, state: dict) -> None:
         state["momentum_buffer"] = mx.zeros(parameter.shape, dtype=mx.float32)  # fp32 even for bf16 weights

@@ -37,7 +37,7 @@ class Muon(torch.optim.Optimizer):
         self, params, lr: float, lr_ratio: float, momentum: float, weight_decay: float, precision: str = "float32"
     ):
         super().__init__(params, {"lr": lr, "lr_ratio": lr_ratio, "momentum": momentum, "weight_decay": weight_decay})
-        self.ns_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[precision]
+        self.ns_dtype = getattr(torch, precision)  # float32 | bfloat16 (core.config checks the choice)
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -31,6 +31,7 @@ from tinyllama.core.training import load_train_config, parse_train_args
 from tinyllama.data.prepare import prepare_data
 from tinyllama.torch_model.generate import as_backend, peak_memory
 from tinyllama.torch_model.loss import chunk_bytes as loss_chunk_bytes
+from tinyllama.torch_model.muon import slow_bf16_matmul
 from tinyllama.torch_model.optim import load_optimizer_state, make_optimizer, optimizer_state, restore, snapshot
 from tinyllama.torch_model.state import build_model, measured_gemm_flops, model_state, resolve_device, weight_norm
 from tinyllama.torch_model.wrap import wrap_model
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> None:
         runtime_bytes=0 if cuda else runtime_rss(),  # off CUDA the mem figure is the process's RSS
     )
     run = Run(cfg, "torch", device_info, rank, world, any_rank)
+    if t.optimizer == "muon" and t.muon_precision == "bfloat16" and slow_bf16_matmul(device):
+        run.say(f"warning: this CPU ({name}) has no bf16 matmul instructions (AMX, AVX512-BF16): Newton-Schulz in "
+                "bf16 runs ~20x slower than in fp32 here; set training.muon_precision float32")  # fmt: skip
     if args.dry_run:
         return run.dry_run()
 

@@ -73,7 +73,8 @@ class TrainingConfig:
     muon_precision: str = opt(
         "float32",
         "muon: dtype of the Newton-Schulz matmuls: float32 (the same update on MLX and torch to 1e-5) | bfloat16 "
-        "(as torch.optim.Muon; several times faster where bf16 matmuls are: GPUs, AMX CPUs)",
+        "(as torch.optim.Muon; several times faster where bf16 matmuls are: GPUs, AMX CPUs; ~20x slower on a CPU "
+        "without them, which the trainers warn about)",
     )
     betas: tuple[float, float] = opt((0.9, 0.95), "AdamW betas, as `0.9,0.95` on the command line")
     eps: float = opt(1e-8, "AdamW epsilon")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import TINY_MODELS, max_weight_diff, random_weights, smoke_argv, tokens_for, train_losses
+from helpers import ROOT, TINY_MODELS, max_weight_diff, random_weights, smoke_argv, tokens_for, train_losses
 
 from tinyllama.core.cli import UserError
 from tinyllama.core.config import Config, ConfigError, TrainingConfig, load_config
@@ -183,6 +183,57 @@ def test_a_bf16_newton_schulz_step_stays_close_to_the_fp32_one_on_both_backends(
         s = np.linalg.svd((w * (1 - lr * ratio * wd) - got_w) / (lr * ratio * max(1, shape[0] / shape[1]) ** 0.5))[1]
         assert error > 1e-4  # bf16 rounding shows: bf16 ran
         assert cosine > 0.998 and 0.5 < s.min() and s.max() < 1.3  # the same direction, still orthogonalised
+
+
+@pytest.mark.parametrize(
+    "machine, capabilities, slow",
+    [
+        ("x86_64", {"avx2": True, "avx512_bf16": False, "amx_bf16": False}, True),  # e.g. an AVX2 AMD EPYC
+        ("x86_64", {"avx2": True, "avx512_bf16": False, "amx_bf16": True}, False),  # a Xeon with AMX
+        ("x86_64", {"avx2": True, "avx512_bf16": True, "amx_bf16": False}, False),
+        ("x86_64", {}, False),  # torch too old to say: no claim
+        ("arm64", {"avx512_bf16": False}, False),  # not x86: no claim
+    ],
+)
+def test_a_cpu_without_bf16_matmuls_hears_to_keep_fp32_newton_schulz(monkeypatch, capsys, machine, capabilities, slow):
+    """bf16 Newton-Schulz ran ~20x slower than fp32 on an AVX2-only CPU: train_cuda.py says so in
+    one warning line (dry run included) naming the setting to change; a CPU with AMX / AVX512-BF16 hears nothing."""
+    import platform
+
+    import torch
+
+    from tinyllama import train_cuda
+    from tinyllama.torch_model.muon import slow_bf16_matmul
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    assert slow_bf16_matmul(torch.device("cpu")) is slow
+    assert slow_bf16_matmul(torch.device("meta")) is False  # only a CPU is judged
+    argv = ["--config", str(ROOT / "config.yaml"), "--dry-run", "--hardware.accelerator", "cpu"]
+    train_cuda.main([*argv, "--training.optimizer", "muon", "--training.muon_precision", "bfloat16"])
+    out = capsys.readouterr().out
+    assert ("warning: this CPU" in out and "training.muon_precision float32" in out) is slow
+    train_cuda.main([*argv, "--training.optimizer", "muon"])  # float32: never warned
+    assert "warning: this CPU" not in capsys.readouterr().out
+
+
+def test_mlx_on_a_cpu_is_told_to_keep_fp32_newton_schulz(capsys, monkeypatch):
+    """MLX's CPU backend computes bf16 matmuls without BLAS (~14x fp32's time for the Newton-Schulz iterations
+    on a 2-core EPYC): train_mlx.py on the CPU warns once, naming the setting; fp32, or bf16 on a GPU, is not."""
+    import mlx.core as mx
+
+    from tinyllama import train_mlx
+
+    monkeypatch.setattr(mx, "default_device", lambda: mx.Device(mx.cpu))  # Linux's only device; a Mac's other one
+    argv = ["--config", str(ROOT / "config.yaml"), "--dry-run", "--training.optimizer", "muon"]
+    train_mlx.main([*argv, "--training.muon_precision", "bfloat16"])
+    out = capsys.readouterr().out
+    assert "warning: MLX's CPU backend" in out and "training.muon_precision float32" in out
+    train_mlx.main(argv)
+    assert "warning" not in capsys.readouterr().out
+    monkeypatch.setattr(mx, "default_device", lambda: mx.Device(mx.gpu))  # Apple's GPU: bf16 is native
+    train_mlx.main([*argv, "--training.muon_precision", "bfloat16"])
+    assert "warning" not in capsys.readouterr().out
 
 
 def test_training_steps_equal_on_both_backends():

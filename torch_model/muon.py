@@ -7,6 +7,8 @@ needs whole (core.config refuses that pairing)."""
 
 from __future__ import annotations
 
+import platform
+
 import torch
 
 from tinyllama.core.muon import NS_COEFFICIENTS, NS_EPS, NS_STEPS, muon_scale
@@ -27,6 +29,16 @@ def orthogonalize(updates: torch.Tensor, dtype: torch.dtype = torch.float32) -> 
         gram = x @ x.mT  # (N, rows, rows)
         x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)  # a X + (b A + c A A) X
     return (x.mT if tall else x).float()
+
+
+def slow_bf16_matmul(device: torch.device) -> bool:
+    """Whether bf16 matmuls run slower than fp32 ones here: an x86 CPU without AMX or AVX512-BF16 has no bf16
+    matmul instructions, so each product is converted and computed the slow way (the Newton-Schulz iterations
+    of a Muon step in bf16: ~20x fp32's time on a 2-core AVX2 AMD EPYC, docs/benchmarks.md)."""
+    if device.type != "cpu" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    capabilities = getattr(torch.cpu, "get_capabilities", dict)()  # torch >= 2.8; older: unknown, say nothing
+    return bool(capabilities) and not (capabilities.get("amx_bf16") or capabilities.get("avx512_bf16"))
 
 
 class Muon(torch.optim.Optimizer):

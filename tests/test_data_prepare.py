@@ -199,6 +199,7 @@ def test_cli_prepares_and_reports_errors_in_one_line(tmp_path, capsys):
     assert "data.val_fraction must be in (0, 1)" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a subprocess
 def test_cli_subprocess_help_and_exit_code(tmp_path):
     run = [sys.executable, "-m", "data.prepare"]
     helped = subprocess.run([*run, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -55,6 +55,7 @@ def shard_bytes(path: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(path.glob("*.bin"))}
 
 
+@pytest.mark.slow  # a subprocess
 def test_killed_prepare_resumes_without_retokenizing_and_matches(tmp_path, monkeypatch):
     corpus_file = write_jsonl(tmp_path / "docs.jsonl", DOCS)
     child = CHILD.format(batch=BATCH, kill_at=40, shard=SHARD)

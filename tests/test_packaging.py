@@ -91,6 +91,7 @@ def test_the_installed_wheel_trains_samples_evaluates_and_converts_from_another_
     assert "vocab_size" in run("tinyllama-convert", "inspect", "checkpoints/smoke/final.ckpt")
 
 
+@pytest.mark.slow  # a subprocess
 def test_the_dev_install_puts_the_commands_beside_python_and_they_name_themselves(tmp_path):
     """`pip install -e ".[dev]"` (what `make test` runs) installs the commands; run from elsewhere."""
     for command in COMMANDS:
@@ -101,6 +102,7 @@ def test_the_dev_install_puts_the_commands_beside_python_and_they_name_themselve
         assert result.stdout.startswith(f"usage: {command}"), result.stdout[:200]
 
 
+@pytest.mark.slow  # a subprocess
 def test_python_dash_m_works_from_anywhere_and_names_itself_as_typed(tmp_path):
     for module in ("tinyllama.convert", "tinyllama.data.prepare"):
         result = subprocess.run(

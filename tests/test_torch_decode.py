@@ -156,6 +156,7 @@ def test_generation_fills_the_context_exactly(tmp_path):
     assert out == list(as_backend(load_model(path)[0].eval()).generate(prompt, 10))
 
 
+@pytest.mark.slow  # a subprocess
 def test_inference_never_imports_dynamo(tmp_path):
     """torch._dynamo costs seconds to import; generating must not pull it in."""
     _, path = checkpoint(tmp_path, "gqa8x2-tied")
@@ -187,6 +188,7 @@ def test_a_model_read_from_disk_takes_the_arrays_memory_and_a_shared_one_is_copi
     assert all(p.requires_grad for p in given.parameters())  # still trainable parameters
 
 
+@pytest.mark.slow  # a subprocess
 def test_a_finished_command_skips_teardown_but_runs_atexit_and_flushes(tmp_path):
     """exit_without_teardown (infer, evaluate, convert): exit 0, buffered output and atexit handlers kept."""
     code = (

@@ -188,6 +188,31 @@ def test_a_model_read_from_disk_takes_the_arrays_memory_and_a_shared_one_is_copi
     assert all(p.requires_grad for p in given.parameters())  # still trainable parameters
 
 
+def test_read_only_arrays_are_copied_even_when_given(tmp_path):
+    """A GGUF import hands over views of the file's read-only memory map: the parameters get their own
+    memory (writing through a read-only view is undefined; torch warns on every such import)."""
+    import warnings
+
+    from tinyllama.torch_model.state import load_state
+
+    cfg = TINY_MODELS["gqa8x2-tied"]
+    weights = random_weights(cfg)
+    path = tmp_path / "w.npy"
+    np.save(path, weights["model.norm.weight"])
+    weights["model.norm.weight"] = np.load(path, mmap_mode="r")  # read-only, as gguf's reader maps tensors
+    model = build_model(cfg, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "non-writable" UserWarning would fail the test
+        load_state(model, weights, own=True)
+    norm = model.state_dict()["model.norm.weight"]
+    assert not np.shares_memory(norm.numpy(), weights["model.norm.weight"])
+    assert np.array_equal(norm.numpy(), np.load(path))
+    embed = "model.embed_tokens.weight"
+    assert np.shares_memory(model.state_dict()[embed].numpy(), weights[embed])  # writable ones: still taken
+    norm.add_(1.0)  # writable, and the file is untouched
+    assert np.array_equal(np.load(path) + 1.0, norm.numpy())
+
+
 @pytest.mark.slow  # a subprocess
 def test_a_finished_command_skips_teardown_but_runs_atexit_and_flushes(tmp_path):
     """exit_without_teardown (infer, evaluate, convert): exit 0, buffered output and atexit handlers kept."""

@@ -1,6 +1,6 @@
 """The torch decode path's fast forms give the same results as the plain ones: transposed weight storage
-(load_backend on the CPU), one-query GQA attention, the rolled RoPE, the fused fp32 RMSNorm, numpy's
-argmax, and a KV cache that never grows past max_seq_len."""
+(load_backend on the CPU), the fused-projection one-token step (decode.py), one-query GQA attention, the
+rolled RoPE, the fused fp32 RMSNorm, numpy's argmax, and a KV cache that never grows past max_seq_len."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from helpers import ROOT, TINY_MODELS, random_weights
 
 from tinyllama.core.checkpoint import save_checkpoint
 from tinyllama.torch_model.cache import KVCache
-from tinyllama.torch_model.generate import Decoder, as_backend, load_backend, transpose_storage
+from tinyllama.torch_model.decode import decode_one, fuse_projections
+from tinyllama.torch_model.generate import Decoder, as_backend, last_logits, load_backend, transpose_storage
 from tinyllama.torch_model.model import RMSNorm, RoPE, attend
 from tinyllama.torch_model.state import build_model, load_model
 
@@ -38,7 +39,7 @@ def test_transposed_storage_keeps_shapes_values_and_tokens(name, tmp_path):
     for (key, a), b in zip(plain.state_dict().items(), backend.model.state_dict().values(), strict=True):
         assert a.shape == b.shape and torch.equal(a, b), key
         if a.ndim == 2 and torch.backends.mkl.is_available():
-            assert b.stride() == (1, a.shape[0]), key  # (out, in) viewed over (in, out) row-major storage
+            assert b.stride()[0] == 1, key  # (out, in) viewed over (in, out) row-major storage
     ours, reference = backend, as_backend(plain)
     for opts in ({}, {"repetition_penalty": 1.3}, {"temperature": 0.9, "top_p": 0.9, "seed": 3}):
         assert list(ours.generate(PROMPT, 30, **opts)) == list(reference.generate(PROMPT, 30, **opts))
@@ -58,6 +59,63 @@ def test_trainers_models_keep_their_layout():
     assert all(p.is_contiguous() for p in model.parameters())
     bf16 = transpose_storage(build_model(cfg, random_weights(cfg), dtype="bfloat16"))
     assert all(p.is_contiguous() for p in bf16.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
+@pytest.mark.parametrize("transposed", [True, False])
+def test_one_token_step_is_the_model_bit_for_bit(name, transposed):
+    """decode_one over fused weights gives the very logits of Model.forward, step after step, 1 and 3 rows.
+    Bit for bit where each fused group's leading widths are multiples of 4 (every real Llama's): MKL computes
+    the columns of a product alike then, whichever product they are part of. Odd ones (d_ff 77 here) can
+    differ in the last bit of a few columns."""
+    cfg = TINY_MODELS[name]
+    same = torch.equal if cfg.d_ff % 4 == 0 else lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    model = build_model(cfg, random_weights(cfg)).eval()
+    if transposed:
+        transpose_storage(model)
+    fused = fuse_projections(model)
+    rng = np.random.default_rng(1)
+    for rows in (1, 3):
+        prompt = torch.from_numpy(rng.integers(0, cfg.vocab_size, (rows, 5)))
+        plain_cache, fast_cache = model.make_cache(), model.make_cache()
+        with torch.inference_mode():
+            assert torch.equal(last_logits(model, prompt, plain_cache), last_logits(model, prompt, fast_cache))
+            for _ in range(6):
+                token = torch.from_numpy(rng.integers(0, cfg.vocab_size, (rows, 1)))
+                expected = last_logits(model, token, plain_cache)  # (rows, V)
+                assert same(decode_one(model, fused, token, fast_cache), expected)
+        assert fast_cache[0].offset == plain_cache[0].offset == 11
+        assert same(fast_cache[-1].keys[:, :, :11], plain_cache[-1].keys[:, :, :11])
+
+
+def test_fused_projections_are_views_of_one_buffer():
+    cfg = TINY_MODELS["gqa6x3-untied-eps"]
+    model = transpose_storage(build_model(cfg, random_weights(cfg)).eval())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = fuse_projections(model)
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    attn, mlp = model.model.layers[1].self_attn, model.model.layers[1].mlp
+    qkv, gate_up = fused[1]
+    assert qkv.shape == (6 * 8 + 2 * 3 * 8, 48) and gate_up.shape == (2 * 77, 48)
+    for whole, parts in ((qkv, (attn.q_proj, attn.k_proj, attn.v_proj)), (gate_up, (mlp.gate_proj, mlp.up_proj))):
+        rows = 0
+        for part in parts:  # each weight is its rows of the buffer, no copy: memory is not doubled
+            assert part.weight.untyped_storage().data_ptr() == whole.untyped_storage().data_ptr()
+            assert torch.equal(part.weight, whole[rows : rows + part.weight.shape[0]])
+            rows += part.weight.shape[0]
+    bf16 = build_model(cfg, random_weights(cfg), dtype="bfloat16")
+    assert fuse_projections(bf16) is None and all(p.is_contiguous() for p in bf16.parameters())
+
+
+def test_one_token_step_refuses_positions_past_max_seq_len():
+    cfg = dataclasses.replace(TINY_MODELS["gqa8x2-tied"], max_seq_len=8)
+    model = build_model(cfg, random_weights(cfg)).eval()
+    fused, cache = fuse_projections(model), model.make_cache()
+    with torch.inference_mode():
+        last_logits(model, torch.zeros(1, 8, dtype=torch.long), cache)
+        with pytest.raises(ValueError, match="position 9 exceeds max_seq_len 8"):
+            decode_one(model, fused, torch.zeros(1, 1, dtype=torch.long), cache)
 
 
 @pytest.mark.parametrize("rows", [2, 3, 5])

@@ -102,6 +102,19 @@ def test_mlx_fused_loss_and_gradients_equal_autodiff_through_logits(tiny_model_c
     assert max(np.abs(np.array(g)).max() for g in expected.values()) > 1e-3
 
 
+def test_mlx_cpu_exp_is_within_fp32_rounding_of_exp():
+    """The loss's CPU exp (mlx_model/loss.cpu_exp) against float64 exp, and its edges."""
+    from tinyllama.mlx_model.loss import cpu_exp
+
+    x = np.concatenate([np.linspace(-87, 0, 200_001), np.linspace(0, 88, 20_001)]).astype(np.float32)
+    exact = np.exp(x.astype(np.float64))
+    with mx.stream(mx.cpu):
+        ours = np.array(cpu_exp(mx.array(x)), dtype=np.float64)
+    assert np.max(np.abs(ours - exact) / exact) < 2e-7  # a few fp32 ulps (MLX's own CPU exp on x86: ~4e-6)
+    edges = np.array(cpu_exp(mx.array([-1000.0, -np.inf, np.nan, 0.0])))
+    assert 0 < edges[0] == edges[1] < 1.7e-38 and np.isnan(edges[2]) and edges[3] == 1.0  # no underflow to 0
+
+
 def test_mlx_targets_call_equals_torch_fused_loss(tiny_model_cfg):
     cfg = tiny_model_cfg
     weights = random_weights(cfg)

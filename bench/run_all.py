@@ -269,8 +269,9 @@ def machine() -> str:
     return f"{cpu}, GPU: {scaling.gpu_name() or 'none'}"
 
 
-def earlier(section: str) -> tuple[dict[str, list[str]], dict[str, str], str]:
-    """An earlier generated section's rows (by bench), extra blocks (by bench) and date."""
+def earlier(section: str) -> tuple[dict[str, list[str]], dict[str, str], dict[str, str]]:
+    """An earlier generated section's rows (by bench), extra blocks (by bench) and where each bench's
+    figures came from ("<date> on <machine>"): its own run, or the run it had kept them from."""
     rows: dict[str, list[str]] = {}
     for line in section.splitlines():
         name = line.strip("| ").split(" |")[0].strip("`")
@@ -281,20 +282,28 @@ def earlier(section: str) -> tuple[dict[str, list[str]], dict[str, str], str]:
         found = re.search(f"<!-- make bench: {name} -->\n(.*?)\n<!-- make bench: {name} end -->", section, re.S)
         if found:
             extras[name] = found[1]
-    date = next((line[8:].split(" (")[0] for line in section.splitlines() if line.startswith("- date: ")), "")
-    return rows, extras, date
+    lines = section.splitlines()
+    date = next((line[8:].split(" (")[0] for line in lines if line.startswith("- date: ")), "")
+    where = next((line[11:].split("; load average")[0] for line in lines if line.startswith("- machine: ")), "")
+    origin = {name: f"{date} on {where}" if where else date for name in BENCHES}
+    for line in lines:
+        if line.startswith("- kept from the run of ") and ": " in line:
+            run, names = line[len("- kept from the run of ") :].rsplit(": ", 1)
+            origin |= {name: run for name in names.split(", ") if name in BENCHES}
+    return rows, extras, origin
 
 
 def render(results: dict[str, tuple[list[str], str]], old_section: str, header: dict) -> str:
-    """The generated section. results: bench -> (table lines, extra markdown); other benches keep their old rows."""
-    old_rows, old_extras, old_date = earlier(old_section)
+    """The generated section. results: bench -> (table lines, extra markdown); other benches keep their old rows,
+    each named with the date and machine of the run that measured it."""
+    old_rows, old_extras, origin = earlier(old_section)
     kept = [n for n in BENCHES if n not in results and (n in old_rows or n in old_extras)]
     lines = ["## Latest `make bench` run (generated)", ""]
     lines.append("Written by `make bench` (`python bench/run_all.py`); rerun it rather than edit by hand. Ratio: ours")
     lines += ["/ the reference's speed, so above 1x ours is faster (start-up: the reference's time / ours).", ""]
     lines.append(f"- date: {header['date']} (ran: {', '.join(results)}; took {header['took']})")
-    if kept:
-        lines.append(f"- kept from the run of {old_date}: {', '.join(kept)}")
+    for run in dict.fromkeys(origin[n] for n in kept):
+        lines.append(f"- kept from the run of {run}: {', '.join(n for n in kept if origin[n] == run)}")
     lines += [f"- machine: {header['machine']}; load average {header['load']}", f"- versions: {header['versions']}"]
     lines += ["", "| bench | figure | ours | reference | ratio | command |", "| --- | --- | ---: | ---: | ---: | --- |"]
     for name in BENCHES:

@@ -60,7 +60,19 @@ def test_only_keeps_the_other_benches_rows_and_blocks():
     again = run_all.render({"loss": ([row("loss", "b")], "")}, section, HEADER | {"date": "2031-01-01 00:00 UTC"})
     assert "| b |" in again and "| a |" not in again and row("scaling", "s") in again
     assert "<!-- make bench: scaling -->\n### Scaling\n\ntable\n<!-- make bench: scaling end -->" in again
-    assert "- kept from the run of 2030-01-01 00:00 UTC: scaling" in again
+    assert "- kept from the run of 2030-01-01 00:00 UTC on M: scaling" in again
+
+
+def test_kept_rows_keep_the_date_and_machine_of_the_run_that_measured_them():
+    results = {"loss": ([row("loss", "a")], ""), "scaling": ([row("scaling", "s")], "")}
+    first = run_all.render(results, "", HEADER | {"machine": "Linux x86_64, Xeon, GPU: none"})
+    second = run_all.render({"loss": ([row("loss", "b")], "")}, first, HEADER | {"date": "2031", "machine": "EPYC"})
+    third = run_all.render(
+        {"generate": ([row("generate", "g")], "")}, second, HEADER | {"date": "2032", "machine": "M1"}
+    )
+    assert "- kept from the run of 2031 on EPYC: loss" in third
+    assert "- kept from the run of 2030-01-01 00:00 UTC on Linux x86_64, Xeon, GPU: none: scaling" in third
+    assert "- machine: M1;" in third and all(f"| {x} |" in third for x in "bsg")
 
 
 def test_a_failing_bench_gets_a_row_and_the_others_still_run(tmp_path, monkeypatch):

@@ -33,6 +33,7 @@ from tinyllama.core.loop import Device, Run
 from tinyllama.core.training import load_train_config, parse_train_args
 from tinyllama.data.prepare import prepare_data
 from tinyllama.mlx_model.generate import as_backend
+from tinyllama.mlx_model.loss import logit_copies
 from tinyllama.mlx_model.optim import (
     apply_weight_decay,
     load_optimizer_state,
@@ -95,7 +96,12 @@ def main(argv: list[str] | None = None) -> None:
     measured = peak is None and not args.dry_run
     peak = measured_gemm_flops(t.dtype) if measured else peak  # a CPU (MLX on Linux): ~1 s
     device = Device(
-        f"{mx.default_device()} ({chip})", system_memory_bytes(), peak, peak_measured=measured, lazy_graph=True
+        f"{mx.default_device()} ({chip})",
+        system_memory_bytes(),
+        peak,
+        peak_measured=measured,
+        lazy_graph=True,
+        logit_copies=logit_copies(),
     )
     run = Run(cfg, "mlx", device, group.rank(), world, any_rank)
     if t.optimizer == "muon" and t.muon_precision == "bfloat16" and mx.default_device().type == mx.cpu:

@@ -60,6 +60,7 @@ class Device:
     loss_chunk_bytes: int | None = None  # torch's fused loss works on this many bytes of logits at a time
     runtime_bytes: int = 0  # held before the model exists, where the peak shown is the process's RSS (a CPU)
     lazy_graph: bool = False  # one graph per step (MLX): gradients and activations are alive together
+    logit_copies: int = 2  # logits-sized fp32 arrays the loss holds at once (core.training.estimate_memory)
 
 
 Capture = Callable[[], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]  # -> (weights, optimizer moments)
@@ -107,6 +108,7 @@ class Run:
             d.loss_chunk_bytes,
             d.runtime_bytes,
             d.lazy_graph,
+            d.logit_copies,
         )
         print(report)
         if not fits:
@@ -117,7 +119,8 @@ class Run:
         run's (core.training.claim_output: lock, debris, no mixing with an earlier run); every rank learns
         whether that failed, so none is left waiting for the others."""
         d = self.device
-        need, have = estimate_memory(self.cfg, d.loss_chunk_bytes, d.runtime_bytes, d.lazy_graph)["total"], d.memory
+        estimate = estimate_memory(self.cfg, d.loss_chunk_bytes, d.runtime_bytes, d.lazy_graph, d.logit_copies)
+        need, have = estimate["total"], d.memory
         if have and need > 1.5 * have:  # the estimate is rough: refuse only what clearly cannot fit
             raise UserError(
                 f"this run needs about {human_bytes(need)} but {self.device.name} has {human_bytes(have)}; lower "

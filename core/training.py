@@ -260,12 +260,18 @@ def step_name(step: int) -> str:
 
 
 def estimate_memory(
-    cfg: Config, loss_chunk_bytes: int | None = None, runtime_bytes: int = 0, lazy_graph: bool = False
+    cfg: Config,
+    loss_chunk_bytes: int | None = None,
+    runtime_bytes: int = 0,
+    lazy_graph: bool = False,
+    logit_copies: int = 2,
 ) -> dict[str, float]:
     """Peak bytes of one training process: weights, optimizer state (fp32), gradients and what the forward
     keeps for the backward (activations, logits). torch frees activations as its backward produces the
     gradients, so its peak holds the larger of the two; a `lazy_graph` (MLX) holds both at once.
     `loss_chunk_bytes`: the loss works on that many bytes of logits at a time (torch's fused loss).
+    `logit_copies`: fp32 arrays of the logits' size an unchunked loss holds at once (the logits and their
+    gradient; MLX's CPU exp adds two, mlx_model.loss.logit_copies).
     `runtime_bytes`: what the process holds before the model exists (Python, the framework), counted where
     the peak the log line shows is the process's resident set (a CPU, MPS) rather than an allocator's.
     The activation size is fitted to the peaks both backends report (bench/memory.py, docs/benchmarks.md)."""
@@ -274,7 +280,7 @@ def estimate_memory(
     weight_bytes = 2 if t.dtype == "bfloat16" else 4
     tokens = t.batch_size * t.seq_len
     per_layer = tokens * (24 * m.d_model + m.d_ff) * weight_bytes  # saved per token and layer (fitted)
-    logits = tokens * m.vocab_size * 4 * 2  # fp32 logits and their gradient (the fused loss: one exp, no softmax copy)
+    logits = tokens * m.vocab_size * 4 * logit_copies  # fp32 (the fused loss: one exp, no softmax copy)
     if loss_chunk_bytes:  # chunk buffers, plus the fp32 head gradient they are summed into
         logits = min(logits, 3 * loss_chunk_bytes) + m.vocab_size * m.d_model * 4
     parts = {
@@ -302,13 +308,14 @@ def dry_run_report(
     loss_chunk_bytes: int | None = None,
     runtime_bytes: int = 0,
     lazy_graph: bool = False,
+    logit_copies: int = 2,
 ) -> tuple[str, bool]:
     """The text --dry-run prints, and whether the estimate fits in the device's memory."""
     m, t = cfg.model, cfg.training
     n = count_parameters(m)
     fpt = flops_per_token(m, t.seq_len)
     tokens_per_step = t.batch_size * t.grad_accum * t.seq_len * world_size
-    est = estimate_memory(cfg, loss_chunk_bytes, runtime_bytes, lazy_graph)
+    est = estimate_memory(cfg, loss_chunk_bytes, runtime_bytes, lazy_graph, logit_copies)
     lines = [
         f"model: {human_count(n)} parameters ({human_count(count_parameters(m, False))} without embeddings), "
         f"{m.n_layers} layers, d_model {m.d_model}, heads {m.n_heads}/{m.n_kv_heads} (q/kv), vocab {m.vocab_size}",

@@ -4,7 +4,7 @@ The plain path, `cross_entropy(h @ W.T, targets)`, exponentiates the (tokens x v
 once for the log-sum-exp of the loss and again for the softmax of its gradient. Here one `exp`
 per logit serves both, since the gradient (softmax - one_hot) / N is computed in the forward pass
 and pushed through the projection; the vjp only scales it. MLX's CPU `exp` is slow, so on the
-CPU this is most of the saving, and there the one exp is `cpu_exp`, 4x faster than MLX's.
+CPU this is most of the saving, and there the one exp is `cpu_exp`, 3-4x faster than MLX's.
 Chunks cap the size of each vocabulary-sized array, but MLX's lazy graph may hold several at
 once (measured on CPU: peak 1.8 -> 1.4 GB for 2048 tokens, bench/loss.py).
 Lazy evaluation also means an eval-only call never computes the gradients it returns.
@@ -19,27 +19,48 @@ import mlx.core as mx
 # exp(x) = 2^k * exp(r), k = round(x / ln 2), |r| <= ln(2) / 2 (Cody-Waite: ln 2 split in two parts so
 # k * LN2_HI is exact), exp(r) by its degree-7 Taylor polynomial (truncation < 1e-8 relative).
 LOG2E, LN2_HI, LN2_LO = 1.4426950408889634, 0.693145751953125, 1.428606765330187e-06
-ROUND = 12582912.0  # 1.5 * 2**23: (t + ROUND) - ROUND rounds t to the nearest integer, a fusable add
 
 
 @mx.compile
-def cpu_exp(x: mx.array) -> mx.array:
-    """exp(x) for fp32 x <= 88, on MLX's CPU. MLX's own CPU `exp` is a scalar routine there (~18 ns a value
-    on x86, 3.8e-6 relative error at worst); this form compiles to a few vectorised loops: 4x faster on
-    the loss's 512 x 50257 logits (bench/loss.py) with 1e-7 relative error at worst (tests/test_loss.py).
-    Below -87 it returns exp(-87) ~ 1.6e-38 instead of underflowing, which a softmax sum never sees."""
-    x = mx.maximum(x, -87.0)
-    k = (x * LOG2E + ROUND) - ROUND  # integer-valued float
+def _reduce(x: mx.array, top: mx.array) -> tuple[mx.array, mx.array]:
+    """r (fp32) and the bits of the float 2^k for x - top = k ln 2 + r; k >= -126 (2^k stays normal)."""
+    x = x - top
+    k = mx.round(x * LOG2E)
     r = (x - k * LN2_HI) - k * LN2_LO
-    p = 1 + r * (1 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (1 / 720 + r / 5040))))))
-    two_to_k = mx.view(mx.left_shift(k.astype(mx.int32) + 127, 23), mx.float32)  # the float 2^k, by its bits
-    return p * two_to_k
+    return r, mx.left_shift(mx.maximum(k, -126.0).astype(mx.int32) + 127, 23)
+
+
+@mx.compile
+def _scaled_poly(r: mx.array, two_to_k: mx.array) -> mx.array:
+    """exp(r) * 2^k. Estrin's form of the polynomial: MLX fuses at most ~11 dependent operations into one
+    CPU kernel, and Horner's 15 would split it in two and keep a third array of the logits' size."""
+    r2 = r * r
+    low = (1 + r) + r2 * (1 / 2 + r / 6)  # terms 0-3
+    high = (1 / 24 + r / 120) + r2 * (1 / 720 + r / 5040)  # terms 4-7, over r^4
+    return (low + (r2 * r2) * high) * two_to_k
+
+
+def cpu_exp(x: mx.array, top: mx.array) -> mx.array:
+    """exp(x - top) for finite fp32 x - top <= 88, on MLX's CPU. MLX's own CPU `exp` is a scalar routine there
+    (~18 ns a value on x86, 3.8e-6 relative error at worst); this is two compiled, vectorised kernels (the
+    float 2^k is built from its bits, which MLX cannot fuse across): 3-4x faster on the loss's 512 x 50257
+    logits (bench/loss.py) with 1e-7 relative error at worst (tests/test_loss.py). Its cost: two more
+    arrays of x's size alive during the step (counted by the --dry-run estimate). Below -87 it returns
+    ~1e-38 instead of underflowing, which a softmax sum never sees."""
+    r, bits = _reduce(x, top)
+    return _scaled_poly(r, mx.view(bits, mx.float32))
 
 
 # fp32 logits per chunk. On the CPU one big chunk measured fastest (MLX's lazy graph does not free a
 # chunk before the next starts, so smaller chunks saved little memory); bounds the 124M config's
 # 3.3 GB of logits per micro-batch to 1 GiB pieces.
 CHUNK_BYTES = 2**30
+
+
+def logit_copies() -> int:
+    """fp32 arrays of the logits' size a training step holds at once, for the --dry-run estimate: the logits
+    and their gradient, and on the CPU `cpu_exp`'s two (measured: config.yaml's MLX peak 4.1 -> 5.7 GB)."""
+    return 4 if mx.default_device() == mx.cpu else 2
 
 
 def linear_cross_entropy(
@@ -73,7 +94,7 @@ def _fused(rows: int):
             scale = row_scale[start : start + rows]  # (n, 1)
             logits = (h_c @ weight.T).astype(mx.float32)  # (n, V)
             top = logits.max(axis=-1, keepdims=True)  # (n, 1)
-            exp = cpu_exp(logits - top) if on_cpu else mx.exp(logits - top)  # (n, V): the one exp per logit
+            exp = cpu_exp(logits, top) if on_cpu else mx.exp(logits - top)  # (n, V): the one exp per logit
             total = exp.sum(axis=-1, keepdims=True)  # (n, 1)
             picked = mx.take_along_axis(logits, mx.maximum(t, 0), axis=-1)  # (n, 1)
             losses.append(((mx.log(total) + top - picked) * (t >= 0)).sum())

@@ -103,16 +103,40 @@ def test_mlx_fused_loss_and_gradients_equal_autodiff_through_logits(tiny_model_c
 
 
 def test_mlx_cpu_exp_is_within_fp32_rounding_of_exp():
-    """The loss's CPU exp (mlx_model/loss.cpu_exp) against float64 exp, and its edges."""
+    """The loss's CPU exp(x - top) (mlx_model/loss.cpu_exp) against float64 exp, and its edges."""
     from tinyllama.mlx_model.loss import cpu_exp
 
     x = np.concatenate([np.linspace(-87, 0, 200_001), np.linspace(0, 88, 20_001)]).astype(np.float32)
     exact = np.exp(x.astype(np.float64))
     with mx.stream(mx.cpu):
-        ours = np.array(cpu_exp(mx.array(x)), dtype=np.float64)
+        ours = np.array(cpu_exp(mx.array(x), mx.array(0.0)), dtype=np.float64)
+        moved = x + np.float32(3.5)  # (N,) fp32, as logits with a row maximum of 3.5
+        shifted = np.array(cpu_exp(mx.array(moved[:, None]), mx.array([[3.5]])), dtype=np.float64)[:, 0]
+        edges = np.array(cpu_exp(mx.array([-1000.0, np.nan, 0.0]), mx.array(0.0)))
     assert np.max(np.abs(ours - exact) / exact) < 2e-7  # a few fp32 ulps (MLX's own CPU exp on x86: ~4e-6)
-    edges = np.array(cpu_exp(mx.array([-1000.0, -np.inf, np.nan, 0.0])))
-    assert 0 < edges[0] == edges[1] < 1.7e-38 and np.isnan(edges[2]) and edges[3] == 1.0  # no underflow to 0
+    exact_shifted = np.exp(moved.astype(np.float64) - 3.5)
+    assert np.max(np.abs(shifted - exact_shifted) / exact_shifted) < 2e-7
+    assert 0 < edges[0] < 1.8e-38 and np.isnan(edges[1]) and edges[2] == 1.0  # no underflow to 0, NaN stays
+
+
+def test_mlx_cpu_loss_memory_is_what_the_estimate_counts():
+    """The fused loss's step on MLX's CPU holds about logit_copies() + 1 logits-sized arrays (the + 1 is in the
+    estimate's fitted slack); a cpu_exp that MLX splits into more kernels (Horner's polynomial: ~7) fails."""
+    from tinyllama.mlx_model.loss import linear_cross_entropy, logit_copies
+
+    n, v = 1024, 16384
+    with mx.stream(mx.cpu):
+        h, w = mx.random.normal((n, 64)), mx.random.normal((v, 64)) * 0.02
+        t = mx.random.randint(0, v, (n,))
+        mx.eval(h, w, t)
+        step = mx.compile(mx.value_and_grad(lambda h, w: linear_cross_entropy(h, w, t), argnums=(0, 1)))
+        mx.eval(step(h, w))
+        mx.synchronize()
+        base = mx.get_active_memory()
+        mx.reset_peak_memory()
+        mx.eval(step(h, w))
+    copies = (mx.get_peak_memory() - base) / (n * v * 4)
+    assert 2 <= copies <= logit_copies() + 1.5, copies
 
 
 def test_mlx_targets_call_equals_torch_fused_loss(tiny_model_cfg):

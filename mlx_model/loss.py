@@ -4,7 +4,7 @@ The plain path, `cross_entropy(h @ W.T, targets)`, exponentiates the (tokens x v
 once for the log-sum-exp of the loss and again for the softmax of its gradient. Here one `exp`
 per logit serves both, since the gradient (softmax - one_hot) / N is computed in the forward pass
 and pushed through the projection; the vjp only scales it. MLX's CPU `exp` is slow, so on the
-CPU this is most of the saving, and there the one exp is `cpu_exp`, 3-4x faster than MLX's.
+CPU this is most of the saving, and there the one exp is `cpu_exp`, ~2x faster than MLX's.
 Chunks cap the size of each vocabulary-sized array, but MLX's lazy graph may hold several at
 once (measured on CPU: peak 1.8 -> 1.4 GB for 2048 tokens, bench/loss.py).
 Lazy evaluation also means an eval-only call never computes the gradients it returns.
@@ -43,8 +43,8 @@ def _scaled_poly(r: mx.array, two_to_k: mx.array) -> mx.array:
 def cpu_exp(x: mx.array, top: mx.array) -> mx.array:
     """exp(x - top) for finite fp32 x - top <= 88, on MLX's CPU. MLX's own CPU `exp` is a scalar routine there
     (~18 ns a value on x86, 3.8e-6 relative error at worst); this is two compiled, vectorised kernels (the
-    float 2^k is built from its bits, which MLX cannot fuse across): 3-4x faster on the loss's 512 x 50257
-    logits (bench/loss.py) with 1e-7 relative error at worst (tests/test_loss.py). Its cost: two more
+    float 2^k is built from its bits, which MLX cannot fuse across): 2.1x faster on 512 x 50257 logits
+    (docs/benchmarks.md) with 1e-7 relative error at worst (tests/test_loss.py). Its cost: two more
     arrays of x's size alive during the step (counted by the --dry-run estimate). Below -87 it returns
     ~1e-38 instead of underflowing, which a softmax sum never sees."""
     r, bits = _reduce(x, top)

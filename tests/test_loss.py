@@ -173,3 +173,39 @@ def test_compiled_model_trains_with_the_fused_loss():
     for (name, p), q in zip(eager.named_parameters(), compiled_base.parameters(), strict=True):
         assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), name
     assert np.isfinite(losses).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_softmax_gradient_equals_autograd(dtype, monkeypatch):
+    """The GPU path under torch.compile (each chunk's softmax and gradient as compiled kernels), run
+    here on the CPU: same loss and gradients as autodiff through plain logits, ignored (-1) rows too."""
+    from helpers import TINY_MODELS
+
+    cfg = TINY_MODELS["gqa8x2-tied"]
+    monkeypatch.setitem(loss_module.CHUNK_BYTES, "cpu", 8 * cfg.vocab_size * 4)  # uneven chunks of 8 rows
+    monkeypatch.setattr(loss_module, "COMPILED_SOFTMAX_DEVICES", {"cpu"})
+    keep_eager_under_compile()
+    calls = []
+    compiled = loss_module._compiled_softmax_grad
+    monkeypatch.setattr(loss_module, "_compiled_softmax_grad", lambda *a: calls.append(1) or compiled(*a))
+    model = build_torch(cfg, random_weights(cfg))
+    tokens = torch.from_numpy(tokens_for(cfg, 2, 21, seed=4))
+    x, y = tokens[:, :-1], tokens[:, 1:].clone()
+    y[0, :5] = -1  # no loss on these rows
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+    with autocast:
+        logits = model(x)
+    expected_loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1)
+    expected_loss.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    with autocast:
+        loss = model(x, targets=y)
+    loss.backward()
+    assert len(calls) == 5  # 40 rows in chunks of 8: every chunk took the compiled kernel
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert abs(loss.item() - expected_loss.item()) < tol * expected_loss.item()
+    for name, p in model.named_parameters():
+        scale = expected[name].abs().max().item()
+        assert (p.grad - expected[name]).abs().max().item() < (1e-4 if dtype == torch.float32 else 0.05) * scale, name

@@ -16,7 +16,8 @@ import torch
 
 # fp32 logits per chunk. CPU: 128 MiB measured fastest of 8-512 MiB (smaller chunks re-read the
 # (vocab, d) weight gradient too often, larger ones fall out of cache). Elsewhere 1 GiB: fewer,
-# larger GEMMs, still a fraction of the 4 full-size tensors it replaces (not yet measured on a GPU).
+# larger GEMMs, still a fraction of the 4 full-size tensors it replaces (on an H200, 124M at 16 x 1024:
+# 4 chunks; other sizes not measured on a GPU).
 CHUNK_BYTES = {"cpu": 128 * 2**20}
 DEFAULT_CHUNK_BYTES = 2**30
 
@@ -60,12 +61,31 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 def keep_eager_under_compile() -> None:
     """Make torch.compile graph the model around the chunked loss, which runs eagerly with its reused
-    buffers. Called before compiling (torch_model/wrap.py), not at import: `torch.compiler.disable` imports
+    buffers; on a GPU each chunk's softmax and gradient then run as compiled kernels (_softmax_grad).
+    Called before compiling (torch_model/wrap.py), not at import: `torch.compiler.disable` imports
     torch._dynamo, 1.7 s that every eager process (infer, evaluate, CPU training) would pay for nothing."""
-    global _chunked
+    global _chunked, _compiled_softmax_grad
     if not getattr(_chunked, "_eager_under_compile", False):
         _chunked = torch.compiler.disable(_chunked)
         _chunked._eager_under_compile = True
+        _compiled_softmax_grad = torch.compile(_softmax_grad, dynamic=False)
+
+
+def _softmax_grad(logits: torch.Tensor, t: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, V) logits in the matmul dtype, (n, 1) targets and kept -> the chunk's summed loss (fp32) and
+    d loss / d logits = softmax - one_hot in the logits' dtype. Compiled, this is two fused kernels that
+    read the bf16 logits without an fp32 copy; eager, the loop below's log_softmax + softmax is faster."""
+    x = logits.float()  # (n, V)
+    lse = torch.logsumexp(x, dim=-1, keepdim=True)  # (n, 1)
+    loss = ((lse - x.gather(1, t)) * kept).sum()
+    one_hot = torch.arange(x.shape[1], device=x.device) == t  # (n, V)
+    return loss, (torch.exp(x - lse) - one_hot.to(x.dtype)).to(logits.dtype)
+
+
+# Set by keep_eager_under_compile; used on these devices (H200, 124M at 16 x 1024 in bf16: the loss's
+# fp32 copy, log_softmax and softmax were a quarter of the step; docs/benchmarks.md).
+_compiled_softmax_grad = None
+COMPILED_SOFTMAX_DEVICES = {"cuda"}
 
 
 def _chunked(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, denominator, rows: int, with_grads: bool):
@@ -75,24 +95,30 @@ def _chunked(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, denom
     N, V = h.shape[0], weight.shape[0]
     weight = weight.to(h.dtype)  # (V, d) the autocast copy; a no-op in fp32
     logits_buf = torch.empty(min(rows, N), V, dtype=h.dtype, device=h.device)  # (C, V) matmul output
-    probs_buf = torch.empty(min(rows, N), V, dtype=torch.float32, device=h.device)  # (C, V) fp32 work
     loss = torch.zeros((), dtype=torch.float32, device=h.device)
     grad_h = torch.empty_like(h) if with_grads else None  # (N, d)
     grad_w = None  # (V, d) fp32 sum over chunks
     kept = (targets >= 0)[:, None]  # (N, 1)
     row_scale = kept.to(h.dtype) / denominator  # (N, 1): 1/denominator, 0 where there is no loss
     h_scaled = h * row_scale if with_grads else None  # on the narrow side of the weight gradient
+    fused = _compiled_softmax_grad if with_grads and h.device.type in COMPILED_SOFTMAX_DEVICES else None
+    probs_buf = None if fused else torch.empty(min(rows, N), V, dtype=torch.float32, device=h.device)  # (C, V)
     for start in range(0, N, rows):
         end = min(start + rows, N)
         n, t = end - start, targets[start:end, None].long().clamp_min(0)  # (n, 1)
-        logits = torch.mm(h[start:end], weight.t(), out=logits_buf[:n]).float()  # (n, V) fp32 view or copy
-        log_probs = torch.log_softmax(logits, dim=-1, out=probs_buf[:n])  # (n, V)
-        loss -= log_probs.gather(1, t).mul_(kept[start:end]).sum()
-        if not with_grads:
-            continue
-        grad = torch.softmax(logits, dim=-1, out=probs_buf[:n])  # (n, V) d loss_i / d logits_i = p - onehot
-        grad.scatter_add_(1, t, torch.full_like(t, -1, dtype=grad.dtype))
-        grad = grad.to(h.dtype)
+        logits = torch.mm(h[start:end], weight.t(), out=logits_buf[:n])  # (n, V) in h's dtype
+        if fused is not None:
+            chunk_loss, grad = fused(logits, t, kept[start:end])  # grad (n, V) in h's dtype
+            loss += chunk_loss
+        else:
+            logits = logits.float()  # (n, V) fp32 view or copy
+            log_probs = torch.log_softmax(logits, dim=-1, out=probs_buf[:n])  # (n, V)
+            loss -= log_probs.gather(1, t).mul_(kept[start:end]).sum()
+            if not with_grads:
+                continue
+            grad = torch.softmax(logits, dim=-1, out=probs_buf[:n])  # (n, V) d loss_i / d logits_i = p - onehot
+            grad.scatter_add_(1, t, torch.full_like(t, -1, dtype=grad.dtype))
+            grad = grad.to(h.dtype)
         torch.mm(grad, weight, out=grad_h[start:end])  # (n, d)
         if grad_w is None:
             grad_w = torch.mm(grad.t(), h_scaled[start:end]).float()  # (V, d)

@@ -28,7 +28,7 @@ from mlx.utils import tree_flatten, tree_map
 
 from tinyllama.core.cli import UserError, run_cli
 from tinyllama.core.generate import mean_loss
-from tinyllama.core.hardware import apple_chip, cpu_name, peak_flops, system_memory_bytes
+from tinyllama.core.hardware import peak_flops
 from tinyllama.core.loop import Device, Run
 from tinyllama.core.training import load_train_config, parse_train_args
 from tinyllama.data.prepare import prepare_data
@@ -41,7 +41,7 @@ from tinyllama.mlx_model.optim import (
     optimizer_state,
     restore_state,
 )
-from tinyllama.mlx_model.state import build_model, measured_gemm_flops, model_state
+from tinyllama.mlx_model.state import build_model, device_memory_bytes, device_name, measured_gemm_flops, model_state
 
 
 def build_step(model, optimizer, cfg, world_size: int):
@@ -91,13 +91,13 @@ def main(argv: list[str] | None = None) -> None:
     def any_rank(flag: bool) -> bool:
         return flag if world == 1 else mx.distributed.all_sum(mx.array(int(flag))).item() > 0
 
-    chip = apple_chip() or cpu_name()
+    chip = device_name()
     peak = peak_flops(chip, t.dtype)
     measured = peak is None and not args.dry_run
     peak = measured_gemm_flops(t.dtype) if measured else peak  # a CPU (MLX on Linux): ~1 s
     device = Device(
         f"{mx.default_device()} ({chip})",
-        system_memory_bytes(),
+        device_memory_bytes(),
         peak,
         peak_measured=measured,
         lazy_graph=True,

@@ -32,11 +32,11 @@ import numpy as np  # noqa: E402
 from mlx.utils import tree_map  # noqa: E402
 
 from tinyllama.core.config import load_config  # noqa: E402
-from tinyllama.core.hardware import apple_chip, cpu_name, peak_flops  # noqa: E402
+from tinyllama.core.hardware import peak_flops  # noqa: E402
 from tinyllama.core.hf_config import to_hf_config  # noqa: E402
 from tinyllama.core.weights import flops_per_token, init_weights  # noqa: E402
 from tinyllama.mlx_model.optim import load_optimizer_state, make_optimizer  # noqa: E402
-from tinyllama.mlx_model.state import build_model, load_state, measured_gemm_flops  # noqa: E402
+from tinyllama.mlx_model.state import build_model, device_name, load_state, measured_gemm_flops  # noqa: E402
 from tinyllama.train_mlx import build_step  # noqa: E402
 
 
@@ -95,7 +95,7 @@ def main() -> None:
         ours.append(time_steps(build_model(cfg.model, init_weights(cfg.model, 0)), cfg, batches))
         theirs.append(time_steps(mlx_lm_model(cfg), cfg, batches))
     o, t = statistics.median(ours), statistics.median(theirs)
-    name = apple_chip() or cpu_name()
+    name = device_name()
     peak = peak_flops(name, cfg.training.dtype)
     peak_of = "published peak" if peak else "measured GEMM rate"
     peak = peak or measured_gemm_flops(cfg.training.dtype)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
 import mlx.core as mx
@@ -11,7 +12,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from tinyllama.core.config import ModelConfig
-from tinyllama.core.hardware import apple_chip, cpu_name, remembered_gemm_flops
+from tinyllama.core.hardware import apple_chip, cpu_name, remembered_gemm_flops, system_memory_bytes
 from tinyllama.core.model_files import CheckpointError, load_weights, mlx_quantization, read_model_config, weight_files
 from tinyllama.core.weights import init_weights, numpy_dtype, runtime_dtype
 from tinyllama.mlx_model.model import Model
@@ -102,6 +103,26 @@ def load_quantized(path: Path, cfg: ModelConfig, quantization: dict, dtype: str 
     return model
 
 
+def _nvidia_info() -> dict | None:
+    """mlx[cuda]'s device_info() on Linux when MLX computes on the GPU, else None."""
+    if mx.default_device() == mx.gpu and platform.system() != "Darwin":
+        return mx.device_info() if hasattr(mx, "device_info") else {}
+    return None
+
+
+def device_name() -> str:
+    """What MLX computes on, the key of the MFU peak: the Apple chip, the NVIDIA GPU under mlx[cuda] (which
+    apple_chip and cpu_name cannot name: an H200's MFU read 512% against a probe), else the CPU."""
+    info = _nvidia_info()
+    return str(info.get("device_name", "GPU")) if info is not None else apple_chip() or cpu_name()
+
+
+def device_memory_bytes() -> int:
+    """The memory MLX's arrays live in: an NVIDIA GPU's own, else the system's (unified on a Mac)."""
+    info = _nvidia_info()
+    return int(info["total_memory"]) if info and "total_memory" in info else system_memory_bytes()
+
+
 def measured_gemm_flops(dtype: str) -> float:
     """This device's best dense matmul rate in `dtype`: the MFU reference where no published peak is known."""
 
@@ -109,5 +130,5 @@ def measured_gemm_flops(dtype: str) -> float:
         a = mx.random.normal((n, n)).astype(DTYPES[dtype])
         return lambda: mx.eval(a @ a)
 
-    key = f"mlx {mx.default_device()} {apple_chip() or cpu_name()} {dtype} blas={os.environ.get('TINY_LLAMA_BLAS', '')}"
+    key = f"mlx {mx.default_device()} {device_name()} {dtype} blas={os.environ.get('TINY_LLAMA_BLAS', '')}"
     return remembered_gemm_flops(key, matmul)

@@ -486,6 +486,30 @@ def test_mfu_uses_the_tf32_peak_when_tf32_is_on():
     assert peak_flops("NVIDIA H100 80GB HBM3", "bfloat16", tf32=True) == pytest.approx(989e12)
 
 
+def test_mlx_on_an_nvidia_gpu_takes_the_cards_published_peak(monkeypatch, capsys):
+    """mlx[cuda] on Linux: train_mlx.py names the GPU (not the host CPU) and takes its published peak
+    instead of timing a matmul (on an H200 the probe read 41 TFLOP/s and MFU 512%)."""
+    import mlx.core as mx
+
+    import tinyllama.mlx_model.state as mlx_state
+    from tinyllama import train_mlx
+    from tinyllama.core.hardware import cpu_name
+    from tinyllama.core.loop import Device
+
+    assert mlx_state.device_name() == cpu_name()  # MLX's CPU backend here
+    monkeypatch.setattr(mx, "default_device", lambda: mx.Device(mx.gpu))
+    info = {"device_name": "NVIDIA H200", "architecture": "sm_90", "total_memory": 150754820096}
+    monkeypatch.setattr(mx, "device_info", lambda: info)
+    monkeypatch.setattr(mlx_state.platform, "system", lambda: "Linux")
+    assert mlx_state.device_name() == "NVIDIA H200"
+    monkeypatch.setattr(train_mlx, "measured_gemm_flops", lambda dtype: pytest.fail("probed a GPU with a known peak"))
+    devices = []
+    monkeypatch.setattr(train_mlx, "Device", lambda *a, **k: devices.append(a) or Device(*a, **k))
+    train_mlx.main(["--config", str(ROOT / "configs" / "gpt2-124m.yaml"), "--dry-run", "--hardware.accelerator", "mlx"])
+    assert "(NVIDIA H200), memory 150.8 GB" in capsys.readouterr().out  # the card's memory, not the host's
+    assert devices[0][2] == 989e12  # the H200's published bf16 peak (the config trains in bf16)
+
+
 def test_measured_peak_is_the_rate_of_the_timed_matmul():
     """A stand-in matmul that takes 20 ms: 2 n^3 FLOPs per call -> 2 n^3 / 0.02 FLOP/s (timer noise aside)."""
     from tinyllama.core.hardware import measured_peak_flops

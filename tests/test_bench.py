@@ -4,6 +4,7 @@ docs/benchmarks.md, a failing bench reported in its row, the Mac decisions with 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -292,3 +293,20 @@ def test_time_to_loss_runs_the_transformers_loop_and_ours_on_the_same_weights_ba
         assert abs(a - b) < 1e-4 * a
     assert hf["history"][1][2] < hf["history"][0][2] < 6.3  # it learns (ln 512 = 6.24 at the start)
     assert not hf["reached"] and "not reached" in done.stdout
+
+
+@pytest.mark.slow
+def test_cuda_check_runs_the_steps_named_and_logs_each(tmp_path):
+    """bench/cuda_check.sh is run where no test can follow it (a GPU machine): its plumbing is checked here,
+    on the smoke config: the steps named run with their own log, the others do not, a failing one (the
+    probe: no GPU here) does not stop the next."""
+    env = {**os.environ, "PYTHON": sys.executable, "CONFIG": "configs/smoke.yaml", "BATCH": "2",
+           "SEQ": "32", "STEPS": "4", "WORK": str(tmp_path / "work")}  # fmt: skip
+    out = tmp_path / "results"
+    run = subprocess.run(["bash", str(ROOT / "bench" / "cuda_check.sh"), str(out), "probe", "dry_run"], env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "== probe: rc 2" in run.stdout and "sees no CUDA GPU" in (out / "probe.log").read_text()
+    assert "memory estimate" in (out / "dry_run.log").read_text() and "== dry_run: rc 0" in run.stdout
+    assert not (out / "train.log").exists() and not (out / "bench_compile.log").exists()
+    assert "== mlx" not in run.stdout  # not named: not even checked

@@ -119,6 +119,7 @@ def test_mlx_cpu_exp_is_within_fp32_rounding_of_exp():
     assert 0 < edges[0] < 1.8e-38 and np.isnan(edges[1]) and edges[2] == 1.0  # no underflow to 0, NaN stays
 
 
+@pytest.mark.slow
 def test_mlx_cpu_loss_memory_is_what_the_estimate_counts():
     """The fused loss's step on MLX's CPU holds about logit_copies() + 1 logits-sized arrays (the + 1 is in the
     estimate's fitted slack); a cpu_exp that MLX splits into more kernels (Horner's polynomial: ~7) fails."""

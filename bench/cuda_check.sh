@@ -27,10 +27,12 @@ steps=${STEPS:-60}
 mkdir -p "$out" "$work"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TINY_LLAMA_BLAS=reference
 
+wanted() { [[ "$only" == "  " || "$only" == *" $1 "* ]]; }
+
 step() {  # step NAME SECONDS COMMAND...: run it under a time limit, log to RESULTS_DIR/NAME.log
     local name=$1 limit=$2
     shift 2
-    [[ "$only" == "  " || "$only" == *" $name "* ]] || return 0
+    wanted "$name" || return 0
     echo "== $name: start $(date -u +%T)"
     timeout "$limit" "$@" >"$out/$name.log" 2>&1
     local rc=$?
@@ -53,7 +55,7 @@ step dry_run 60 "$py" train_cuda.py "${run[@]}" --output.run_name adamw --dry-ru
 step train 240 "$py" train_cuda.py "${run[@]}" --output.run_name adamw
 step infer 60 "$py" infer.py --ckpt "$work/ckpt/final.ckpt" --backend auto --max-new-tokens 64 --temperature 0 \
     --prompt "The history of"
-if [[ "$only" != "  " && "$only" != *" mlx "* ]]; then
+if ! wanted mlx; then
     :
 elif "$py" -c "import mlx.core as mx, sys; sys.exit(0 if mx.cuda.is_available() else 1)" 2>/dev/null; then
     step mlx 240 "$py" train_mlx.py "${run[@]}" --output.dir "$work/ckpt_mlx" --output.run_name mlx \

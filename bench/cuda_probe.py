@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -22,21 +21,14 @@ import torch  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 from tinyllama.core.config import ModelConfig  # noqa: E402
-from tinyllama.core.hardware import peak_flops  # noqa: E402
+from tinyllama.core.hardware import measured_peak_flops, peak_flops  # noqa: E402
 from tinyllama.torch_model.state import build_model  # noqa: E402
 
 
-def matmul_tflops(n: int = 8192, repeats: int = 10) -> float:
+def matmul_tflops(n: int = 8192) -> float:
+    """bf16 n x n matmul rate, best of ten bursts over a second (core.hardware.measured_peak_flops)."""
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    torch.cuda.synchronize()
-    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
+    return measured_peak_flops(lambda: (a @ a, torch.cuda.synchronize()), n) / 1e12
 
 
 def flash_step(n_kv_heads: int) -> float:

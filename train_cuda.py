@@ -102,7 +102,14 @@ def main(argv: list[str] | None = None) -> None:
         return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def to_device(*arrays):
-        return (torch.from_numpy(a).to(device, non_blocking=True) for a in arrays)
+        if not cuda:
+            return tuple(torch.from_numpy(a).to(device) for a in arrays)
+        # page-locked: the copy is queued behind the running step and the CPU goes on at once
+        return tuple(torch.from_numpy(a).pin_memory().to(device, non_blocking=True) for a in arrays)
+
+    def step_batches(step: int):
+        """Every micro-batch of a step, each (x, y) or (x, y, segments), and the step's loss denominator."""
+        return [to_device(*run.batch(step, micro)) for micro in range(t.grad_accum)], *to_device(run.denominator(step))
 
     @torch.no_grad()
     def batch_loss(x, y, *segments) -> float:
@@ -119,13 +126,13 @@ def main(argv: list[str] | None = None) -> None:
     run.attach(evaluate, as_backend(model).generate, capture, peak_memory, capture_on_every_rank=True)
     clip = t.grad_clip if t.grad_clip > 0 else float("inf")  # inf: measure the norm, clip nothing
     model.train()
+    ahead = {}  # the next step's batches, on the device before this step's results are read
     for step in run.steps():
         for group in optimizer.param_groups:
             group["lr"] = run.lr(step)
+        micro_batches, denominator = ahead.pop(step, None) or step_batches(step)  # denominator: all ranks
         loss_sum = torch.zeros((), device=device)
-        denominator = torch.from_numpy(run.denominator(step)).to(device)  # targets per micro-batch, all ranks
-        for micro in range(t.grad_accum):
-            x, y, *segments = to_device(*run.batch(step, micro))  # segments: packed conversations
+        for micro, (x, y, *segments) in enumerate(micro_batches):  # segments: packed conversations
             last = micro == t.grad_accum - 1
             sync = model.no_sync() if world > 1 and not last and hasattr(model, "no_sync") else contextlib.nullcontext()
             with sync:  # DDP: gradients are all-reduced only on the last micro-batch
@@ -135,16 +142,21 @@ def main(argv: list[str] | None = None) -> None:
                 loss.backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
         if world > 1:
             dist.all_reduce(loss_sum)  # SUM: gloo has no AVG in older torch
             loss_sum /= world
         before = snapshot(model, optimizer) if t.on_nonfinite == "skip" else None
         optimizer.step()
-        finite = run.finite(step, loss_sum.item(), grad_norm.item(), weight_norm(model))
+        if step + 1 < run.total:  # the CPU reads the next batches from disk while the GPU runs this step
+            ahead[step + 1] = step_batches(step + 1)
+        # the step's one wait for the GPU: loss, gradient norm and the updated weights' norm in one read
+        loss, norm, weights = torch.stack([loss_sum, grad_norm.float(), weight_norm(model)]).tolist()
+        finite = run.finite(step, loss, norm, weights)
         if not finite:
             restore(model, optimizer, before)
         optimizer.zero_grad(set_to_none=True)
-        run.end_step(step, loss_sum.item(), grad_norm.item(), skipped=not finite)
+        run.end_step(step, loss, norm, skipped=not finite)
     run.finish()
     if dist.is_initialized():
         dist.destroy_process_group()

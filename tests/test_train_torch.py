@@ -69,6 +69,30 @@ def test_bf16_autocast_follows_the_fp32_run(tmp_path, data_cache):
     assert a != b  # bf16 matmuls really ran
 
 
+def test_a_training_step_reads_from_the_device_once(tmp_path, data_cache, monkeypatch):
+    """On a GPU every read of a tensor's value waits for the queued work: one read per step (loss, gradient
+    norm and weight norm together), counted on the CPU as the difference between an 8- and a 4-step run."""
+    import torch
+
+    reads = []
+    for name in ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    counts = {}
+    for steps in (4, 8):
+        reads.clear()
+        run(tmp_path / str(steps), data_cache, "--training.max_steps", str(steps), "--training.eval_every", "0",
+            "--training.save_every", "0")  # fmt: skip
+        counts[steps] = len(reads)
+    assert counts[8] - counts[4] == 4, counts
+    assert len(train_losses(tmp_path / "8")) == 8
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_torchrun_two_processes_match_one(tmp_path, data_cache, strategy):
     common = ("--training.max_steps", "6", "--training.eval_every", "0", "--training.save_every", "0")

@@ -95,10 +95,12 @@ def load_model(
     return build_model(cfg, weights, dtype=dtype, device=device, own=True), cfg
 
 
-def weight_norm(model) -> float:
-    """Norm of this rank's weights (its shards under FSDP): finite or not is what the loop asks."""
-    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
-    return torch.linalg.vector_norm(torch.stack([p.detach().float().norm() for p in local])).item()
+def weight_norm(model) -> torch.Tensor:
+    """Norm of this rank's weights (its shards under FSDP), a 0-d fp32 tensor left on the device: finite or
+    not is what the loop asks, read with the step's loss and gradient norm in one transfer (train_cuda.py).
+    One foreach kernel per dtype, not a norm and a host read per tensor."""
+    local = [p.detach().to_local() if hasattr(p, "to_local") else p.detach() for p in model.parameters()]
+    return torch.nn.utils.get_total_norm(local).float()
 
 
 def measured_gemm_flops(device: torch.device, dtype: str) -> float:

@@ -30,7 +30,7 @@ from tinyllama.core.cli import UserError, run_cli
 from tinyllama.core.generate import mean_loss
 from tinyllama.core.hardware import peak_flops
 from tinyllama.core.loop import Device, Run
-from tinyllama.core.training import load_train_config, parse_train_args
+from tinyllama.core.training import MemoryTraits, load_train_config, parse_train_args
 from tinyllama.data.prepare import prepare_data
 from tinyllama.mlx_model.generate import as_backend
 from tinyllama.mlx_model.loss import logit_copies
@@ -100,8 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         device_memory_bytes(),
         peak,
         peak_measured=measured,
-        lazy_graph=True,
-        logit_copies=logit_copies(),
+        memory_traits=MemoryTraits(lazy_graph=True, logit_copies=logit_copies()),
     )
     run = Run(cfg, "mlx", device, group.rank(), world, any_rank)
     if t.optimizer == "muon" and t.muon_precision == "bfloat16" and mx.default_device().type == mx.cpu:

@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +33,7 @@ from tinyllama.core.report import check as check_reporter
 from tinyllama.core.report import open_reporter
 from tinyllama.core.schedule import lr_at, total_steps
 from tinyllama.core.training import (
+    MemoryTraits,
     Start,
     claim_output,
     dry_run_report,
@@ -57,10 +58,7 @@ class Device:
     memory: int  # bytes (0: unknown), for --dry-run and the start-up check
     peak_flops: float | None = None  # for MFU (None: MFU not shown)
     peak_measured: bool = False  # peak_flops is this machine's measured GEMM rate, not a published peak
-    loss_chunk_bytes: int | None = None  # torch's fused loss works on this many bytes of logits at a time
-    runtime_bytes: int = 0  # held before the model exists, where the peak shown is the process's RSS (a CPU)
-    lazy_graph: bool = False  # one graph per step (MLX): gradients and activations are alive together
-    logit_copies: int = 2  # logits-sized fp32 arrays the loss holds at once (core.training.estimate_memory)
+    memory_traits: MemoryTraits = field(default_factory=MemoryTraits)  # for the memory estimate
 
 
 Capture = Callable[[], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]  # -> (weights, optimizer moments)
@@ -105,10 +103,7 @@ class Run:
             self.world,
             f"{self.backend} {d.name}",
             d.memory,
-            d.loss_chunk_bytes,
-            d.runtime_bytes,
-            d.lazy_graph,
-            d.logit_copies,
+            d.memory_traits,
         )
         print(report)
         if not fits:
@@ -119,7 +114,7 @@ class Run:
         run's (core.training.claim_output: lock, debris, no mixing with an earlier run); every rank learns
         whether that failed, so none is left waiting for the others."""
         d = self.device
-        estimate = estimate_memory(self.cfg, d.loss_chunk_bytes, d.runtime_bytes, d.lazy_graph, d.logit_copies)
+        estimate = estimate_memory(self.cfg, d.memory_traits)
         need, have = estimate["total"], d.memory
         if have and need > 1.5 * have:  # the estimate is rough: refuse only what clearly cannot fit
             raise UserError(

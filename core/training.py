@@ -259,43 +259,49 @@ def step_name(step: int) -> str:
     return f"step-{step:06d}.ckpt"
 
 
-def estimate_memory(
-    cfg: Config,
-    loss_chunk_bytes: int | None = None,
-    runtime_bytes: int = 0,
-    lazy_graph: bool = False,
-    logit_copies: int = 2,
-) -> dict[str, float]:
+@dataclass
+class MemoryTraits:
+    """How a backend's training step holds memory: what estimate_memory needs beyond the config. Each trainer
+    fills it in for its device (train_cuda.py, train_mlx.py)."""
+
+    loss_bytes: float | None = None  # a chunked loss's peak (torch: torch_model.loss.held_bytes); None: full logits
+    runtime_bytes: int = 0  # held before the model exists, where the peak shown is the process's RSS (a CPU)
+    lazy_graph: bool = False  # one graph per step (MLX): gradients and activations are alive together
+    logit_copies: int = 2  # unchunked loss: logits-sized fp32 arrays held at once (mlx_model.loss.logit_copies)
+    fp32_weights: bool = False  # fp32 master weights and gradients under bf16 autocast (torch)
+    activation_scale: float = 1.0  # a compiled step keeps fewer (torch_model.wrap.COMPILED_ACTIVATIONS)
+
+
+def estimate_memory(cfg: Config, traits: MemoryTraits | None = None) -> dict[str, float]:
     """Peak bytes of one training process: weights, optimizer state (fp32), gradients and what the forward
     keeps for the backward (activations, logits). torch frees activations as its backward produces the
     gradients, so its peak holds the larger of the two; a `lazy_graph` (MLX) holds both at once.
-    `loss_chunk_bytes`: the loss works on that many bytes of logits at a time (torch's fused loss).
-    `logit_copies`: fp32 arrays of the logits' size an unchunked loss holds at once (the logits and their
-    gradient; MLX's CPU exp adds two, mlx_model.loss.logit_copies).
-    `runtime_bytes`: what the process holds before the model exists (Python, the framework), counted where
-    the peak the log line shows is the process's resident set (a CPU, MPS) rather than an allocator's.
-    The activation size is fitted to the peaks both backends report (bench/memory.py, docs/benchmarks.md)."""
+    A chunked loss (torch's) says what it holds (`loss_bytes`); otherwise the loss holds `logit_copies` arrays of
+    the full fp32 logits.
+    `runtime_bytes` is counted where the peak the log line shows is the process's resident set (a CPU, MPS)
+    rather than an allocator's. The activation size is fitted to the peaks both backends report
+    (bench/memory.py, docs/benchmarks.md)."""
+    traits = traits or MemoryTraits()
     m, t = cfg.model, cfg.training
     n = count_parameters(m)
-    weight_bytes = 2 if t.dtype == "bfloat16" else 4
+    act_bytes = 2 if t.dtype == "bfloat16" else 4
+    weight_bytes = 4 if traits.fp32_weights else act_bytes
     tokens = t.batch_size * t.seq_len
-    per_layer = tokens * (24 * m.d_model + m.d_ff) * weight_bytes  # saved per token and layer (fitted)
-    logits = tokens * m.vocab_size * 4 * logit_copies  # fp32 (the fused loss: one exp, no softmax copy)
-    if loss_chunk_bytes:  # chunk buffers, plus the fp32 head gradient they are summed into
-        logits = min(logits, 3 * loss_chunk_bytes) + m.vocab_size * m.d_model * 4
+    per_layer = tokens * (24 * m.d_model + m.d_ff) * act_bytes  # saved per token and layer (fitted)
+    logits = traits.loss_bytes if traits.loss_bytes is not None else tokens * m.vocab_size * 4 * traits.logit_copies
     parts = {
         "weights": n * weight_bytes,
         "gradients": n * weight_bytes,
         "optimizer state": 4 * (2 * n - (count_parameters(m, muon_only=True) if t.optimizer == "muon" else 0)),
-        "activations": m.n_layers * per_layer,
+        "activations": m.n_layers * per_layer * traits.activation_scale,
         "logits": logits,
     }
     saved = parts["activations"] + logits
-    grads = parts["gradients"] + saved if lazy_graph else max(parts["gradients"], saved)
+    grads = parts["gradients"] + saved if traits.lazy_graph else max(parts["gradients"], saved)
     held = parts["weights"] + parts["optimizer state"] + grads
-    parts["total"] = held * 1.15 + runtime_bytes  # allocator slack
-    if runtime_bytes:
-        parts["runtime"] = runtime_bytes
+    parts["total"] = held * 1.15 + traits.runtime_bytes  # allocator slack
+    if traits.runtime_bytes:
+        parts["runtime"] = traits.runtime_bytes
     return parts
 
 
@@ -305,17 +311,14 @@ def dry_run_report(
     world_size: int,
     device: str,
     memory_bytes: int,
-    loss_chunk_bytes: int | None = None,
-    runtime_bytes: int = 0,
-    lazy_graph: bool = False,
-    logit_copies: int = 2,
+    traits: MemoryTraits | None = None,
 ) -> tuple[str, bool]:
     """The text --dry-run prints, and whether the estimate fits in the device's memory."""
     m, t = cfg.model, cfg.training
     n = count_parameters(m)
     fpt = flops_per_token(m, t.seq_len)
     tokens_per_step = t.batch_size * t.grad_accum * t.seq_len * world_size
-    est = estimate_memory(cfg, loss_chunk_bytes, runtime_bytes, lazy_graph, logit_copies)
+    est = estimate_memory(cfg, traits)
     lines = [
         f"model: {human_count(n)} parameters ({human_count(count_parameters(m, False))} without embeddings), "
         f"{m.n_layers} layers, d_model {m.d_model}, heads {m.n_heads}/{m.n_kv_heads} (q/kv), vocab {m.vocab_size}",

@@ -8,11 +8,15 @@ mx.compile, and the two twins against each other on the same weights.
 
 from __future__ import annotations
 
+import weakref
+
 import mlx.core as mx
 import numpy as np
 import pytest
 import torch
 from helpers import mlx_cross_entropy, random_weights, tokens_for, torch_cross_entropy
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import tinyllama.torch_model.loss as loss_module
 from tinyllama.core.weights import init_weights
@@ -75,6 +79,50 @@ def test_bf16_autocast_matches_the_autocast_logits_path(monkeypatch):
         assert p.grad.dtype == torch.float32
         scale = expected[name].abs().max().item()
         assert (p.grad - expected[name]).abs().max().item() < 0.05 * scale, name
+
+
+class LiveBytes(TorchDispatchMode):
+    """Bytes of the tensor storages that operations create and are still alive, and their peak."""
+
+    def __init__(self):
+        super().__init__()
+        self.now = self.peak = 0
+        self.alive = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            storage = t.untyped_storage() if isinstance(t, torch.Tensor) else None
+            if storage is None or storage.data_ptr() in self.alive or storage.nbytes() == 0:
+                continue  # not a tensor, an output written into an existing buffer (out=, in place), or empty
+            self.alive.add(storage.data_ptr())
+            self.now += storage.nbytes()
+            self.peak = max(self.peak, self.now)
+            weakref.finalize(storage, self._freed, storage.data_ptr(), storage.nbytes())
+        return out
+
+    def _freed(self, pointer: int, nbytes: int) -> None:
+        self.alive.discard(pointer)
+        self.now -= nbytes
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_fused_loss_holds_what_the_memory_estimate_counts(dtype, monkeypatch):
+    """--dry-run counts the loss's buffers with held_bytes; here the storages its forward (where it computes
+    the gradients too) allocates are tracked and their peak compared, fp32 and under bf16 autocast."""
+    tokens, vocab, d = 1024, 8000, 64  # the vocab side dominates, as in a real model
+    monkeypatch.setitem(loss_module.CHUNK_BYTES, "cpu", tokens * vocab * 4 // 4)  # 4 chunks
+    generator = torch.Generator().manual_seed(0)
+    h = torch.randn(tokens, d, generator=generator, requires_grad=True)
+    weight = torch.randn(vocab, d, generator=generator, requires_grad=True)
+    targets = torch.randint(0, vocab, (tokens,), generator=generator)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+    with autocast, LiveBytes() as live:
+        loss = loss_module.linear_cross_entropy(h, weight, targets)
+    counted = loss_module.held_bytes(tokens, vocab, d, "cpu", dtype, compiled=False)
+    assert 1.0 <= live.peak / counted < 1.08, (live.peak, counted)
+    loss.backward()  # the gradients it made are the ones autograd gets
+    assert h.grad.shape == h.shape and weight.grad.dtype == torch.float32
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import pytest
 from helpers import ROOT, bench_module
 
 from tinyllama.core.config import load_config
-from tinyllama.core.training import estimate_memory
+from tinyllama.core.training import MemoryTraits, estimate_memory
 
 bench_memory = bench_module("memory")
 
@@ -48,10 +48,10 @@ def test_estimate_grows_with_what_a_run_holds():
     saved = base["activations"] + base["logits"]
     fixed = base["weights"] + base["optimizer state"]
     assert base["total"] == pytest.approx(1.15 * (fixed + max(base["gradients"], saved)))
-    lazy = estimate_memory(cfg, lazy_graph=True)["total"]  # MLX: gradients and activations alive together
+    lazy = estimate_memory(cfg, MemoryTraits(lazy_graph=True))["total"]  # MLX: gradients and activations alive together
     assert lazy == pytest.approx(1.15 * (fixed + base["gradients"] + saved))
     assert "runtime" not in base
-    with_runtime = estimate_memory(cfg, runtime_bytes=300 * 2**20)
+    with_runtime = estimate_memory(cfg, MemoryTraits(runtime_bytes=300 * 2**20))
     assert with_runtime["total"] == pytest.approx(base["total"] + 300 * 2**20)
 
 
@@ -100,3 +100,17 @@ def test_the_gemm_peak_is_measured_once_per_machine_then_only_improved(tmp_path,
     speed["delay"] = 4e-3  # busy again: the better figure stays
     assert remembered_gemm_flops("k", matmul_of_size) == fast
     assert json.loads((tmp_path / "gemm-peaks.json").read_text()) == {"k": fast}
+
+
+@pytest.mark.slow  # compiles a small model (~30 s)
+def test_a_compiled_step_keeps_what_the_estimate_scales_activations_by():
+    """--dry-run scales the activations of a compiled torch run by COMPILED_ACTIVATIONS: the measured ratio
+    of a compiled to an eager step's memory growth (bench/compile_memory.py, fresh processes) is that."""
+    from tinyllama.torch_model.wrap import COMPILED_ACTIVATIONS
+
+    row = bench_module("compile_memory").run(256, 2)
+    assert row["eager"] > 100e6, row  # the step's activations were seen at all
+    assert abs(row["ratio"] - COMPILED_ACTIVATIONS) < 0.06, row
+    cfg = load_config(ROOT / "configs" / "smoke.yaml", {})
+    scaled = estimate_memory(cfg, MemoryTraits(activation_scale=COMPILED_ACTIVATIONS))["activations"]
+    assert scaled == pytest.approx(COMPILED_ACTIVATIONS * estimate_memory(cfg)["activations"])

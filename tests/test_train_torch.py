@@ -131,13 +131,22 @@ def test_flash_attn_asked_for_but_missing_is_a_clear_error(tmp_path, data_cache)
 def test_dry_run_counts_the_chunked_loss_not_full_logits(capsys):
     from tinyllama.core.config import load_config
     from tinyllama.core.training import estimate_memory
+    from tinyllama.core.weights import count_parameters
+    from tinyllama.torch_model.loss import held_bytes
 
     argv = ["--config", str(ROOT / "configs/gpt2-124m.yaml"), "--dry-run", "--hardware.accelerator", "cpu"]
     train_cuda.main(argv)
     out = capsys.readouterr().out
     assert "123.6M parameters" in out and "memory estimate" in out
     cfg = load_config(ROOT / "configs/gpt2-124m.yaml")
-    full, chunked = estimate_memory(cfg), estimate_memory(cfg, loss_chunk_bytes=128 * 2**20)
+    full = estimate_memory(cfg)
     assert full["logits"] == 16 * 1024 * 50304 * 4 * 2  # 6.6 GB of fp32 logits and their gradient
-    assert chunked["logits"] == 3 * 128 * 2**20 + 50304 * 768 * 4  # chunk buffers + fp32 head gradient
-    assert f"logits {human_bytes(chunked['logits'])}" in out
+    # bf16 on the CPU, eager: 25 equal chunks of the 3.3 GB of fp32 logits, three such buffers at once
+    chunked = held_bytes(16 * 1024, 50304, 768, "cpu", "bfloat16", compiled=False)
+    assert chunked == pytest.approx(3 * 16 * 1024 * 50304 * 4 / 25 + 8 * 50304 * 768)
+    assert f"logits {human_bytes(chunked)}" in out
+    assert f"weights {human_bytes(count_parameters(cfg.model) * 4)}" in out  # fp32 master weights under autocast
+    # compiled on a GPU: one fused kernel between the bf16 logits and bf16 gradient of a 1 GiB chunk
+    assert held_bytes(16 * 1024, 50304, 768, "cuda", "bfloat16", compiled=True) == pytest.approx(
+        16 * 1024 * 50304 * 4 / 4 + 8 * 50304 * 768
+    )

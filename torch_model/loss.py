@@ -26,6 +26,21 @@ def chunk_bytes(device_type: str) -> int:
     return CHUNK_BYTES.get(device_type, DEFAULT_CHUNK_BYTES)
 
 
+def held_bytes(tokens: int, vocab: int, d_model: int, device_type: str, dtype: str, compiled: bool) -> float:
+    """Bytes the fused loss allocates at its peak over a step's `tokens`, for --dry-run's memory estimate
+    (tests/test_loss.py measures it): buffers of one chunk's fp32 logits size, and 8 bytes per head weight
+    (fp32: the gradient sum and addmm's product; bf16: the fp32 sum, the bf16 product, the weight's bf16 copy)."""
+    full = tokens * vocab * 4  # fp32 logits
+    chunk = full / -(-full // chunk_bytes(device_type))  # the chunks are equal
+    if dtype == "float32":
+        buffers = 2.0  # the logits and their softmax, made into the gradient in place
+    elif compiled and device_type in COMPILED_SOFTMAX_DEVICES:
+        buffers = 1.0  # bf16 logits and bf16 gradient, one fused kernel between them
+    else:
+        buffers = 3.0  # bf16 logits, their fp32 copy, the fp32 softmax and its bf16 copy
+    return buffers * chunk + 8 * vocab * d_model
+
+
 def linear_cross_entropy(
     h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, denominator: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -127,6 +142,7 @@ def _chunked(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, denom
             grad_w.addmm_(grad.t(), h_scaled[start:end])
         else:
             grad_w += grad.t() @ h_scaled[start:end]  # bf16 product, fp32 sum
+        del grad  # before the next chunk's gradient is made (fused: a new tensor each chunk)
     if with_grads:
         grad_h *= row_scale
     return loss / denominator, grad_h, grad_w

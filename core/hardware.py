@@ -79,10 +79,18 @@ def measured_peak_flops(matmul: Callable[[], object], n: int, seconds: float = 1
     return best
 
 
-def best_gemm_flops(matmul_of_size: Callable[[int], Callable[[], object]], seconds: float = 1.0) -> float:
-    """The MFU reference where the table has no peak (a CPU): the best dense matmul rate over a few sizes
-    (a plain BLAS is fastest at the sizes that fit its caches, a tuned one at the largest)."""
-    sizes = (256, 512, 1024)
+# Matrix sizes the probe tries. A plain BLAS is fastest at the sizes that fit its caches, a tuned one at the
+# largest. A GPU needs far larger products: at 1024 a launch and a sync outweigh the work (MLX's 1024 probe
+# read 41 TFLOP/s on an H200 whose bf16 matmuls reach 800), and 8192 is ~1 ms even there.
+CPU_GEMM_SIZES = (256, 512, 1024)
+ACCELERATOR_GEMM_SIZES = (2048, 4096, 8192)
+
+
+def best_gemm_flops(
+    matmul_of_size: Callable[[int], Callable[[], object]], seconds: float = 1.0, sizes: tuple[int, ...] = CPU_GEMM_SIZES
+) -> float:
+    """The MFU reference where the table has no peak (a CPU, an unlisted GPU): the best dense matmul rate
+    over a few sizes."""
     return max(measured_peak_flops(matmul_of_size(n), n, seconds / len(sizes)) for n in sizes)
 
 
@@ -92,7 +100,9 @@ def user_cache_dir() -> Path:
     return Path(home) if home else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tinyllama"
 
 
-def remembered_gemm_flops(key: str, matmul_of_size: Callable[[int], Callable[[], object]]) -> float:
+def remembered_gemm_flops(
+    key: str, matmul_of_size: Callable[[int], Callable[[], object]], accelerator: bool = False
+) -> float:
     """best_gemm_flops, remembered per machine and `key` (backend, device, dtype, threads) in the user cache's
     gemm-peaks.json: the first run measures for ~1 s, later ones for ~0.15 s and keep the best figure seen.
     Start-up is ~0.85 s shorter, and a figure measured while the machine was busy (which made MFU read over
@@ -106,7 +116,8 @@ def remembered_gemm_flops(key: str, matmul_of_size: Callable[[int], Callable[[],
         known = {}
     known = known if isinstance(known, dict) else {}
     previous = known.get(key) if isinstance(known.get(key), float) else None
-    best = max(best_gemm_flops(matmul_of_size, 0.15 if previous else 1.0), previous or 0.0)
+    sizes = ACCELERATOR_GEMM_SIZES if accelerator else CPU_GEMM_SIZES
+    best = max(best_gemm_flops(matmul_of_size, 0.15 if previous else 1.0, sizes), previous or 0.0)
     if best != previous:
         try:
             file.parent.mkdir(parents=True, exist_ok=True)

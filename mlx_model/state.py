@@ -131,4 +131,4 @@ def measured_gemm_flops(dtype: str) -> float:
         return lambda: mx.eval(a @ a)
 
     key = f"mlx {mx.default_device()} {device_name()} {dtype} blas={os.environ.get('TINY_LLAMA_BLAS', '')}"
-    return remembered_gemm_flops(key, matmul)
+    return remembered_gemm_flops(key, matmul, accelerator=mx.default_device().type == mx.gpu)

@@ -102,6 +102,41 @@ def test_the_gemm_peak_is_measured_once_per_machine_then_only_improved(tmp_path,
     assert json.loads((tmp_path / "gemm-peaks.json").read_text()) == {"k": fast}
 
 
+def test_a_gpu_is_probed_with_products_large_enough_to_hide_launch_and_sync(tmp_path, monkeypatch):
+    """A GPU's small matmuls are bound by a fixed cost per call, not by its arithmetic: the probe of an
+    accelerator uses sizes where that cost vanishes, so MFU is not measured against a figure far too low."""
+    import time
+
+    import mlx.core as mx
+    import torch
+
+    from tinyllama.core.hardware import best_gemm_flops, remembered_gemm_flops
+    from tinyllama.mlx_model import state as mlx_state
+    from tinyllama.torch_model import state as torch_state
+
+    monkeypatch.setenv("TINYLLAMA_CACHE", str(tmp_path))
+    rate, per_call = 4e13, 2e-4  # FLOP/s, seconds of launch and sync
+
+    def matmul_of_size(n):
+        return lambda: time.sleep(per_call + 2 * n**3 / rate)
+
+    assert best_gemm_flops(matmul_of_size, seconds=0.3) < 0.5 * rate  # a CPU's sizes
+    assert remembered_gemm_flops("gpu sizes", matmul_of_size, accelerator=True) > 0.9 * rate
+    asked = []
+
+    def remembered(key, matmul, accelerator=False):
+        asked.append(accelerator)
+
+    for module in (torch_state, mlx_state):
+        monkeypatch.setattr(module, "remembered_gemm_flops", remembered)
+    torch_state.measured_gemm_flops(torch.device("cpu"), "float32")
+    mlx_state.measured_gemm_flops("float32")  # MLX on Linux: its CPU
+    monkeypatch.setattr(mx, "default_device", lambda: mx.Device(mx.gpu))  # a Mac's GPU, or mlx[cuda]'s
+    monkeypatch.setattr(mlx_state, "device_name", lambda: "Apple M9")
+    mlx_state.measured_gemm_flops("float32")
+    assert asked == [False, False, True]
+
+
 @pytest.mark.slow  # compiles a small model (~30 s)
 def test_a_compiled_step_keeps_what_the_estimate_scales_activations_by():
     """--dry-run scales the activations of a compiled torch run by COMPILED_ACTIVATIONS: the measured ratio

@@ -113,4 +113,4 @@ def measured_gemm_flops(device: torch.device, dtype: str) -> float:
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     key = f"torch {device.type} {name} {dtype} threads={torch.get_num_threads()}"
-    return remembered_gemm_flops(key, matmul)
+    return remembered_gemm_flops(key, matmul, accelerator=device.type != "cpu")

@@ -8,9 +8,11 @@
 Same config, same initial weights, same batches, same loss value (fp32 cross-entropy: ours from
 our model's fused loss, model(x, targets=y); theirs from their logits), same AdamW
 (weight decay on 2-D weights, fused kernel), same clipping, same autocast and compile settings,
-both with SDPA attention (flash backend on CUDA). Runs alternate so machine noise hits both.
-Prints tokens/s for each, MFU (against the card's published peak, else this machine's measured GEMM rate,
-as train_cuda.py logs it) and ours / transformers; --json PATH also writes them as JSON (bench/run_all.py).
+both with SDPA attention (flash backend on CUDA). The two models take turns (--turn steps each, one step
+on a CPU), so a change of the machine's speed hits both; the ratio is the median of the turns' ratios.
+Prints tokens/s for each (the median turn), MFU (against the card's published peak, else this machine's
+measured GEMM rate, as train_cuda.py logs it) and ours / transformers; --json PATH also writes them as
+JSON (bench/run_all.py).
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def transformers_model(cfg, device):
     return model.to(device)
 
 
-def time_steps(model, loss_of, cfg, batches, device, bf16: bool, compile_model: bool) -> float:
+def make_step(model, loss_of, cfg, device, bf16: bool, compile_model: bool):
+    """One training step of `model` on a batch: forward, loss, backward, clipping, AdamW."""
     optimizer = make_optimizer(model, cfg.training)
     if compile_model:
         keep_eager_under_compile()  # what torch_model/wrap.py does before compiling
@@ -68,19 +71,16 @@ def time_steps(model, loss_of, cfg, batches, device, bf16: bool, compile_model: 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+    return one
 
-    tensors = [(torch.from_numpy(x).long().to(device), torch.from_numpy(y).long().to(device)) for x, y in batches]
-    for x, y in tensors[:2]:  # warm up (and compile)
-        one(x, y)
-    sync()
+
+def tokens_per_second(step, batches, device) -> float:
     start = time.perf_counter()
-    for x, y in tensors:
-        one(x, y)
-    sync()
-    return len(batches) * batches[0][0].size / (time.perf_counter() - start)
+    for x, y in batches:
+        step(x, y)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return sum(x.numel() for x, _ in batches) / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -89,7 +89,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="fresh pairs of models (default: 3)")
+    parser.add_argument("--turn", type=int, default=0,
+                        help="steps each model runs before the other's turn (default: 1 on a CPU, whose speed drifts "
+                             "within seconds; every step on a GPU, whose queue a turn would drain)")  # fmt: skip
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="autocast dtype")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
@@ -105,16 +108,23 @@ def main() -> None:
         tokens = rng.integers(0, cfg.model.vocab_size, size=(args.batch_size, args.seq_len + 1))
         batches.append((tokens[:, :-1], tokens[:, 1:]))
     bf16 = args.dtype == "bfloat16"
-    ours, theirs = [], []
+    tensors = [(torch.from_numpy(x).long().to(device), torch.from_numpy(y).long().to(device)) for x, y in batches]
+    turn = args.turn or (args.steps if device.type == "cuda" else 1)
+    ours, theirs = [], []  # tok/s of each turn
     for _ in range(args.rounds):
         model = build_model(cfg.model, init_weights(cfg.model, 0), device=device)
-        ours.append(time_steps(model, lambda m, x, y: m(x, targets=y), cfg, batches, device, bf16, args.compile))
-        del model
+        ours_step = make_step(model, lambda m, x, y: m(x, targets=y), cfg, device, bf16, args.compile)
         hf = transformers_model(cfg, device)
         loss_of = lambda m, x, y: plain_loss(m(input_ids=x, use_cache=False).logits, y)  # noqa: E731
-        theirs.append(time_steps(hf, loss_of, cfg, batches, device, bf16, args.compile))
-        del hf
+        theirs_step = make_step(hf, loss_of, cfg, device, bf16, args.compile)
+        tokens_per_second(ours_step, tensors[:2], device)  # warm up (and compile)
+        tokens_per_second(theirs_step, tensors[:2], device)
+        for start in range(0, len(tensors), turn):  # the two take turns, so a change of machine speed hits both
+            ours.append(tokens_per_second(ours_step, tensors[start : start + turn], device))
+            theirs.append(tokens_per_second(theirs_step, tensors[start : start + turn], device))
+        del model, hf, ours_step, theirs_step
     o, t = statistics.median(ours), statistics.median(theirs)
+    ratio = statistics.median(a / b for a, b in zip(ours, theirs, strict=True))  # of each turn's pair
     name = torch.cuda.get_device_name() if device.type == "cuda" else cpu_name()
     peak = peak_flops(name, args.dtype) if device.type == "cuda" else None
     peak_of = "published peak" if peak else "measured GEMM rate"
@@ -126,16 +136,20 @@ def main() -> None:
 
     threads = torch.get_num_threads()
     print(f"machine: {name}, torch {torch.__version__}, {threads} threads, {peak_of} {peak / 1e12:.2f} TFLOP/s")
-    print(f"model: {args.config}, batch {args.batch_size} x {args.seq_len}, {args.steps} steps x {args.rounds} rounds, "
-          f"{args.dtype}, compile {args.compile}, {fpt / 1e6:.0f} MFLOPs/token")  # fmt: skip
-    print(f"ours         : {o:,.0f} tok/s{mfu(o)}  (rounds: {', '.join(f'{v:,.0f}' for v in ours)})")
-    print(f"transformers : {t:,.0f} tok/s{mfu(t)}  (rounds: {', '.join(f'{v:,.0f}' for v in theirs)})")
-    print(f"ratio ours / transformers: {o / t:.2f}x")
+    print(f"model: {args.config}, batch {args.batch_size} x {args.seq_len}, {args.steps} steps x {args.rounds} rounds "
+          f"in turns of {turn}, {args.dtype}, compile {args.compile}, {fpt / 1e6:.0f} MFLOPs/token")  # fmt: skip
+
+    def spread(rates: list[float]) -> str:
+        return f"{len(rates)} turns, {min(rates):,.0f}-{max(rates):,.0f}"
+
+    print(f"ours         : {o:,.0f} tok/s{mfu(o)}  ({spread(ours)})")
+    print(f"transformers : {t:,.0f} tok/s{mfu(t)}  ({spread(theirs)})")
+    print(f"ratio ours / transformers: {ratio:.2f}x (median of the turns' ratios)")
     if args.json:
         figures = {"machine": name, "device": device.type, "config": args.config, "batch_size": args.batch_size}
         figures |= {"seq_len": args.seq_len, "dtype": args.dtype, "compile": args.compile, "ours": o, "reference": t}
-        figures |= {"ratio": o / t, "mfu": o * fpt / peak, "reference_mfu": t * fpt / peak, "peak_of": peak_of}
-        figures |= {"ours_rounds": ours, "reference_rounds": theirs}
+        figures |= {"ratio": ratio, "mfu": o * fpt / peak, "reference_mfu": t * fpt / peak, "peak_of": peak_of}
+        figures |= {"turn": turn, "ours_turns": ours, "reference_turns": theirs}
         Path(args.json).write_text(json.dumps(figures) + "\n")
 
 

@@ -137,6 +137,25 @@ def test_quick_run_writes_the_section_into_a_copy(tmp_path):
     assert_rest_unchanged(text, before)
 
 
+@pytest.mark.slow
+def test_the_torch_step_bench_alternates_the_models_step_by_step_on_a_cpu(tmp_path):
+    """The CPU's speed drifts within seconds, so ours and transformers' take turns of one step and the ratio
+    is the median of each turn's pair; --turn lengthens the turns (a GPU's default: all steps at once)."""
+    import statistics
+
+    for turn, turns in ((0, 3), (3, 1)):
+        out = tmp_path / f"turn{turn}.json"
+        sizes = ["--steps", "3", "--rounds", "1", "--batch-size", "2", "--seq-len", "32"]
+        cmd = [sys.executable, "bench/train_torch.py", "--config", "configs/smoke.yaml", *sizes, "--turn", str(turn)]
+        cmd += ["--json", str(out)]
+        subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=300)
+        data = json.loads(out.read_text())
+        assert len(data["ours_turns"]) == len(data["reference_turns"]) == turns
+        pairs = [a / b for a, b in zip(data["ours_turns"], data["reference_turns"], strict=True)]
+        assert data["ratio"] == pytest.approx(statistics.median(pairs))
+        assert data["ours"] == pytest.approx(statistics.median(data["ours_turns"]))
+
+
 # --- the Mac path, on a mocked Mac ---
 
 

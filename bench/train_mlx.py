@@ -4,8 +4,9 @@
 
 Both models get the same config, the same initial weights, the same compiled step (train_mlx.py's:
 forward, backward, clipping, AdamW, all under mx.compile) and the same batches; the loss is ours
-fused with the head for our model, the plain cross-entropy of the logits for mlx-lm's; runs alternate so
-machine noise hits both. On Linux the process restarts itself with OpenBLAS preloaded (same BLAS
+fused with the head for our model, the plain cross-entropy of the logits for mlx-lm's. The two take turns
+of --turn steps (default 1), so a change of the machine's speed hits both; the ratio is the median of the
+turns' ratios and each tok/s the median turn's. On Linux the process restarts itself with OpenBLAS preloaded (same BLAS
 for both). Prints tokens/s for each, MFU (against the chip's published peak, else this machine's measured
 GEMM rate, as train_mlx.py logs it) and ours / mlx-lm; --json PATH also writes them as JSON (bench/run_all.py).
 """
@@ -57,7 +58,8 @@ def mlx_lm_model(cfg):
     return model
 
 
-def time_steps(model, cfg, batches) -> float:
+def make_step(model, cfg):
+    """One compiled training step of `model` on a batch, evaluated (MLX waits for it)."""
     optimizer = make_optimizer(cfg.training)
     load_optimizer_state(optimizer, model, None, 0)
     micro_step, step = build_step(model, optimizer, cfg, 1)
@@ -68,11 +70,14 @@ def time_steps(model, cfg, batches) -> float:
         loss, *_ = step(acc, lr, mx.array(x), mx.array(y), mx.array(float(y.size)))
         mx.eval(model.state, optimizer.state, loss)
 
-    one(*batches[0])  # compile
+    return one
+
+
+def tokens_per_second(step, batches) -> float:
     start = time.perf_counter()
     for x, y in batches:
-        one(x, y)
-    return len(batches) * batches[0][0].size / (time.perf_counter() - start)
+        step(x, y)
+    return sum(x.size for x, _ in batches) / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -81,7 +86,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="fresh pairs of models (default: 3)")
+    parser.add_argument("--turn", type=int, default=1, help="steps per model before the other's turn (default: 1)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
     args = parser.parse_args()
     cfg = load_config(args.config, {"training.batch_size": args.batch_size, "training.seq_len": args.seq_len})
@@ -90,28 +96,38 @@ def main() -> None:
     for _ in range(args.steps):
         tokens = rng.integers(0, cfg.model.vocab_size, size=(args.batch_size, args.seq_len + 1), dtype=np.int32)
         batches.append((tokens[:, :-1], tokens[:, 1:]))
-    ours, theirs = [], []
+    ours, theirs = [], []  # tok/s of each turn
     for _ in range(args.rounds):
-        ours.append(time_steps(build_model(cfg.model, init_weights(cfg.model, 0)), cfg, batches))
-        theirs.append(time_steps(mlx_lm_model(cfg), cfg, batches))
+        ours_step = make_step(build_model(cfg.model, init_weights(cfg.model, 0)), cfg)
+        theirs_step = make_step(mlx_lm_model(cfg), cfg)
+        tokens_per_second(ours_step, batches[:1])  # compile
+        tokens_per_second(theirs_step, batches[:1])
+        for start in range(0, len(batches), args.turn):  # the two take turns, so a change of speed hits both
+            ours.append(tokens_per_second(ours_step, batches[start : start + args.turn]))
+            theirs.append(tokens_per_second(theirs_step, batches[start : start + args.turn]))
     o, t = statistics.median(ours), statistics.median(theirs)
+    ratio = statistics.median(a / b for a, b in zip(ours, theirs, strict=True))  # of each turn's pair
     name = device_name()
     peak = peak_flops(name, cfg.training.dtype)
     peak_of = "published peak" if peak else "measured GEMM rate"
     peak = peak or measured_gemm_flops(cfg.training.dtype)
     fpt = flops_per_token(cfg.model, args.seq_len)
     print(f"machine: {name}, MLX {mx.__version__} on {mx.default_device()}, {peak_of} {peak / 1e12:.2f} TFLOP/s")
-    print(f"model: {args.config}, batch {args.batch_size} x {args.seq_len}, {args.steps} steps x {args.rounds} rounds")
-    print(f"ours   : {o:,.0f} tok/s, MFU {100 * o * fpt / peak:.1f}%  (rounds: {', '.join(f'{v:,.0f}' for v in ours)})")
-    print(
-        f"mlx-lm : {t:,.0f} tok/s, MFU {100 * t * fpt / peak:.1f}%  (rounds: {', '.join(f'{v:,.0f}' for v in theirs)})"
-    )
-    print(f"ratio ours / mlx-lm: {o / t:.2f}x")
+    print(f"model: {args.config}, batch {args.batch_size} x {args.seq_len}, {args.steps} steps x {args.rounds} rounds "
+          f"in turns of {args.turn}")  # fmt: skip
+
+    def spread(rates: list[float]) -> str:
+        return f"{len(rates)} turns, {min(rates):,.0f}-{max(rates):,.0f}"
+
+    print(f"ours   : {o:,.0f} tok/s, MFU {100 * o * fpt / peak:.1f}%  ({spread(ours)})")
+    print(f"mlx-lm : {t:,.0f} tok/s, MFU {100 * t * fpt / peak:.1f}%  ({spread(theirs)})")
+    print(f"ratio ours / mlx-lm: {ratio:.2f}x (median of the turns' ratios)")
     if args.json:
         figures = {"machine": name, "device": str(mx.default_device()), "config": args.config}
-        figures |= {"batch_size": args.batch_size, "seq_len": args.seq_len, "ours": o, "reference": t, "ratio": o / t}
+        figures |= {"batch_size": args.batch_size, "seq_len": args.seq_len, "ours": o, "reference": t, "ratio": ratio}
         figures |= {"mfu": o * fpt / peak, "reference_mfu": t * fpt / peak, "peak_of": peak_of}
-        Path(args.json).write_text(json.dumps(figures | {"ours_rounds": ours, "reference_rounds": theirs}) + "\n")
+        figures |= {"turn": args.turn, "ours_turns": ours, "reference_turns": theirs}
+        Path(args.json).write_text(json.dumps(figures) + "\n")
 
 
 if __name__ == "__main__":

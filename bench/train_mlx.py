@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import numpy as np  # noqa: E402
 from mlx.utils import tree_map  # noqa: E402
+from turns import alternate, medians, spread  # noqa: E402  (bench/turns.py)
 
 from tinyllama.core.config import load_config  # noqa: E402
 from tinyllama.core.hardware import peak_flops  # noqa: E402
@@ -102,11 +102,9 @@ def main() -> None:
         theirs_step = make_step(mlx_lm_model(cfg), cfg)
         tokens_per_second(ours_step, batches[:1])  # compile
         tokens_per_second(theirs_step, batches[:1])
-        for start in range(0, len(batches), args.turn):  # the two take turns, so a change of speed hits both
-            ours.append(tokens_per_second(ours_step, batches[start : start + args.turn]))
-            theirs.append(tokens_per_second(theirs_step, batches[start : start + args.turn]))
-    o, t = statistics.median(ours), statistics.median(theirs)
-    ratio = statistics.median(a / b for a, b in zip(ours, theirs, strict=True))  # of each turn's pair
+        rates = alternate(ours_step, theirs_step, batches, args.turn, tokens_per_second)
+        ours, theirs = ours + rates[0], theirs + rates[1]
+    o, t, ratio = medians(ours, theirs)
     name = device_name()
     peak = peak_flops(name, cfg.training.dtype)
     peak_of = "published peak" if peak else "measured GEMM rate"
@@ -115,9 +113,6 @@ def main() -> None:
     print(f"machine: {name}, MLX {mx.__version__} on {mx.default_device()}, {peak_of} {peak / 1e12:.2f} TFLOP/s")
     print(f"model: {args.config}, batch {args.batch_size} x {args.seq_len}, {args.steps} steps x {args.rounds} rounds "
           f"in turns of {args.turn}")  # fmt: skip
-
-    def spread(rates: list[float]) -> str:
-        return f"{len(rates)} turns, {min(rates):,.0f}-{max(rates):,.0f}"
 
     print(f"ours   : {o:,.0f} tok/s, MFU {100 * o * fpt / peak:.1f}%  ({spread(ours)})")
     print(f"mlx-lm : {t:,.0f} tok/s, MFU {100 * t * fpt / peak:.1f}%  ({spread(theirs)})")

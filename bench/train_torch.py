@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from turns import alternate, medians, spread  # noqa: E402  (bench/turns.py)
 
 from tinyllama.core.config import load_config  # noqa: E402
 from tinyllama.core.hardware import cpu_name, peak_flops  # noqa: E402
@@ -119,12 +119,10 @@ def main() -> None:
         theirs_step = make_step(hf, loss_of, cfg, device, bf16, args.compile)
         tokens_per_second(ours_step, tensors[:2], device)  # warm up (and compile)
         tokens_per_second(theirs_step, tensors[:2], device)
-        for start in range(0, len(tensors), turn):  # the two take turns, so a change of machine speed hits both
-            ours.append(tokens_per_second(ours_step, tensors[start : start + turn], device))
-            theirs.append(tokens_per_second(theirs_step, tensors[start : start + turn], device))
+        rates = alternate(ours_step, theirs_step, tensors, turn, lambda step, b: tokens_per_second(step, b, device))
+        ours, theirs = ours + rates[0], theirs + rates[1]
         del model, hf, ours_step, theirs_step
-    o, t = statistics.median(ours), statistics.median(theirs)
-    ratio = statistics.median(a / b for a, b in zip(ours, theirs, strict=True))  # of each turn's pair
+    o, t, ratio = medians(ours, theirs)
     name = torch.cuda.get_device_name() if device.type == "cuda" else cpu_name()
     peak = peak_flops(name, args.dtype) if device.type == "cuda" else None
     peak_of = "published peak" if peak else "measured GEMM rate"
@@ -138,9 +136,6 @@ def main() -> None:
     print(f"machine: {name}, torch {torch.__version__}, {threads} threads, {peak_of} {peak / 1e12:.2f} TFLOP/s")
     print(f"model: {args.config}, batch {args.batch_size} x {args.seq_len}, {args.steps} steps x {args.rounds} rounds "
           f"in turns of {turn}, {args.dtype}, compile {args.compile}, {fpt / 1e6:.0f} MFLOPs/token")  # fmt: skip
-
-    def spread(rates: list[float]) -> str:
-        return f"{len(rates)} turns, {min(rates):,.0f}-{max(rates):,.0f}"
 
     print(f"ours         : {o:,.0f} tok/s{mfu(o)}  ({spread(ours)})")
     print(f"transformers : {t:,.0f} tok/s{mfu(t)}  ({spread(theirs)})")

@@ -27,14 +27,13 @@ from tinyllama.core.cli import UserError, run_cli
 from tinyllama.core.generate import mean_loss
 from tinyllama.core.hardware import cpu_name, peak_flops, rss_bytes, system_memory_bytes
 from tinyllama.core.loop import Device, Run
-from tinyllama.core.training import MemoryTraits, load_train_config, parse_train_args
+from tinyllama.core.training import load_train_config, parse_train_args
 from tinyllama.data.prepare import prepare_data
 from tinyllama.torch_model.generate import as_backend, peak_memory
-from tinyllama.torch_model.loss import held_bytes as loss_held_bytes
 from tinyllama.torch_model.muon import slow_bf16_matmul
 from tinyllama.torch_model.optim import load_optimizer_state, make_optimizer, optimizer_state, restore, snapshot
 from tinyllama.torch_model.state import build_model, measured_gemm_flops, model_state, resolve_device, weight_norm
-from tinyllama.torch_model.wrap import COMPILED_ACTIVATIONS, wrap_model
+from tinyllama.torch_model.wrap import memory_traits, wrap_model
 
 
 def runtime_rss() -> int:
@@ -74,15 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     peak = peak_flops(name, t.dtype, tf32=True) if cuda else None  # TF32 matmuls are on (above)
     measured = peak is None and not args.dry_run
     peak = measured_gemm_flops(device, t.dtype) if measured else peak  # a CPU or an unlisted GPU: ~1 s
-    m, compiled = cfg.model, t.compile and cuda  # compiled: as wrap_model decides
-    loss_bytes = loss_held_bytes(t.batch_size * t.seq_len, m.vocab_size, m.d_model, device.type, t.dtype, compiled)
-    memory_traits = MemoryTraits(
-        loss_bytes=loss_bytes,
-        runtime_bytes=0 if cuda else runtime_rss(),  # off CUDA the mem figure is the process's RSS
-        fp32_weights=True,  # bf16 runs autocast over fp32 weights
-        activation_scale=COMPILED_ACTIVATIONS if compiled else 1.0,
-    )
-    device_info = Device(f"{device} ({name})", memory, peak, measured, memory_traits=memory_traits)
+    runtime = 0 if cuda else runtime_rss()  # off CUDA the mem figure is the process's RSS
+    traits = memory_traits(cfg, device, runtime)
+    device_info = Device(f"{device} ({name})", memory, peak, measured, memory_traits=traits)
     run = Run(cfg, "torch", device_info, rank, world, any_rank)
     if t.optimizer == "muon" and t.muon_precision == "bfloat16" and slow_bf16_matmul(device):
         run.say(f"warning: this CPU ({name}) has no bf16 matmul instructions (AMX, AVX512-BF16): Newton-Schulz in "

@@ -149,3 +149,24 @@ def test_a_compiled_step_keeps_what_the_estimate_scales_activations_by():
     cfg = load_config(ROOT / "configs" / "smoke.yaml", {})
     scaled = estimate_memory(cfg, MemoryTraits(activation_scale=COMPILED_ACTIVATIONS))["activations"]
     assert scaled == pytest.approx(COMPILED_ACTIVATIONS * estimate_memory(cfg)["activations"])
+
+
+def test_a_torch_step_is_counted_as_it_will_run_on_its_device():
+    """train_cuda.py compiles on CUDA only: there the estimate takes the compiled loss kernel and fewer
+    activations; on the CPU the eager ones. Weights and gradients are fp32 under bf16 autocast either way."""
+    import torch
+
+    from tinyllama.torch_model.loss import held_bytes
+    from tinyllama.torch_model.wrap import COMPILED_ACTIVATIONS, memory_traits
+
+    cfg = load_config(ROOT / "configs" / "gpt2-124m.yaml", {"training.batch_size": 16})
+    assert cfg.training.compile and cfg.training.dtype == "bfloat16"
+    gpu, cpu = memory_traits(cfg, torch.device("cuda"), 0), memory_traits(cfg, torch.device("cpu"), 0)
+    assert gpu.activation_scale == COMPILED_ACTIVATIONS and cpu.activation_scale == 1.0
+    assert gpu.loss_bytes == held_bytes(16 * 1024, 50304, 768, "cuda", "bfloat16", compiled=True)
+    assert cpu.loss_bytes == held_bytes(16 * 1024, 50304, 768, "cpu", "bfloat16", compiled=False)
+    eager = load_config(ROOT / "configs" / "gpt2-124m.yaml", {"training.batch_size": 16, "training.compile": False})
+    eager_gpu = memory_traits(eager, torch.device("cuda"), 0)
+    assert eager_gpu.activation_scale == 1.0 and eager_gpu.loss_bytes > gpu.loss_bytes
+    n = estimate_memory(cfg, gpu)["weights"] / 4
+    assert estimate_memory(cfg, gpu)["gradients"] == 4 * n == 2 * estimate_memory(cfg)["weights"]  # MLX: bf16

@@ -1,18 +1,38 @@
 """How train_cuda.py wraps the model for its hardware: flash-attn kernels, activation checkpointing, DDP or
-FSDP2 under torchrun, torch.compile on CUDA. The wrapped model keeps HF parameter names (state.unwrap)."""
+FSDP2 under torchrun, torch.compile on CUDA; and what that means for the memory a step holds. The wrapped
+model keeps HF parameter names (state.unwrap)."""
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 
-from tinyllama.torch_model.loss import keep_eager_under_compile
+from tinyllama.core.training import MemoryTraits
+from tinyllama.torch_model.loss import held_bytes, keep_eager_under_compile
 
 # What a compiled step keeps for its backward against an eager one (inductor recomputes norms, SwiGLU's gate
 # and RoPE instead of saving them): bench/compile_memory.py measures 0.77-0.79 on the CPU at d_model 256-768;
 # the 124M config on an H200 (bf16) peaked at 10.9 GB compiled against 12.6 GB eager. --dry-run scales its
 # activation estimate by it for compiled runs.
 COMPILED_ACTIVATIONS = 0.78
+
+
+def compiles(cfg, device: torch.device) -> bool:
+    """Whether train_cuda.py compiles the model: training.compile, on CUDA only (on this project's 2-core CPU
+    inductor compiles for minutes and the compiled step was not faster: docs/benchmarks.md)."""
+    return cfg.training.compile and device.type == "cuda"
+
+
+def memory_traits(cfg, device: torch.device, runtime_bytes: int) -> MemoryTraits:
+    """What --dry-run's estimate needs to know of a torch step on `device` (core.training.estimate_memory)."""
+    t, m = cfg.training, cfg.model
+    compiled = compiles(cfg, device)
+    return MemoryTraits(
+        loss_bytes=held_bytes(t.batch_size * t.seq_len, m.vocab_size, m.d_model, device.type, t.dtype, compiled),
+        runtime_bytes=runtime_bytes,
+        fp32_weights=True,  # bf16 runs autocast over fp32 weights
+        activation_scale=COMPILED_ACTIVATIONS if compiled else 1.0,
+    )
 
 
 def wrap_model(model, cfg, device):
@@ -35,7 +55,7 @@ def wrap_model(model, cfg, device):
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    if cfg.training.compile and device.type == "cuda":
+    if compiles(cfg, device):
         keep_eager_under_compile()
         model = torch.compile(model)
     return model

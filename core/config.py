@@ -87,7 +87,7 @@ class TrainingConfig:
     eval_batches: int = opt(20, "validation batches per evaluation")
     save_every: int = opt(500, "steps between checkpoints (a final one is always written)")
     keep_last: int = opt(3, "newest step checkpoints kept (older ones are deleted; final.ckpt always stays)")
-    compile: bool = opt(True, "compile the step (mx.compile / torch.compile)")
+    compile: bool = opt(True, "compile the step (mx.compile; torch.compile on CUDA only)")
     log_every: int = opt(10, "steps between log lines and metrics.jsonl records")
     on_nonfinite: str = opt(
         "stop", "a NaN/inf loss, gradient or weight: stop (exit 2; earlier checkpoints stay) | skip (undo that step)"

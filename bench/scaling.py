@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from tinyllama.core import hardware  # noqa: E402
 
 NOT_RUN = "not run here (run on a Mac/GPU)"
-WARMUP_STEPS = 2  # bench/train_torch.py's time_steps warms up on 2 steps (bench/train_mlx.py's on 1)
+WARMUP_STEPS = 2  # torch warms up (and compiles) on 2 steps, MLX compiles on 1
 
 
 @dataclass(frozen=True)
@@ -214,7 +214,9 @@ def worker(args) -> dict:
         from tinyllama.mlx_model.state import build_model
 
         bench = _bench_module("train_mlx")
-        tok_s = bench.time_steps(build_model(cfg.model, init_weights(cfg.model, 0)), cfg, batches)
+        step = bench.make_step(build_model(cfg.model, init_weights(cfg.model, 0)), cfg)
+        bench.tokens_per_second(step, batches[:1])  # compile
+        tok_s = bench.tokens_per_second(step, batches)
         return {"tok_s": tok_s, "peak_bytes": mx.get_peak_memory(), "memory": "mx.get_peak_memory"}
     import torch
 
@@ -225,11 +227,15 @@ def worker(args) -> dict:
     compile_model = device.type == "cuda" and cfg.training.compile
 
     def loss_of(m, x, y):
-        if device.type == "mps":  # time_steps waits only for CUDA: each MPS step first waits for the one before
+        if device.type == "mps":  # tokens_per_second waits only for CUDA: each MPS step waits for the one before
             torch.mps.synchronize()
         return m(x, targets=y)
 
-    tok_s = _bench_module("train_torch").time_steps(model, loss_of, cfg, batches, device, False, compile_model)
+    bench = _bench_module("train_torch")
+    step = bench.make_step(model, loss_of, cfg, device, False, compile_model)
+    tensors = [(torch.from_numpy(x).long().to(device), torch.from_numpy(y).long().to(device)) for x, y in batches]
+    bench.tokens_per_second(step, tensors[:WARMUP_STEPS], device)  # warm up (and compile)
+    tok_s = bench.tokens_per_second(step, tensors, device)
     if device.type == "cuda":
         return {"tok_s": tok_s, "peak_bytes": torch.cuda.max_memory_allocated(), "memory": "max_memory_allocated"}
     if device.type == "mps":

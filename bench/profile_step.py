@@ -6,7 +6,7 @@ operators and kernels that took longest, then the plain step time.
     python bench/profile_step.py --config configs/gpt2-124m.yaml --batch-size 16 --seq-len 1024 \\
         --dtype bfloat16 --compile
 
-The step is bench/train_torch.py's (the same AdamW, clipping, autocast and compile settings).
+The step is bench/train_torch.py's own `make_step` (AdamW, clipping, autocast, compile).
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
+from train_torch import make_step  # noqa: E402  (bench/train_torch.py: the benched step itself)
 
 from tinyllama.core.config import load_config  # noqa: E402
 from tinyllama.core.weights import init_weights  # noqa: E402
-from tinyllama.torch_model.loss import keep_eager_under_compile  # noqa: E402
-from tinyllama.torch_model.optim import make_optimizer  # noqa: E402
 from tinyllama.torch_model.state import build_model  # noqa: E402
 
 
@@ -42,21 +41,14 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True
     model = build_model(cfg.model, init_weights(cfg.model, 0), device=device)
-    optimizer = make_optimizer(model, cfg.training)
-    if args.compile:
-        keep_eager_under_compile()  # what torch_model/wrap.py does before compiling
-    run = torch.compile(model) if args.compile else model
+    ours = lambda m, x, y: m(x, targets=y)  # noqa: E731
+    train_step = make_step(model, ours, cfg, device, args.dtype == "bfloat16", args.compile)
     shape = (args.batch_size, args.seq_len)
     x, y = (torch.randint(0, cfg.model.vocab_size, shape, device=device) for _ in range(2))
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
-            loss = run(x, targets=y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(x, y)
 
     for _ in range(3):  # warm up (and compile)
         step()

@@ -156,6 +156,15 @@ def test_the_torch_step_bench_alternates_the_models_step_by_step_on_a_cpu(tmp_pa
         assert data["ours"] == pytest.approx(statistics.median(data["ours_turns"]))
 
 
+def test_the_loss_bench_times_both_variants_in_turns_after_warming_each():
+    """bench/loss.py: one call of each variant to warm up, then plain, fused, plain, fused ..., one time each."""
+    loss_bench = bench_module("loss")
+    calls = []
+    seconds = loss_bench.in_turns({"plain": lambda: calls.append("plain"), "fused": lambda: calls.append("fused")}, 3)
+    assert calls == ["plain", "fused"] * 4
+    assert [len(v) for v in seconds.values()] == [3, 3] and all(t >= 0 for v in seconds.values() for t in v)
+
+
 # --- the Mac path, on a mocked Mac ---
 
 

@@ -18,7 +18,8 @@ import functools
 import json
 from typing import Any
 
-from tinyllama.data.tokenizer import EOS, GPT2_KNOWN_IDS, Tokenizer, packaged_files, packaged_gpt2
+from tinyllama.data.bpe import EOS, GPT2_KNOWN_IDS, packaged_files, packaged_gpt2
+from tinyllama.data.tokenizer import Tokenizer
 from tinyllama.data.util import DataError
 
 # GPT-2's pre-tokenizer regex (the one `tokenizers`' ByteLevel and tiktoken's r50k_base use)

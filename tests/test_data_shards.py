@@ -14,10 +14,11 @@ import pytest
 
 from tinyllama.core.config import DataConfig
 from tinyllama.data import corpus, encode, prepare
+from tinyllama.data.bpe import packaged_gpt2
 from tinyllama.data.fast_gpt2 import is_gpt2, tiktoken_gpt2
 from tinyllama.data.prepare import prepare_data
 from tinyllama.data.shards import PART, PROGRESS
-from tinyllama.data.tokenizer import Tokenizer, load_tokenizer, packaged_gpt2
+from tinyllama.data.tokenizer import Tokenizer, load_tokenizer
 from tinyllama.data.util import DataError
 
 ROOT = Path(__file__).resolve().parent.parent

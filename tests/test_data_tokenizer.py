@@ -174,7 +174,7 @@ def test_slow_gpt2_style_directory(tmp_path):
     """A directory with only vocab.json + merges.txt (GPT-2's original files) becomes a fast tokenizer."""
     import shutil
 
-    from tinyllama.data.tokenizer import packaged_files
+    from tinyllama.data.bpe import packaged_files
 
     vocab, merges = packaged_files()
     shutil.copy(vocab, tmp_path / "vocab.json")

@@ -11,6 +11,8 @@
 # 4. infer: the checkpoint it saved, generated from on the GPU
 # 5. mlx: if mlx[cuda] is installed, train_mlx.py on the same config and GPU (our MLX model vs our torch path)
 # 6. muon: train_cuda.py with training.optimizer muon
+# 7. sweep, only when named (`bash bench/cuda_check.sh DIR sweep`): train_cuda.py at larger batches (SWEEP,
+#    default "32 64", 30 steps each, its --dry-run estimate first): the MFU a bigger batch per GPU reaches
 # Each step has its own time limit and log (RESULTS_DIR/<step>.log); one failing does not stop the rest.
 # Checkpoints and prepared data go to $WORK (default /tmp/cuda_check_work), not RESULTS_DIR.
 # CONFIG, BATCH, SEQ, STEPS override the model and sizes (e.g. a quick try on the CPU with the smoke config).
@@ -29,10 +31,14 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TINY_LLAMA_BLAS=reference
 
 wanted() { [[ "$only" == "  " || "$only" == *" $1 "* ]]; }
 
-step() {  # step NAME SECONDS COMMAND...: run it under a time limit, log to RESULTS_DIR/NAME.log
+step() {  # step NAME SECONDS COMMAND...: when NAME is wanted, run_step
+    wanted "$1" || return 0
+    run_step "$@"
+}
+
+run_step() {  # run_step NAME SECONDS COMMAND...: run it under a time limit, log to RESULTS_DIR/NAME.log
     local name=$1 limit=$2
     shift 2
-    wanted "$name" || return 0
     echo "== $name: start $(date -u +%T)"
     timeout "$limit" "$@" >"$out/$name.log" 2>&1
     local rc=$?
@@ -65,3 +71,10 @@ else
 fi
 step muon 240 "$py" train_cuda.py "${run[@]}" --output.dir "$work/ckpt_muon" --output.run_name muon \
     --training.optimizer muon
+for sweep_batch in ${SWEEP:-32 64}; do  # each batch's estimate, then its run; logs sweep_dry_B, sweep_B
+    [[ "$only" == *" sweep "* ]] || break  # only when named: it is not part of the 8-minute check
+    sweep=("${run[@]}" --output.dir "$work/ckpt_sweep" --output.run_name "batch$sweep_batch"
+        --training.batch_size "$sweep_batch" --training.max_steps 30)
+    run_step "sweep_dry_$sweep_batch" 60 "$py" train_cuda.py "${sweep[@]}" --dry-run
+    run_step "sweep_$sweep_batch" 300 "$py" train_cuda.py "${sweep[@]}"
+done

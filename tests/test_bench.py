@@ -338,3 +338,22 @@ def test_cuda_check_runs_the_steps_named_and_logs_each(tmp_path):
     assert "memory estimate" in (out / "dry_run.log").read_text() and "== dry_run: rc 0" in run.stdout
     assert not (out / "train.log").exists() and not (out / "bench_compile.log").exists()
     assert "== mlx" not in run.stdout  # not named: not even checked
+    assert "== sweep" not in run.stdout  # only when named
+
+
+@pytest.mark.slow
+def test_cuda_check_sweep_runs_each_batch_with_its_estimate_first(tmp_path):
+    """The batch sweep (named only): --dry-run then a short run per batch in SWEEP, each with its own log."""
+    env = {**os.environ, "PYTHON": sys.executable, "CONFIG": "configs/smoke.yaml", "BATCH": "2", "SEQ": "32",
+           "SWEEP": "2 3", "WORK": str(tmp_path / "work")}  # fmt: skip
+    out = tmp_path / "results"
+    run = subprocess.run(["bash", str(ROOT / "bench" / "cuda_check.sh"), str(out), "sweep"], env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    for batch in (2, 3):
+        dry = (out / f"sweep_dry_{batch}.log").read_text()
+        assert "memory estimate" in dry and f"{batch * 32} tokens per step" in dry, dry
+        log = (out / f"sweep_{batch}.log").read_text()
+        assert f"== sweep_{batch}: rc 0" in run.stdout and f"training batch{batch}:" in log, log[-2000:]
+        assert "step 30/30" in log, log[-2000:]
+    assert not (out / "train.log").exists()

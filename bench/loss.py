@@ -106,7 +106,8 @@ def peak_growth(step, memory: str) -> int:
         step()
         return mx.get_peak_memory()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    step(), step()
+    for _ in range(2):
+        step()
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024  # KiB on Linux
 
 

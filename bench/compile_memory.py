@@ -35,17 +35,14 @@ def measure_step(mode: str, d_model: int, n_layers: int) -> int:
     import dataclasses
 
     import torch
+    from scaling import Case, load  # bench/scaling.py: its shape of a model of this width
 
-    from tinyllama.core.config import load_config
     from tinyllama.core.weights import init_weights
     from tinyllama.torch_model.loss import keep_eager_under_compile
     from tinyllama.torch_model.state import build_model
 
-    smoke = load_config(ROOT / "configs" / "smoke.yaml").model
-    cfg = dataclasses.replace(
-        smoke, vocab_size=VOCAB, d_model=d_model, n_layers=n_layers, n_heads=d_model // 64,
-        n_kv_heads=d_model // 128, d_ff=d_model * 8 // 3 // 64 * 64, max_seq_len=SEQ,
-    )  # fmt: skip
+    sized = load(str(ROOT / "configs" / "smoke.yaml"), Case("torch", "cpu", d_model, SEQ, BATCH)).model
+    cfg = dataclasses.replace(sized, n_layers=n_layers, vocab_size=VOCAB)
     model = build_model(cfg, init_weights(cfg, 0))
     if mode == "compiled":
         keep_eager_under_compile()  # as torch_model/wrap.py does

@@ -233,7 +233,7 @@ def worker(args) -> dict:
 
     bench = _bench_module("train_torch")
     step = bench.make_step(model, loss_of, cfg, device, False, compile_model)
-    tensors = [(torch.from_numpy(x).long().to(device), torch.from_numpy(y).long().to(device)) for x, y in batches]
+    tensors = bench.on_device(batches, device)
     bench.tokens_per_second(step, tensors[:WARMUP_STEPS], device)  # warm up (and compile)
     tok_s = bench.tokens_per_second(step, tensors, device)
     if device.type == "cuda":

@@ -74,6 +74,11 @@ def make_step(model, loss_of, cfg, device, bf16: bool, compile_model: bool):
     return one
 
 
+def on_device(batches, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """numpy (x, y) batches as int64 tensors on `device`, copied once before any timing."""
+    return [(torch.from_numpy(x).long().to(device), torch.from_numpy(y).long().to(device)) for x, y in batches]
+
+
 def tokens_per_second(step, batches, device) -> float:
     start = time.perf_counter()
     for x, y in batches:
@@ -108,7 +113,7 @@ def main() -> None:
         tokens = rng.integers(0, cfg.model.vocab_size, size=(args.batch_size, args.seq_len + 1))
         batches.append((tokens[:, :-1], tokens[:, 1:]))
     bf16 = args.dtype == "bfloat16"
-    tensors = [(torch.from_numpy(x).long().to(device), torch.from_numpy(y).long().to(device)) for x, y in batches]
+    tensors = on_device(batches, device)
     turn = args.turn or (args.steps if device.type == "cuda" else 1)
     ours, theirs = [], []  # tok/s of each turn
     for _ in range(args.rounds):

@@ -165,6 +165,15 @@ def test_the_loss_bench_times_both_variants_in_turns_after_warming_each():
     assert [len(v) for v in seconds.values()] == [3, 3] and all(t >= 0 for v in seconds.values() for t in v)
 
 
+@pytest.mark.slow
+def test_the_fused_projections_bench_times_the_same_work_both_ways():
+    """bench/fused_projections.py checks that both variants give the same outputs, then reports the ratio."""
+    cmd = [sys.executable, "bench/fused_projections.py", "--config", "configs/smoke.yaml", "--tokens", "64",
+           "--turns", "3"]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True, timeout=120).stdout
+    assert "q/kv 64/32, d_ff 172, 64 tokens" in out and "separate / fused: " in out and "median of 3 turns" in out
+
+
 # --- the Mac path, on a mocked Mac ---
 
 

@@ -63,13 +63,11 @@ def test_trainers_models_keep_their_layout():
 
 @pytest.mark.parametrize("name", sorted(TINY_MODELS))
 @pytest.mark.parametrize("transposed", [True, False])
-def test_one_token_step_is_the_model_bit_for_bit(name, transposed):
-    """decode_one over fused weights gives the very logits of Model.forward, step after step, 1 and 3 rows.
-    Bit for bit where each fused group's leading widths are multiples of 4 (every real Llama's): MKL computes
-    the columns of a product alike then, whichever product they are part of. Odd ones (d_ff 77 here) can
-    differ in the last bit of a few columns."""
+def test_one_token_step_is_the_model(name, transposed):
+    """decode_one over fused weights gives the logits of Model.forward, step after step, 1 and 3 rows, to fp32
+    rounding, and the same greedy token. Not bit for bit: one fused product and three separate ones may take
+    different GEMM kernels, which round differently on some CPUs (equal on an AMD EPYC, not on an Intel Xeon)."""
     cfg = TINY_MODELS[name]
-    same = torch.equal if cfg.d_ff % 4 == 0 else lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-6)
     model = build_model(cfg, random_weights(cfg)).eval()
     if transposed:
         transpose_storage(model)
@@ -83,9 +81,13 @@ def test_one_token_step_is_the_model_bit_for_bit(name, transposed):
             for _ in range(6):
                 token = torch.from_numpy(rng.integers(0, cfg.vocab_size, (rows, 1)))
                 expected = last_logits(model, token, plain_cache)  # (rows, V)
-                assert same(decode_one(model, fused, token, fast_cache), expected)
+                got = decode_one(model, fused, token, fast_cache)
+                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+                assert torch.equal(got.argmax(-1), expected.argmax(-1))
         assert fast_cache[0].offset == plain_cache[0].offset == 11
-        assert same(fast_cache[-1].keys[:, :, :11], plain_cache[-1].keys[:, :, :11])
+        torch.testing.assert_close(
+            fast_cache[-1].keys[:, :, :11], plain_cache[-1].keys[:, :, :11], rtol=1e-5, atol=1e-6
+        )
 
 
 def test_fused_projections_are_views_of_one_buffer():
@@ -160,7 +162,9 @@ def test_rolled_rope_is_rotate_half_bit_for_bit(dtype):
     assert torch.equal(RoPE(32, 10000.0, 64)(x, 7), rotate_half_reference(x, 10000.0, 7))
 
 
-def test_fp32_rms_norm_fast_path_is_the_general_form_bit_for_bit():
+def test_fp32_rms_norm_fast_path_is_the_general_form():
+    """The one-call form and the general one, forward and backward, to fp32 rounding (one kernel applies the
+    weight inside, the other after: not asserted bit for bit, which may hold on one CPU only)."""
     norm = RMSNorm(64, 1e-5)
     with torch.no_grad():
         norm.weight.copy_(1 + 0.1 * torch.randn(64))
@@ -168,11 +172,11 @@ def test_fp32_rms_norm_fast_path_is_the_general_form_bit_for_bit():
     x2 = x.detach().clone().requires_grad_()
     fast = norm(x)
     general = norm.weight * F.rms_norm(x2, (64,), eps=1e-5)
-    assert torch.equal(fast, general)
+    torch.testing.assert_close(fast, general, rtol=1e-6, atol=1e-7)
     grad = torch.randn_like(fast)
     (dx,) = torch.autograd.grad(fast, x, grad)
     (dx2,) = torch.autograd.grad(general, x2, grad)
-    assert torch.equal(dx, dx2)
+    torch.testing.assert_close(dx, dx2, rtol=1e-6, atol=1e-6)
 
 
 def test_greedy_ids_are_torch_argmax_first_max_wins():

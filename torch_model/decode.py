@@ -1,8 +1,8 @@
 """The one-token decode step of an fp32 inference model, in as few framework calls as it takes.
 
 At batch 1 an eager decode step on the CPU is mostly per-call overhead, not arithmetic: Model.forward
-makes ~50 module and tensor calls per layer for one token. `decode_one` computes the same step (the same
-bits when the projection widths are multiples of 4, as in every real Llama; tests/test_torch_decode.py)
+makes ~50 module and tensor calls per layer for one token. `decode_one` computes the same step (the same logits to fp32
+rounding: a fused product may round differently from separate ones on some CPUs; tests/test_torch_decode.py)
 from the model's own weights with about half as many: q/k/v in one
 matrix product and gate/up in another (`fuse_projections` lays each group's weights out as slices of
 one buffer, so the parameters keep their HF names and shapes and no memory is added), RoPE on the

@@ -48,7 +48,7 @@ class Decoder:
         else:
             tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device)  # (B, T)
         if self.fused is not None and tokens.shape[1] == 1:
-            logits = decode_one(self.model, self.fused, tokens, self.cache)  # (B, V), same bits, fewer calls
+            logits = decode_one(self.model, self.fused, tokens, self.cache)  # (B, V), the same logits in fewer calls
         else:
             logits = last_logits(self.model, tokens, self.cache)  # (B, V)
         if not self.greedy:

@@ -37,7 +37,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == self.weight.dtype == torch.float32:  # one call; the same bits as the general form below
+        if x.dtype == self.weight.dtype == torch.float32:  # one call; the general form below to fp32 rounding
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         # normalise in fp32, scale in the weight dtype (as HF's LlamaRMSNorm)
         normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)

@@ -46,7 +46,7 @@ def runtime_rss() -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args, overrides = parse_train_args(__doc__, argv, "train_cuda.py")
-    cfg = load_train_config(args.config, overrides)
+    cfg = load_train_config(args.config, overrides, args.resume)
     t = cfg.training
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     if world > 1:

@@ -81,7 +81,7 @@ def build_step(model, optimizer, cfg, world_size: int):
 
 def main(argv: list[str] | None = None) -> None:
     args, overrides = parse_train_args(__doc__, argv, "train_mlx.py")
-    cfg = load_train_config(args.config, overrides)
+    cfg = load_train_config(args.config, overrides, args.resume)
     t = cfg.training
     if cfg.hardware.accelerator not in ("auto", "mlx"):
         raise UserError(f"hardware.accelerator is {cfg.hardware.accelerator}: train with train_cuda.py (or train.py)")

@@ -34,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import save_file
 
 from tinyllama.core.config import Config, ModelConfig
-from tinyllama.core.fs import atomic_path, remove_atomically, write_text
+from tinyllama.core.fs import atomic_path, is_temporary, remove_atomically, write_text
 from tinyllama.core.hf_config import to_hf_config
 from tinyllama.core.model_files import CheckpointError, is_checkpoint, read_json_object
 from tinyllama.core.weights import check_weights, weights_dtype
@@ -137,13 +137,14 @@ def write_latest(directory: str | Path, checkpoint: str | Path) -> None:
 
 
 def prune_checkpoints(directory: str | Path, keep_last: int, protect: tuple[str, ...] = ("final.ckpt",)) -> list[Path]:
-    """Delete all but the newest `keep_last` step checkpoints; `final.ckpt` and `latest`'s target stay."""
+    """Delete all but the newest `keep_last` step checkpoints; `final.ckpt`, `latest`'s target and every
+    checkpoint a run did not write (an imported model, say) stay."""
     directory = Path(directory)
     protected = set(protect)
     with contextlib.suppress(CheckpointError):
         target = read_latest(directory)
         protected |= {target.name} if target is not None else set()
-    candidates = [p for p in list_checkpoints(directory) if p.name not in protected]
+    candidates = [p for p in run_checkpoints(directory) if p.name not in protected]
     removed = candidates[: max(0, len(candidates) - keep_last)]
     for path in removed:
         remove_atomically(path)  # never a half-deleted *.ckpt, even when killed here
@@ -186,17 +187,32 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: (checkpoint_step(p), p.name == "final.ckpt", p.name))
 
 
+RUN_CHECKPOINT = re.compile(r"step-\d+\.ckpt|final\.ckpt")
+
+
+def run_checkpoints(directory: str | Path) -> list[Path]:
+    """The finished checkpoints a training run writes (step-NNNNNN.ckpt, final.ckpt), oldest first: what
+    `--resume auto`, pruning and `output.overwrite` act on. Any other model directory there (an import such
+    as checkpoints/smol.ckpt) is never resumed, pruned or replaced by a run."""
+    return [p for p in list_checkpoints(directory) if RUN_CHECKPOINT.fullmatch(p.name)]
+
+
 def resolve_resume(spec: str, directory: str | Path) -> Path | None:
-    """`auto` -> the `latest` pointer (or newest finished checkpoint), None when there is none;
-    anything else must be a finished checkpoint directory."""
+    """`auto` -> the `latest` pointer (or the run's newest finished checkpoint), None when there is none;
+    anything else must be a finished checkpoint directory, never a temporary (possibly incomplete) one."""
     directory = Path(directory)
     if spec == "auto":
         target = read_latest(directory)
         if target is not None and is_checkpoint(target):
             return target
-        found = list_checkpoints(directory)
+        found = run_checkpoints(directory)
         return found[-1] if found else None
     path = Path(spec)
+    if is_temporary(path) or path.name.endswith(".tmp") or ".tmp-" in path.name:
+        raise CheckpointError(
+            f"cannot resume from {path}: a .tmp directory is a write that may not have finished; resume from a "
+            f"finished *.ckpt (--resume auto picks the newest)"
+        )
     if not is_checkpoint(path):
         raise CheckpointError(
             f"cannot resume from {path}: not a finished checkpoint directory (config.json + model.safetensors)"

@@ -16,17 +16,17 @@ import numpy as np
 
 from tinyllama.core.checkpoint import (
     LATEST,
-    list_checkpoints,
     prune_checkpoints,
     read_train_config,
     read_trainer_state,
     resolve_resume,
+    run_checkpoints,
     save_checkpoint,
     state_count,
     write_latest,
 )
 from tinyllama.core.cli import ArgumentParser, UserError, human_bytes, human_count
-from tinyllama.core.config import Config, DataConfig, load_config, parse_overrides, validate
+from tinyllama.core.config import Config, DataConfig, config_from_dict, load_config, parse_overrides, validate
 from tinyllama.core.config_help import override_help
 from tinyllama.core.fs import hold_lock, remove_atomically, remove_debris
 from tinyllama.core.model_files import CheckpointError, load_optimizer, load_weights, read_model_config
@@ -36,10 +36,21 @@ from tinyllama.core.weights import count_parameters, flops_per_token, init_weigh
 RESUME_MUST_MATCH = ("seed", "seq_len", "batch_size", "grad_accum")
 
 
-def load_train_config(path: str, overrides: dict[str, Any]) -> Config:
-    """The run config; with `training.init_from`, the model section is the source checkpoint's (a
-    fine-tune must have its shapes), so config.yaml's model keys need not be edited by hand."""
+def load_train_config(path: str, overrides: dict[str, Any], resume: str = "") -> Config:
+    """The run config. A resume continues its own run: the checkpoint's saved model, training and data settings
+    are the base and the command line's keys override them (the YAML file's are not applied; where and how the
+    run computes, `hardware` and `output`, come from this command). With `training.init_from`, the model section
+    is the source checkpoint's (a fine-tune must have its shapes), so config.yaml's model keys need not be
+    edited by hand."""
     cfg = load_config(path, overrides)
+    if resume:
+        try:
+            checkpoint = resolve_resume(resume, cfg.output.dir)
+        except CheckpointError as exc:
+            raise UserError(str(exc)) from None
+        saved = read_train_config(checkpoint) if checkpoint is not None else None
+        if saved is not None:
+            return _resumed_config(cfg, checkpoint, saved, overrides, path)
     source = cfg.training.init_from
     if source:
         try:
@@ -56,6 +67,40 @@ def load_train_config(path: str, overrides: dict[str, Any]) -> Config:
             print(f"training.init_from: using the tokenizer of {source}", file=sys.stderr)
             cfg.data.tokenizer = str(source)
     return cfg
+
+
+RUN_SECTIONS = ("model", "training", "data")  # what a run is; hardware and output say where it runs now
+
+
+def _resumed_config(
+    cfg: Config, checkpoint: Path, saved: dict[str, Any], overrides: dict[str, Any], path: str
+) -> Config:
+    """The checkpoint's own settings with this command's overrides on top, every change listed once."""
+    here = cfg.to_dict()
+    base = {section: saved.get(section) or {} for section in RUN_SECTIONS}
+    base.update(hardware=here["hardware"], output=here["output"])
+    try:
+        resumed = config_from_dict(base, overrides)
+    except UserError as exc:
+        raise UserError(f"cannot resume from {checkpoint}: {exc}") from None
+    before = config_from_dict({section: base[section] for section in RUN_SECTIONS}).to_dict()
+    after = resumed.to_dict()
+    changes = [_differences(before[section], after[section], section, skip=("init_from",)) for section in RUN_SECTIONS]
+    changed = ", ".join(change for change in changes if change)
+    unused = [
+        f"{section}.{key}"
+        for section in RUN_SECTIONS
+        for key in after[section]
+        if key != "init_from"
+        and f"{section}.{key}" not in overrides
+        and _comparable(here[section][key]) != _comparable(after[section][key])
+    ]
+    changed = f"; changed: {changed}" if changed else ""
+    print(f"resuming {checkpoint} with its own settings{changed}", file=sys.stderr)
+    if unused:
+        print(f"note: {path}'s {', '.join(unused)} not applied (a resume keeps its run's settings; pass "
+              "--section.key to change one)", file=sys.stderr)  # fmt: skip
+    return resumed
 
 
 def parse_train_args(doc: str, argv: list[str] | None, prog: str) -> tuple[argparse.Namespace, dict[str, Any]]:
@@ -103,9 +148,6 @@ def resolve_start(cfg: Config, resume: str, world_size: int, data: dict[str, Any
                     f"cannot resume from {path}: training.{key} was {old_training[key]}, now "
                     f"{getattr(cfg.training, key)}; keep it equal so the data order continues"
                 )
-        changed = _differences(old_training, dataclasses.asdict(cfg.training), "training", skip=("init_from",))
-        if changed:
-            print(f"resuming {path} with changed settings: {changed}", file=sys.stderr)
         optimizer = load_optimizer(path, cfg.model, cfg.training.optimizer)
         if optimizer is None:
             raise UserError(f"cannot resume from {path}: it has no optimizer.safetensors (use training.init_from)")
@@ -124,7 +166,11 @@ def resolve_start(cfg: Config, resume: str, world_size: int, data: dict[str, Any
 def _differences(old: dict[str, Any], new: dict[str, Any], section: str, skip: tuple[str, ...] = ()) -> str:
     """`section.key old -> new` for every key both dicts hold with different values."""
     keys = [k for k in new if k in old and k not in skip and _comparable(old[k]) != _comparable(new[k])]
-    return ", ".join(f"{section}.{k} {old[k]} -> {new[k]}" for k in keys)
+    return ", ".join(f"{section}.{k} {_shown(old[k])} -> {_shown(new[k])}" for k in keys)
+
+
+def _shown(value: Any) -> str:
+    return repr(value) if value == "" else str(_comparable(value))
 
 
 def _comparable(value: Any) -> Any:
@@ -169,15 +215,23 @@ def claim_output(cfg: Config, resume: str) -> None:
         )
     remove_debris(out)
     metrics = logs / "metrics.jsonl"
-    previous = list_checkpoints(out)
+    previous = run_checkpoints(out)
     logged = metrics.is_file() and metrics.stat().st_size > 0
     if resume or not (previous or logged):
         return
+    source = Path(cfg.training.init_from).resolve() if cfg.training.init_from else None
+    if source in [p.resolve() for p in previous]:
+        raise UserError(
+            f"training.init_from {cfg.training.init_from} is a checkpoint of the run in {out}, which this run would "
+            f"replace; copy it out first (cp -r {cfg.training.init_from} <elsewhere>.ckpt) or set --output.dir to "
+            f"another directory"
+        )
     if not cfg.output.overwrite:
         what = f"{len(previous)} checkpoint(s)" if previous else f"the log {metrics}"
         raise UserError(
             f"{out} already holds a run ({what}); continue it with --resume auto, or replace it with "
-            f"--output.overwrite true"
+            f"--output.overwrite true (deletes that run's step-*.ckpt, final.ckpt and logs; nothing else), or set "
+            f"--output.dir elsewhere"
         )
     print(f"output.overwrite: replacing the previous run in {out} ({len(previous)} checkpoint(s))", file=sys.stderr)
     for path in [*previous, out / LATEST, metrics, logs / "loss.png", logs / "tensorboard"]:

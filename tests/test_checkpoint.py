@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -127,10 +128,16 @@ def test_unfinished_write_is_never_listed_or_resumed(tmp_path, monkeypatch):
     assert resolve_resume("auto", tmp_path) == good
     (tmp_path / "latest").unlink()
     assert resolve_resume("auto", tmp_path) == good
-    with pytest.raises(CheckpointError, match="not a finished checkpoint"):
+    with pytest.raises(CheckpointError, match="a .tmp directory is a write that may not have finished"):
         resolve_resume(str(killed), tmp_path)
+    with pytest.raises(CheckpointError, match="not a finished checkpoint"):
+        resolve_resume(str(tmp_path / "broken.ckpt"), tmp_path)
     assert resolve_resume("auto", tmp_path / "nothing-here") is None
     assert remove_debris(tmp_path) == [killed] and not killed.exists()
+    for name in ("final.ckpt.tmp", "step-000010.ckpt.tmp-backup"):  # finished-looking, yet named as a write
+        shutil.copytree(good, tmp_path / name)
+        with pytest.raises(CheckpointError, match="a .tmp directory is a write that may not have finished"):
+            resolve_resume(str(tmp_path / name), tmp_path)
 
 
 def test_overwriting_a_checkpoint_replaces_it_whole(tmp_path):
@@ -196,6 +203,17 @@ def test_prune_keeps_newest_final_and_latest(tmp_path):
         "step-000040.ckpt",
         "final.ckpt",
     ]
+
+
+def test_a_checkpoint_no_run_wrote_is_never_pruned_or_resumed(tmp_path):
+    """An imported model beside a run's checkpoints (checkpoints/smol.ckpt) is not the run's to delete."""
+    cfg = TINY_MODELS["gqa8x2-tied"]
+    weights = init_weights(cfg)
+    imported = save_checkpoint(tmp_path / "smol.ckpt", weights, cfg, trainer_state={"step": 0, "backend": "convert"})
+    assert resolve_resume("auto", tmp_path) is None  # nothing of a run here: a fresh start
+    runs = [save_checkpoint(tmp_path / f"step-{s:06d}.ckpt", weights, cfg, trainer_state={"step": s}) for s in (1, 2)]
+    assert prune_checkpoints(tmp_path, keep_last=1) == runs[:1]
+    assert imported.is_dir() and resolve_resume("auto", tmp_path) == runs[1]
 
 
 @pytest.mark.slow

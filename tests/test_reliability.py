@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+import yaml
 from helpers import ROOT, file_hashes, max_weight_diff, smoke_argv, train_losses
 from safetensors.numpy import save_file
 
@@ -131,6 +133,53 @@ def test_a_second_trainer_on_the_same_directory_is_refused(tmp_path, data_cache)
     assert [p.name for p in list_checkpoints(tmp_path / "ckpt")] == [f"step-{steps[-1]:06d}.ckpt"]
 
 
+@pytest.mark.slow
+def test_overwrite_never_removes_what_the_run_did_not_write(tmp_path, data_cache, capsys):
+    """An imported model in output.dir (the README's convert import -> init_from) is neither refused as a run
+    nor pruned, and the refusal's own fix, output.overwrite, deletes only the earlier run's files: never the
+    checkpoint this run starts from."""
+    source = train("torch", tmp_path / "source", data_cache, "--training.max_steps", "1", *QUIET) / "final.ckpt"
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    smol = out / "smol.ckpt"  # as `python -m convert import ... checkpoints/smol.ckpt` leaves it
+    shutil.copytree(source, smol)
+    (smol / "optimizer.safetensors").unlink()
+    (smol / "trainer_state.json").write_text(json.dumps({"step": 0, "tokens_seen": 0, "backend": "convert"}))
+    kept = file_hashes(smol)
+    fine_tune = ("--training.init_from", str(smol), "--training.max_steps", "3", "--training.save_every", "1",
+                 "--training.keep_last", "1", "--training.eval_every", "0")  # fmt: skip
+    train("torch", tmp_path, data_cache, *fine_tune)  # not "already holds a run": smol.ckpt is no run
+    assert [p.name for p in list_checkpoints(out)] == ["smol.ckpt", "step-000002.ckpt", "final.ckpt"]
+    with pytest.raises(UserError, match="already holds a run .*--output.overwrite true \\(deletes that run's"):
+        train("torch", tmp_path, data_cache, *fine_tune)
+    train("torch", tmp_path, data_cache, *fine_tune, "--output.overwrite", "true")  # the suggested fix: safe
+    assert file_hashes(smol) == kept and read_trainer_state(out / "final.ckpt")["step"] == 3
+    before = file_hashes(tmp_path)
+    with pytest.raises(UserError, match="is a checkpoint of the run in .* which this run would replace; copy it"):
+        train("torch", tmp_path, data_cache, "--training.init_from", str(out / "final.ckpt"),
+              "--output.overwrite", "true", *QUIET)  # fmt: skip
+    assert file_hashes(tmp_path) == before  # refused before anything was deleted
+
+
+@pytest.mark.slow
+def test_a_resume_continues_with_its_runs_own_settings(tmp_path, data_cache, capsys):
+    """As after `make train` (other settings than the config file's): `--resume auto --training.max_steps N`
+    with the config file alone continues the run as it was, the one change listed, the file's unused keys named."""
+    own = ("--training.seq_len", "32", "--training.batch_size", "4", "--training.schedule", "wsd",
+           "--training.warmup_steps", "2", "--training.eval_every", "0")  # fmt: skip
+    train("torch", tmp_path, data_cache, "--training.max_steps", "4", *own)
+    capsys.readouterr()
+    train("torch", tmp_path, data_cache, "--resume", "auto", "--training.max_steps", "6")
+    err = capsys.readouterr().err
+    assert "with its own settings; changed: training.max_steps 4 -> 6\n" in err
+    assert "smoke.yaml's training.seq_len, training.batch_size, training.warmup_steps, training.schedule, " in err
+    saved = yaml.safe_load((tmp_path / "ckpt/final.ckpt/train_config.yaml").read_text())["training"]
+    assert (saved["seq_len"], saved["batch_size"], saved["schedule"], saved["warmup_steps"]) == (32, 4, "wsd", 2)
+    assert sorted(train_losses(tmp_path)) == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(UserError, match="training.seq_len was 32, now 64; keep it equal"):
+        train("torch", tmp_path, data_cache, "--resume", "auto", "--training.seq_len", "64")
+
+
 # --------------------------------------------------------------------------------------- resume
 
 
@@ -147,7 +196,7 @@ def test_resume_refuses_another_model_tokenizer_or_dataset_and_prints_schedule_c
         train("torch", tmp_path, data_cache, "--data.max_documents", "30", "--data.tokenizer", own, *resume)
     capsys.readouterr()
     train("torch", tmp_path, data_cache, "--training.max_steps", "4", "--training.lr", "1e-3", *resume)
-    assert "changed settings: training.max_steps 2 -> 4, training.lr 0.003 -> 0.001" in capsys.readouterr().err
+    assert "changed: training.max_steps 2 -> 4, training.lr 0.003 -> 0.001" in capsys.readouterr().err
     assert read_trainer_state(tmp_path / "ckpt/final.ckpt")["step"] == 4
 
 

@@ -30,9 +30,9 @@ from tinyllama.core.cases import case_tokens, load_cases
 from tinyllama.core.checkpoint import read_train_config, read_trainer_state
 from tinyllama.core.cli import ArgumentParser, UserError, exit_without_teardown, human_count, run_cli
 from tinyllama.core.config import Config, config_from_dict
+from tinyllama.core.dtypes import dtype_arg
 from tinyllama.core.fs import atomic_path, check_writable, write_text
 from tinyllama.core.model_files import read_model_config
-from tinyllama.core.weights import dtype_arg
 
 DEFAULT_CASES = Path(__file__).resolve().parent / "cases" / "wiki_basics.yaml"
 CASE_KEYS = ("name", "prompt", "expect", "rank", "hit", "logprob", "mean_logprob")

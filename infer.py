@@ -26,9 +26,9 @@ from pathlib import Path
 from tinyllama.convert.model_source import resolve_model
 from tinyllama.core.backend import BACKENDS, Backend, load_backend, pick
 from tinyllama.core.cli import ArgumentParser, UserError, exit_without_teardown, human_bytes, human_count, run_cli
+from tinyllama.core.dtypes import dtype_arg
 from tinyllama.core.model_files import is_mlx_quantized, read_eos_ids, read_model_config
 from tinyllama.core.sampling import SamplingParams, TextStream, fit_prompt
-from tinyllama.core.weights import dtype_arg
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

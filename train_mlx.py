@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     run.claim(args.resume)  # output.dir: locked, checked, never mixed with an earlier run
     start = run.prepare(prepare_data(cfg.data, progress=run.is_main, launch=run.is_main), args.resume)
     model = build_model(cfg.model, start.weights, dtype=t.dtype)
-    optimizer = make_optimizer(t)
+    optimizer = make_optimizer(t, cfg.model)
     load_optimizer_state(optimizer, model, start.optimizer, start.updates)
     del start.weights, start.optimizer
     micro_step, step_fn = build_step(model, optimizer, cfg, run.world)

@@ -37,7 +37,7 @@ def measure_step(mode: str, d_model: int, n_layers: int) -> int:
     import torch
     from scaling import Case, load  # bench/scaling.py: its shape of a model of this width
 
-    from tinyllama.core.weights import init_weights
+    from tinyllama.core.architecture import init_weights
     from tinyllama.torch_model.loss import keep_eager_under_compile
     from tinyllama.torch_model.state import build_model
 

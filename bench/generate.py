@@ -27,9 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tinyllama.core.architecture import count_parameters, init_weights  # noqa: E402
 from tinyllama.core.checkpoint import save_checkpoint  # noqa: E402
 from tinyllama.core.config import load_config  # noqa: E402
-from tinyllama.core.weights import count_parameters, init_weights  # noqa: E402
 
 SAMPLED = {"temperature": 0.8, "top_p": 0.95}
 

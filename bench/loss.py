@@ -46,7 +46,7 @@ def torch_step(cfg, variant: str):
     import torch
     from torch.nn.functional import cross_entropy
 
-    from tinyllama.core.weights import init_weights
+    from tinyllama.core.architecture import init_weights
     from tinyllama.torch_model.state import build_model
 
     model = build_model(cfg.model, init_weights(cfg.model, 0))
@@ -86,7 +86,7 @@ def mlx_head(cfg, variant: str):
 def adamw(cfg, variant: str):
     import torch
 
-    from tinyllama.core.weights import init_weights
+    from tinyllama.core.architecture import init_weights
     from tinyllama.torch_model.state import build_model
 
     model = build_model(cfg.model, init_weights(cfg.model, 0))

@@ -24,9 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tinyllama.core.architecture import init_weights  # noqa: E402
 from tinyllama.core.config import load_config  # noqa: E402
 from tinyllama.core.hardware import cpu_name  # noqa: E402
-from tinyllama.core.weights import init_weights  # noqa: E402
 
 
 def batch(cfg, batch_size: int, seq_len: int):

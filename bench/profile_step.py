@@ -22,8 +22,8 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from train_torch import make_step  # noqa: E402  (bench/train_torch.py: the benched step itself)
 
+from tinyllama.core.architecture import init_weights  # noqa: E402
 from tinyllama.core.config import load_config  # noqa: E402
-from tinyllama.core.weights import init_weights  # noqa: E402
 from tinyllama.torch_model.state import build_model  # noqa: E402
 
 

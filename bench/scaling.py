@@ -129,7 +129,7 @@ def plan(pairs, d_models, seqs, tokens: int, config: str) -> list[Case]:
 
 
 def step_flops(case: Case, config: str) -> float:
-    from tinyllama.core.weights import flops_per_token
+    from tinyllama.core.architecture import flops_per_token
 
     return case.batch_size * case.seq_len * flops_per_token(load(config, case).model, case.seq_len)
 
@@ -206,7 +206,7 @@ def worker(args) -> dict:
     rng = np.random.default_rng(0)
     tokens = [rng.integers(0, cfg.model.vocab_size, (case.batch_size, case.seq_len + 1)) for _ in range(args.steps)]
     batches = [(t[:, :-1].astype(np.int32), t[:, 1:].astype(np.int32)) for t in tokens]
-    from tinyllama.core.weights import init_weights
+    from tinyllama.core.architecture import init_weights
 
     if case.backend == "mlx":
         import mlx.core as mx

@@ -5,7 +5,7 @@
     python bench/time_to_loss.py --target 4.75 --only torch-muon --max-steps 300 --seed 1  # our best
 
 One fixed small model (d_model 256, 4 layers, seq 256) on the built-in corpus with a small trained BPE, the
-same initial weights (core.weights.init_weights), the same batches in the same order (data.loader) and the
+same initial weights (core.architecture.init_weights), the same batches in the same order (data.loader) and the
 same validation windows for every variant:
 
     hf-adamw      transformers.LlamaForCausalLM + torch.optim.AdamW + warmup/cosine, written plainly
@@ -60,8 +60,8 @@ def torch_loop(cfg, variant: str):
     """(step(x, y, step_index), eval_loss(x, y)) for the torch variants."""
     import torch
 
+    from tinyllama.core.architecture import init_weights
     from tinyllama.core.schedule import lr_at
-    from tinyllama.core.weights import init_weights
 
     t = cfg.training
     weights = init_weights(cfg.model, t.seed)
@@ -124,15 +124,15 @@ def mlx_loop(cfg):
     import mlx.core as mx
     from mlx.utils import tree_map
 
+    from tinyllama.core.architecture import init_weights
     from tinyllama.core.schedule import lr_at
-    from tinyllama.core.weights import init_weights
     from tinyllama.mlx_model.optim import load_optimizer_state, make_optimizer
     from tinyllama.mlx_model.state import build_model
     from tinyllama.train_mlx import build_step
 
     t = cfg.training
     model = build_model(cfg.model, init_weights(cfg.model, t.seed))
-    optimizer = make_optimizer(t)
+    optimizer = make_optimizer(t, cfg.model)
     load_optimizer_state(optimizer, model, None, 0)
     _, compiled = build_step(model, optimizer, cfg, 1)
 

@@ -32,10 +32,10 @@ import numpy as np  # noqa: E402
 from mlx.utils import tree_map  # noqa: E402
 from turns import alternate, medians, spread  # noqa: E402  (bench/turns.py)
 
+from tinyllama.core.architecture import flops_per_token, init_weights  # noqa: E402
 from tinyllama.core.config import load_config  # noqa: E402
 from tinyllama.core.hardware import peak_flops  # noqa: E402
 from tinyllama.core.hf_config import to_hf_config  # noqa: E402
-from tinyllama.core.weights import flops_per_token, init_weights  # noqa: E402
 from tinyllama.mlx_model.optim import load_optimizer_state, make_optimizer  # noqa: E402
 from tinyllama.mlx_model.state import build_model, device_name, load_state, measured_gemm_flops  # noqa: E402
 from tinyllama.train_mlx import build_step  # noqa: E402
@@ -60,7 +60,7 @@ def mlx_lm_model(cfg):
 
 def make_step(model, cfg):
     """One compiled training step of `model` on a batch, evaluated (MLX waits for it)."""
-    optimizer = make_optimizer(cfg.training)
+    optimizer = make_optimizer(cfg.training, cfg.model)
     load_optimizer_state(optimizer, model, None, 0)
     micro_step, step = build_step(model, optimizer, cfg, 1)
 

@@ -30,10 +30,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from turns import alternate, medians, spread  # noqa: E402  (bench/turns.py)
 
+from tinyllama.core.architecture import flops_per_token, init_weights  # noqa: E402
 from tinyllama.core.config import load_config  # noqa: E402
 from tinyllama.core.hardware import cpu_name, peak_flops  # noqa: E402
 from tinyllama.core.hf_config import to_hf_config  # noqa: E402
-from tinyllama.core.weights import flops_per_token, init_weights  # noqa: E402
 from tinyllama.torch_model.loss import keep_eager_under_compile  # noqa: E402
 from tinyllama.torch_model.optim import make_optimizer  # noqa: E402
 from tinyllama.torch_model.state import build_model, measured_gemm_flops  # noqa: E402

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from tinyllama.core.cli import ArgumentParser, exit_without_teardown, module_prog, run_cli
-from tinyllama.core.weights import canonical_dtype, dtype_arg
+from tinyllama.core.dtypes import canonical_dtype, dtype_arg
 
 GGUF_NAMES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}  # GGUF spells the float types its own way
 

@@ -24,9 +24,9 @@ from safetensors import SafetensorError
 from tinyllama.core.checkpoint import TOKENIZER_FILES, save_checkpoint
 from tinyllama.core.cli import UserError, human_bytes
 from tinyllama.core.config import ConfigError, ModelConfig, validate_model
+from tinyllama.core.dtypes import canonical_dtype, numpy_dtype
 from tinyllama.core.fs import atomic_path
 from tinyllama.core.model_files import load_weights, read_json_object
-from tinyllama.core.weights import canonical_dtype, numpy_dtype
 
 FP16_MAX = 65504.0
 

@@ -14,10 +14,10 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 
 from tinyllama.convert.common import ConvertError
+from tinyllama.core.architecture import count_parameters
 from tinyllama.core.checkpoint import read_trainer_state
 from tinyllama.core.cli import human_bytes, human_count
 from tinyllama.core.model_files import read_hf_config, read_model_config
-from tinyllama.core.weights import count_parameters
 
 SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "U32": "uint32 (packed)"}
 

@@ -23,11 +23,11 @@ import numpy as np
 from tqdm import tqdm
 
 from tinyllama.convert.common import FP16_MAX, ConvertError, check_output, check_space, load_checked_weights, writing
-from tinyllama.convert.gguf_layout import hf_to_gguf_name, permute_qk, qk_heads
+from tinyllama.convert.gguf_layout import gguf_names, permute_qk, qk_heads
 from tinyllama.convert.gguf_tokenizer import GGUFVocab, vocab_from_tokenizer_dir
 from tinyllama.core.config import ModelConfig
+from tinyllama.core.dtypes import numpy_dtype
 from tinyllama.core.model_files import read_hf_config, read_model_config
-from tinyllama.core.weights import numpy_dtype
 
 GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 
@@ -109,12 +109,12 @@ def encode_tensor(name: str, value: np.ndarray, dtype: str, head: bool = False):
 def gguf_tensors(cfg: ModelConfig, weights: dict[str, np.ndarray], dtype: str) -> list[tuple[str, np.ndarray, object]]:
     """(GGUF name, encoded data, GGML type) for every weight, q/k rows in llama.cpp's order."""
     out = []
-    head = "lm_head.weight" if "lm_head.weight" in weights else "model.embed_tokens.weight"  # tied: the embedding
-    for name, value in tqdm(weights.items(), desc=f"encode {dtype}", unit="tensor", disable=None):
+    head = "model.embed_tokens.weight" if cfg.tie_embeddings else "lm_head.weight"  # the output projection
+    for gguf_name, name in tqdm(gguf_names(cfg).items(), desc=f"encode {dtype}", unit="tensor", disable=None):
         heads = qk_heads(cfg, name)
-        value = permute_qk(value, heads) if heads else value
+        value = permute_qk(weights[name], heads) if heads else weights[name]
         data, qtype = encode_tensor(name, value, dtype, head=name == head)
-        out.append((hf_to_gguf_name(name), data, qtype))
+        out.append((gguf_name, data, qtype))
     return out
 
 

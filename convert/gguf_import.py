@@ -27,8 +27,8 @@ from tinyllama.convert.common import (
 )
 from tinyllama.convert.gguf_layout import gguf_names, qk_heads, unpermute_qk
 from tinyllama.convert.gguf_tokenizer import GGUFVocab, write_tokenizer_dir
+from tinyllama.core.architecture import parameter_shapes
 from tinyllama.core.config import ModelConfig
-from tinyllama.core.weights import parameter_shapes
 
 
 def open_reader(path: str | Path):
@@ -140,7 +140,7 @@ def read_gguf_weights(reader, cfg: ModelConfig, source: str) -> dict[str, np.nda
     from gguf.quants import dequantize
 
     expected = parameter_shapes(cfg)
-    by_gguf = gguf_names(expected)
+    by_gguf = gguf_names(cfg)
     tensors = {t.name: t for t in reader.tensors}
     unknown = sorted(set(tensors) - set(by_gguf))
     if unknown:

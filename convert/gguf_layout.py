@@ -5,38 +5,20 @@ Used both ways: gguf_export.py writes with these names and permutes q/k rows, gg
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
+from tinyllama.core.architecture import parameters
 from tinyllama.core.config import ModelConfig
 
-_GGUF_LAYER_NAMES = {
-    "input_layernorm": "attn_norm",
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "post_attention_layernorm": "ffn_norm",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-}
-_GGUF_TOP_NAMES = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
 
-
-def hf_to_gguf_name(name: str) -> str:
-    """`model.layers.3.self_attn.q_proj.weight` -> `blk.3.attn_q.weight` (llama.cpp's llama names)."""
-    match = _LAYER.match(name)
-    if match:
-        return f"blk.{match.group(1)}.{_GGUF_LAYER_NAMES[match.group(2)]}.weight"
-    return _GGUF_TOP_NAMES[name.removesuffix(".weight")] + ".weight"
-
-
-def gguf_names(hf_names) -> dict[str, str]:
-    """GGUF name -> HF name for each of `hf_names`."""
-    return {hf_to_gguf_name(name): name for name in hf_names}
+def gguf_names(cfg: ModelConfig) -> dict[str, str]:
+    """GGUF name -> HF name for every parameter of `cfg`, from the names core.architecture declares
+    (`model.layers.3.self_attn.q_proj.weight` -> `blk.3.attn_q.weight`, llama.cpp's names)."""
+    names = {}
+    for name, param in parameters(cfg).items():
+        layer = name.split(".")[2] if name.startswith("model.layers.") else None
+        names[f"blk.{layer}.{param.gguf}.weight" if layer is not None else f"{param.gguf}.weight"] = name
+    return names
 
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:

@@ -25,10 +25,11 @@ from tinyllama.convert.common import (
     prepare_tokenizer,
     writing,
 )
+from tinyllama.core.architecture import count_parameters
 from tinyllama.core.checkpoint import read_trainer_state
+from tinyllama.core.dtypes import DTYPE_SPELLINGS, DTYPES
 from tinyllama.core.hf_config import to_hf_config
 from tinyllama.core.model_files import read_hf_config, read_json_object, read_model_config
-from tinyllama.core.weights import DTYPE_SPELLINGS, DTYPES, count_parameters
 
 
 def model_card(name: str, cfg, dtype: str, state: dict) -> str:

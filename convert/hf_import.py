@@ -24,9 +24,9 @@ from tinyllama.convert.common import (
     write_imported,
 )
 from tinyllama.core.config import ConfigError, ModelConfig
+from tinyllama.core.dtypes import runtime_dtype
 from tinyllama.core.hf_config import from_hf_config
 from tinyllama.core.model_files import read_json_object
-from tinyllama.core.weights import runtime_dtype
 
 FIX = "re-download the model"
 

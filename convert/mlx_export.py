@@ -29,9 +29,10 @@ from tinyllama.convert.common import (
     prepare_tokenizer,
     writing,
 )
+from tinyllama.core.architecture import count_parameters
+from tinyllama.core.dtypes import canonical_dtype, weights_dtype
 from tinyllama.core.hf_config import to_hf_config
 from tinyllama.core.model_files import read_hf_config, read_json_object, read_model_config, weight_files
-from tinyllama.core.weights import canonical_dtype, count_parameters, weights_dtype
 
 Q_BITS = (2, 3, 4, 5, 6, 8)
 Q_GROUP_SIZES = (32, 64, 128)

@@ -33,11 +33,12 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.numpy import save_file
 
+from tinyllama.core.architecture import check_weights
 from tinyllama.core.config import Config, ModelConfig
+from tinyllama.core.dtypes import weights_dtype
 from tinyllama.core.fs import atomic_path, is_temporary, remove_atomically, write_text
 from tinyllama.core.hf_config import to_hf_config
 from tinyllama.core.model_files import CheckpointError, is_checkpoint, read_json_object
-from tinyllama.core.weights import check_weights, weights_dtype
 
 TOKENIZER_FILES = (
     "tokenizer.json",

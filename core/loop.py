@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tinyllama.core.architecture import flops_per_token
 from tinyllama.core.cli import UserError, human_bytes, human_flops
 from tinyllama.core.config import Config
 from tinyllama.core.fs import release_lock
@@ -44,7 +45,6 @@ from tinyllama.core.training import (
     trainer_state,
     write_checkpoint,
 )
-from tinyllama.core.weights import flops_per_token
 
 if TYPE_CHECKING:  # data/ uses core; core names data's types only
     from tinyllama.data.store import PreparedData

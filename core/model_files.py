@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
+from tinyllama.core.architecture import moment_shapes, parameter_shapes, tensor_count
 from tinyllama.core.cli import UserError
 from tinyllama.core.config import ConfigError, ModelConfig
+from tinyllama.core.dtypes import numpy_dtype
 from tinyllama.core.fs import is_temporary
 from tinyllama.core.hf_config import from_hf_config
-from tinyllama.core.weights import moment_shapes, numpy_dtype, parameter_shapes
 
 
 class CheckpointError(UserError):
@@ -164,8 +165,7 @@ def _read_checked(
                 numpy_dtype("bfloat16")  # registers numpy's bf16 (ml_dtypes), which safetensors' numpy API needs
             where[name], shapes[name] = file, shape
     named = str(files[0]) if len(files) == 1 else f"{source}'s {len(files)} weight files"
-    per_model = 9 * model_cfg.n_layers + 3  # tensors per block, embedding, final norm, head
-    if per_model > 2 * (len(shapes) + 3):  # what a config.json with an absurd layer count looks like
+    if tensor_count(model_cfg) > 2 * (len(shapes) + 3):  # what a config.json with an absurd layer count looks like
         raise CheckpointError(
             f"{named} holds {len(shapes)} tensors, far fewer than the {model_cfg.n_layers:,} layers of config.json "
             f"need; a file is truncated or config.json belongs to another model; {fix}"
@@ -237,7 +237,7 @@ def load_optimizer(
 ) -> dict[str, np.ndarray] | None:
     """The optimizer state for `training.optimizer` = `optimizer`, checked like the weights (names, shapes,
     finite values); None when the checkpoint has none. AdamW parameters have "<param>.exp_avg" /
-    ".exp_avg_sq", Muon weights "<param>.momentum_buffer" (core.weights.moment_names). A file written by the
+    ".exp_avg_sq", Muon weights "<param>.momentum_buffer" (core.architecture.moment_names). A file written by the
     other optimizer is refused in one line: its moments cannot continue this run's update."""
     path = Path(path)
     file = path / "optimizer.safetensors"

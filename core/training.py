@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from tinyllama.core.architecture import count_parameters, flops_per_token, init_weights
 from tinyllama.core.checkpoint import (
     LATEST,
     prune_checkpoints,
@@ -30,7 +31,6 @@ from tinyllama.core.config import Config, DataConfig, config_from_dict, load_con
 from tinyllama.core.config_help import override_help
 from tinyllama.core.fs import hold_lock, remove_atomically, remove_debris
 from tinyllama.core.model_files import CheckpointError, load_optimizer, load_weights, read_model_config
-from tinyllama.core.weights import count_parameters, flops_per_token, init_weights
 
 # What must match between a checkpoint's run and the resuming run for the next batch to be the same.
 RESUME_MUST_MATCH = ("seed", "seq_len", "batch_size", "grad_accum")

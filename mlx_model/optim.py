@@ -3,8 +3,8 @@ is muon) and their state in the neutral checkpoint format.
 
 MLX's `Adam(bias_correction=True)` computes torch's Adam step (same eps placement); decoupled weight
 decay `p *= 1 - lr * wd` is applied first, to the 2-D weights AdamW owns, as torch's AdamW does per group.
-With muon, an `optim.MultiOptimizer` sends the weights `core.weights.uses_muon` names to
-`mlx_model.muon.Muon` and the rest to Adam. The neutral format (core.weights.moment_names) is
+With muon, an `optim.MultiOptimizer` sends the weights `core.architecture.optimizer_roles` names to
+`mlx_model.muon.Muon` and the rest to Adam. The neutral format (core.architecture.moment_names) is
 "<param>.exp_avg" / "<param>.exp_avg_sq" for AdamW and "<param>.momentum_buffer" for Muon, in fp32; the
 step count lives in trainer_state.json."""
 
@@ -16,21 +16,22 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from tinyllama.core.config import TrainingConfig
-from tinyllama.core.weights import is_decayed, moment_names, uses_muon
+from tinyllama.core.architecture import moment_names, optimizer_roles
+from tinyllama.core.config import ModelConfig, TrainingConfig
 from tinyllama.mlx_model.muon import Muon
 from tinyllama.mlx_model.state import to_numpy
 
 ADAM_NAMES = {"m": "exp_avg", "v": "exp_avg_sq"}  # MLX's Adam state -> torch's names
 
 
-def make_optimizer(cfg: TrainingConfig) -> optim.Optimizer:
+def make_optimizer(cfg: TrainingConfig, model_cfg: ModelConfig) -> optim.Optimizer:
     """Adam, or Muon + Adam (a MultiOptimizer: one `learning_rate` setter, one state tree) for muon."""
     adam = optim.Adam(learning_rate=cfg.lr, betas=list(cfg.betas), eps=cfg.eps, bias_correction=True)
     if cfg.optimizer != "muon":
         return adam
     muon = Muon(cfg.lr, cfg.muon_lr / cfg.lr, cfg.muon_momentum, cfg.muon_weight_decay, cfg.muon_precision)
-    return optim.MultiOptimizer([muon, adam], [lambda name, _: uses_muon(name)])
+    roles = optimizer_roles(model_cfg, "muon")
+    return optim.MultiOptimizer([muon, adam], [lambda name, _: roles[name] == "muon"])
 
 
 def _parts(optimizer: optim.Optimizer) -> list[optim.Optimizer]:
@@ -39,13 +40,12 @@ def _parts(optimizer: optim.Optimizer) -> list[optim.Optimizer]:
 
 def apply_weight_decay(model: nn.Module, lr: mx.array, weight_decay: float, optimizer: str = "adamw") -> None:
     """AdamW's decoupled weight decay on 2-D weights (matrices, embeddings), never on norm gains, nor on the
-    weights Muon owns (Muon decays those itself, at its own rate)."""
+    weights Muon owns (Muon decays those itself, at its own rate): core.architecture.optimizer_roles."""
     if weight_decay == 0:
         return
+    roles = optimizer_roles(model.cfg, optimizer)
     decayed = [
-        (name, p * (1 - lr * weight_decay).astype(p.dtype))
-        if is_decayed(p.ndim) and not uses_muon(name, optimizer)
-        else (name, p)
+        (name, p * (1 - lr * weight_decay).astype(p.dtype)) if roles[name] == "decay" else (name, p)
         for name, p in tree_flatten(model.trainable_parameters())
     ]
     model.update(tree_unflatten(decayed))
@@ -70,9 +70,9 @@ def load_optimizer_state(
     optimizer.init(model.trainable_parameters())
     if moments is None:
         return
-    muon = "muon" if len(_parts(optimizer)) > 1 else "adamw"
+    roles = optimizer_roles(model.cfg, "muon" if len(_parts(optimizer)) > 1 else "adamw")
     params = dict(tree_flatten(model.trainable_parameters()))
-    missing = [n for n in params if any(m not in moments for m in moment_names(n, muon))]
+    missing = [n for n in params if any(m not in moments for m in moment_names(n, roles[n]))]
     if missing:
         raise ValueError(f"optimizer state lacks moments for '{missing[0]}'")
     for part in _parts(optimizer):

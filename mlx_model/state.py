@@ -11,10 +11,11 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
+from tinyllama.core.architecture import init_weights
 from tinyllama.core.config import ModelConfig
+from tinyllama.core.dtypes import numpy_dtype, runtime_dtype
 from tinyllama.core.hardware import apple_chip, cpu_name, remembered_gemm_flops, system_memory_bytes
 from tinyllama.core.model_files import CheckpointError, load_weights, mlx_quantization, read_model_config, weight_files
-from tinyllama.core.weights import init_weights, numpy_dtype, runtime_dtype
 from tinyllama.mlx_model.model import Model
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
@@ -53,7 +54,7 @@ def load_state(model: nn.Module, weights: dict[str, np.ndarray]) -> None:
 def build_model(
     cfg: ModelConfig, weights: dict[str, np.ndarray] | None = None, seed: int = 0, dtype: str = "float32"
 ) -> Model:
-    """A model in `dtype`, from `weights` or from the shared numpy init (core.weights)."""
+    """A model in `dtype`, from `weights` or from the shared numpy init (core.architecture)."""
     model = Model(cfg)
     model.set_dtype(DTYPES[dtype])
     load_state(model, weights if weights is not None else init_weights(cfg, seed))

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tinyllama.core.architecture import init_weights
 from tinyllama.core.checkpoint import save_checkpoint
 from tinyllama.core.config import ModelConfig
 from tinyllama.core.model_files import load_weights
-from tinyllama.core.weights import init_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = str(ROOT / "configs" / "smoke.yaml")

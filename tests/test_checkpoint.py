@@ -16,6 +16,7 @@ import torch
 from helpers import ROOT, TINY_MODELS
 
 import tinyllama.core.checkpoint as ckpt_mod
+from tinyllama.core.architecture import init_weights
 from tinyllama.core.checkpoint import (
     list_checkpoints,
     prune_checkpoints,
@@ -28,7 +29,6 @@ from tinyllama.core.checkpoint import (
 from tinyllama.core.config import load_config
 from tinyllama.core.fs import remove_debris
 from tinyllama.core.model_files import CheckpointError, load_optimizer, load_weights, read_model_config
-from tinyllama.core.weights import init_weights
 from tinyllama.mlx_model.state import build_model as build_mlx
 from tinyllama.mlx_model.state import load_model as load_mlx
 from tinyllama.mlx_model.state import model_state as mlx_state

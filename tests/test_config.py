@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 from helpers import ROOT, TINY_MODELS
 
+from tinyllama.core.architecture import count_parameters
 from tinyllama.core.config import Config, ConfigError, load_config, parse_overrides, save_config
 from tinyllama.core.hf_config import from_hf_config, to_hf_config
-from tinyllama.core.weights import count_parameters
 
 
 def test_precedence_defaults_then_yaml_then_cli(tmp_path):
@@ -159,7 +159,7 @@ def test_config_dataclasses_have_no_framework_imports():
     import sys
 
     code = (
-        "import sys, core.config, core.hf_config, core.checkpoint, core.weights; "
+        "import sys, core.config, core.hf_config, core.checkpoint, core.architecture, core.dtypes; "
         "print('torch' in sys.modules, 'mlx' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)

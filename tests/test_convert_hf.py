@@ -12,9 +12,10 @@ from helpers import GGUF_MODELS, greedy_mlx, make_checkpoint, run_convert, write
 
 from tinyllama.convert.hf_export import export_hf
 from tinyllama.convert.mlx_export import export_mlx
+from tinyllama.core.architecture import count_parameters
 from tinyllama.core.checkpoint import save_checkpoint
+from tinyllama.core.dtypes import numpy_dtype
 from tinyllama.core.model_files import load_weights
-from tinyllama.core.weights import count_parameters, numpy_dtype
 from tinyllama.mlx_model.state import load_model as load_mlx
 from tinyllama.torch_model.state import load_model as load_torch
 

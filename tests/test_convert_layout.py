@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from helpers import GGUF_MODELS, write_bpe_tokenizer
 
-from tinyllama.convert.gguf_layout import gguf_names, hf_to_gguf_name, permute_qk, unpermute_qk
+from tinyllama.convert.gguf_layout import gguf_names, permute_qk, unpermute_qk
 from tinyllama.convert.gguf_tokenizer import detect_pre
-from tinyllama.core.weights import parameter_shapes
+from tinyllama.core.architecture import parameter_shapes
 
 
 @pytest.mark.parametrize("n_head,head_dim", [(4, 16), (3, 64), (1, 8)])
@@ -25,10 +25,10 @@ def test_permute_matches_llama_cpp_and_inverts(n_head, head_dim):
 
 
 def test_gguf_names_cover_every_parameter_once():
-    names = list(parameter_shapes(GGUF_MODELS["gqa4x2-untied-headdim"]))
-    mapping = gguf_names(names)
-    assert len(mapping) == len(names)
-    assert hf_to_gguf_name("model.layers.1.self_attn.o_proj.weight") == "blk.1.attn_output.weight"
+    cfg = GGUF_MODELS["gqa4x2-untied-headdim"]
+    mapping = gguf_names(cfg)
+    assert sorted(mapping.values()) == sorted(parameter_shapes(cfg))
+    assert mapping["blk.1.attn_output.weight"] == "model.layers.1.self_attn.o_proj.weight"
     assert {"token_embd.weight", "output_norm.weight", "output.weight", "blk.0.ffn_down.weight"} <= set(mapping)
 
 

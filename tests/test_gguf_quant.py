@@ -49,7 +49,7 @@ def _dequantized(path, ckpt) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
     from gguf.quants import dequantize
 
     cfg, source = read_model_config(ckpt), load_weights(ckpt)
-    names = gguf_names(source)
+    names = gguf_names(cfg)
     out = {}
     for t in open_reader(path).tensors:
         hf = names[t.name]

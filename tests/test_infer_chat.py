@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from helpers import run_infer
 
+from tinyllama.core.architecture import parameter_shapes
 from tinyllama.core.backend import Backend
 from tinyllama.core.checkpoint import save_checkpoint
 from tinyllama.core.config import ModelConfig
-from tinyllama.core.weights import parameter_shapes
 from tinyllama.data.chat import DEFAULT_TEMPLATE, prompt_ids
 from tinyllama.data.tokenizer import Tokenizer
 

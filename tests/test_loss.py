@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import tinyllama.torch_model.loss as loss_module
-from tinyllama.core.weights import init_weights
+from tinyllama.core.architecture import init_weights
 from tinyllama.mlx_model.state import build_model as build_mlx
 from tinyllama.torch_model.loss import keep_eager_under_compile
 from tinyllama.torch_model.state import build_model as build_torch

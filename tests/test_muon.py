@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from helpers import ROOT, TINY_MODELS, max_weight_diff, random_weights, smoke_argv, tokens_for, train_losses
 
+from tinyllama.core.architecture import moment_shapes, optimizer_roles, parameter_shapes
 from tinyllama.core.cli import UserError
 from tinyllama.core.config import Config, ConfigError, TrainingConfig, load_config
 from tinyllama.core.schedule import lr_at, muon_lr_at
-from tinyllama.core.weights import moment_shapes, parameter_shapes, uses_muon
 
 BLOCK_MATRICES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                   "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")  # fmt: skip
@@ -37,12 +37,14 @@ def reference_muon(w, g, buf, lr, momentum, weight_decay):
 def test_muon_owns_the_block_matrices_only():
     cfg = TINY_MODELS["mha4-untied"]
     names = list(parameter_shapes(cfg))
-    muon = [n for n in names if uses_muon(n)]
+    roles = optimizer_roles(cfg, "muon")
+    muon = [n for n in names if roles[n] == "muon"]
     assert muon == [f"model.layers.{i}.{m}.weight" for i in range(cfg.n_layers) for m in BLOCK_MATRICES]
     rest = set(names) - set(muon)
     assert {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"} <= rest
     assert all("layernorm" in n for n in rest if n.startswith("model.layers."))
-    assert not any(uses_muon(n, "adamw") for n in names)
+    assert "muon" not in optimizer_roles(cfg, "adamw").values()
+    assert {n for n, role in roles.items() if role == "plain"} == {n for n in names if "norm" in n}
     moments = moment_shapes(cfg, "muon")
     assert moments["model.layers.1.mlp.up_proj.weight.momentum_buffer"] == (cfg.d_ff, cfg.d_model)
     assert "model.layers.1.mlp.up_proj.weight.exp_avg" not in moments
@@ -60,14 +62,14 @@ def test_each_backend_hands_muon_exactly_those_weights():
 
     cfg = TINY_MODELS["mha4-untied"]
     weights = random_weights(cfg)
-    expected = {n for n in weights if uses_muon(n)}
+    expected = {n for n, role in optimizer_roles(cfg, "muon").items() if role == "muon"}
     t = TrainingConfig(optimizer="muon")
     model = torch_model(cfg, weights, device=torch.device("cpu"))
     opt = torch_optimizer(model, t)
     names = {id(p): n for n, p in model.named_parameters()}
     assert {names[id(p)] for g in opt.muon.param_groups for p in g["params"]} == expected
     assert {names[id(p)] for g in opt.adamw.param_groups for p in g["params"]} == set(weights) - expected
-    optimizer = make_optimizer(t)
+    optimizer = make_optimizer(t, cfg)
     load_optimizer_state(optimizer, mlx_model(cfg, weights), None, 0)
     from mlx.utils import tree_flatten
 
@@ -260,7 +262,7 @@ def test_training_steps_equal_on_both_backends():
     tm = torch_model(cfg.model, weights, device=torch.device("cpu"))
     topt = torch_optimizer(tm, cfg.training)
     mm = mlx_model(cfg.model, weights, dtype="float32")
-    mopt = mlx_optimizer(cfg.training)
+    mopt = mlx_optimizer(cfg.training, cfg.model)
     load_optimizer_state(mopt, mm, None, 0)
     _, mlx_step = train_mlx.build_step(mm, mopt, cfg, 1)
     for i, lr in enumerate((1e-3, 2e-3, 3e-3)):
@@ -276,7 +278,8 @@ def test_training_steps_equal_on_both_backends():
         mx.eval(mm.state, mopt.state)
     a, b = torch_weights(tm), mlx_weights(mm)
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-5
-    assert max(float(np.abs(a[k] - weights[k]).max()) for k in a if uses_muon(k)) > 1e-3  # Muon moved them
+    # Muon moved the block matrices
+    assert max(float(np.abs(a[k] - weights[k]).max()) for k in a if k.endswith("_proj.weight")) > 1e-3
     sa, sb = torch_state(tm, topt), mlx_state(mopt)
     assert sorted(sa) == sorted(sb) == sorted(moment_shapes(cfg.model, "muon"))
     assert max(float(np.abs(sa[k] - sb[k]).max()) for k in sa) < 1e-5
@@ -409,7 +412,7 @@ def _mlx_after_two_steps(reject_first: bool) -> tuple[dict, dict]:
     cfg.training = TrainingConfig(optimizer="muon", grad_clip=0.0)
     x, y = tokens_for(cfg.model, 2, 16, seed=1), tokens_for(cfg.model, 2, 16, seed=2)
     model = build_model(cfg.model, random_weights(cfg.model), dtype="float32")
-    optimizer = make_optimizer(cfg.training)
+    optimizer = make_optimizer(cfg.training, cfg.model)
     load_optimizer_state(optimizer, model, None, 0)
     _, step = train_mlx.build_step(model, optimizer, cfg, 1)
 

@@ -129,9 +129,9 @@ def test_flash_attn_asked_for_but_missing_is_a_clear_error(tmp_path, data_cache)
 
 
 def test_dry_run_counts_the_chunked_loss_not_full_logits(capsys):
+    from tinyllama.core.architecture import count_parameters
     from tinyllama.core.config import load_config
     from tinyllama.core.training import estimate_memory
-    from tinyllama.core.weights import count_parameters
     from tinyllama.torch_model.loss import held_bytes
 
     argv = ["--config", str(ROOT / "configs/gpt2-124m.yaml"), "--dry-run", "--hardware.accelerator", "cpu"]

@@ -17,7 +17,7 @@ from tinyllama.torch_model.loss import linear_cross_entropy
 
 
 class Linear(nn.Linear):
-    """Bias-free, no random init: every weight is loaded (core.weights' init or a checkpoint)."""
+    """Bias-free, no random init: every weight is loaded (core.architecture's init or a checkpoint)."""
 
     def __init__(self, d_in: int, d_out: int):
         super().__init__(d_in, d_out, bias=False)

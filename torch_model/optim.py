@@ -1,8 +1,8 @@
 """The torch optimizers (AdamW with the project's weight-decay rule; Muon for the block matrices when
 training.optimizer is muon) and their state in the neutral checkpoint format.
 
-Weight decay applies to the 2-D weights AdamW owns (core.weights.is_decayed), the same rule as MLX. The
-neutral format (core.weights.moment_names) is "<param>.exp_avg" / "<param>.exp_avg_sq" for AdamW, exactly
+Weight decay applies to the 2-D weights AdamW owns (core.architecture.Param.decayed), the same rule as MLX. The
+neutral format (core.architecture.moment_names) is "<param>.exp_avg" / "<param>.exp_avg_sq" for AdamW, exactly
 what torch's AdamW keeps per parameter, and "<param>.momentum_buffer" for Muon, in fp32; the step count
 comes from trainer_state.json."""
 
@@ -13,8 +13,8 @@ import copy
 import numpy as np
 import torch
 
+from tinyllama.core.architecture import optimizer_roles
 from tinyllama.core.config import TrainingConfig
-from tinyllama.core.weights import is_decayed, uses_muon
 from tinyllama.torch_model.muon import Muon
 from tinyllama.torch_model.state import to_numpy, to_torch, unwrap
 
@@ -48,24 +48,30 @@ class MuonAdamW:
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.AdamW | MuonAdamW:
     """AdamW with the fused kernel on CUDA and CPU (one pass per tensor; ~7x foreach on CPU, bench/loss.py);
-    for muon, the weights `core.weights.uses_muon` names go to Muon instead."""
-    named = list(unwrap(model).named_parameters())
-    muon = [p for n, p in named if uses_muon(n, cfg.optimizer)]
-    rest = [p for n, p in named if not uses_muon(n, cfg.optimizer)]
+    for muon, the weights core.architecture.optimizer_roles gives Muon go to Muon instead."""
+    plain = unwrap(model)
+    roles = optimizer_roles(plain.cfg, cfg.optimizer)
+    named = list(plain.named_parameters())
+    by_role = {role: [p for n, p in named if roles[n] == role] for role in ("muon", "decay", "plain")}
     groups = [
-        {"params": [p for p in rest if is_decayed(p.ndim)], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in rest if not is_decayed(p.ndim)], "weight_decay": 0.0},
+        {"params": by_role["decay"], "weight_decay": cfg.weight_decay},
+        {"params": by_role["plain"], "weight_decay": 0.0},
     ]
     fused = all(p.device.type in ("cuda", "cpu") for _, p in named) or None
     adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
-    if not muon:
+    if not by_role["muon"]:
         return adamw
     ratio = cfg.muon_lr / cfg.lr
-    return MuonAdamW(adamw, Muon(muon, cfg.lr, ratio, cfg.muon_momentum, cfg.muon_weight_decay, cfg.muon_precision))
+    muon = Muon(by_role["muon"], cfg.lr, ratio, cfg.muon_momentum, cfg.muon_weight_decay, cfg.muon_precision)
+    return MuonAdamW(adamw, muon)
 
 
 def _split(optimizer) -> tuple[torch.optim.AdamW, Muon | None]:
     return (optimizer.adamw, optimizer.muon) if isinstance(optimizer, MuonAdamW) else (optimizer, None)
+
+
+def _roles(model: torch.nn.Module, muon: Muon | None) -> dict[str, str]:
+    return optimizer_roles(unwrap(model).cfg, "muon" if muon is not None else "adamw")
 
 
 def optimizer_state(model: torch.nn.Module, optimizer) -> dict[str, np.ndarray]:
@@ -73,9 +79,10 @@ def optimizer_state(model: torch.nn.Module, optimizer) -> dict[str, np.ndarray]:
     zeros for a parameter torch has not stepped yet (its state is created lazily), so every checkpoint can
     be resumed."""
     adamw, muon = _split(optimizer)
+    roles = _roles(model, muon)
     out = {}
     for name, p in unwrap(model).named_parameters():
-        if muon is not None and uses_muon(name):
+        if roles[name] == "muon":
             buf = muon.state.get(p, {}).get("momentum_buffer", torch.zeros_like(p))
             out[f"{name}.momentum_buffer"] = to_numpy(buf.float())
             continue
@@ -91,8 +98,9 @@ def load_optimizer_state(model: torch.nn.Module, optimizer, moments: dict[str, n
         return
     adamw, muon = _split(optimizer)
     on_device = bool(adamw.defaults.get("fused") or adamw.defaults.get("capturable"))
+    roles = _roles(model, muon)
     for name, p in unwrap(model).named_parameters():
-        if muon is not None and uses_muon(name):
+        if roles[name] == "muon":
             if f"{name}.momentum_buffer" not in moments:
                 raise ValueError(f"optimizer state lacks moments for '{name}'")
             muon.state[p] = {"momentum_buffer": _like(p, moments[f"{name}.momentum_buffer"]).float()}

@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tinyllama.core.architecture import init_weights
 from tinyllama.core.cli import UserError
 from tinyllama.core.config import ModelConfig
+from tinyllama.core.dtypes import numpy_dtype, runtime_dtype
 from tinyllama.core.hardware import cpu_name, remembered_gemm_flops
 from tinyllama.core.model_files import load_weights, read_model_config
-from tinyllama.core.weights import init_weights, numpy_dtype, runtime_dtype
 from tinyllama.torch_model.model import Model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -77,7 +78,7 @@ def build_model(
     device: str | torch.device = "cpu",
     own: bool = False,
 ) -> Model:
-    """A model on `device` in `dtype`, from `weights` or from the shared numpy init (core.weights); `own`: the
+    """A model on `device` in `dtype`, from `weights` or from the shared numpy init (core.architecture); `own`: the
     weights are not used after this (load_state)."""
     model = Model(cfg)
     load_state(model, weights if weights is not None else init_weights(cfg, seed), own=own or weights is None)

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from tinyllama.convert.common import FP16_MAX, ConvertError, check_output, check_space, load_checked_weights, writing
 from tinyllama.convert.gguf_layout import gguf_names, permute_qk, qk_heads
 from tinyllama.convert.gguf_tokenizer import GGUFVocab, vocab_from_tokenizer_dir
+from tinyllama.core.architecture import head_name
 from tinyllama.core.config import ModelConfig
 from tinyllama.core.dtypes import numpy_dtype
 from tinyllama.core.model_files import read_hf_config, read_model_config
@@ -109,7 +110,7 @@ def encode_tensor(name: str, value: np.ndarray, dtype: str, head: bool = False):
 def gguf_tensors(cfg: ModelConfig, weights: dict[str, np.ndarray], dtype: str) -> list[tuple[str, np.ndarray, object]]:
     """(GGUF name, encoded data, GGML type) for every weight, q/k rows in llama.cpp's order."""
     out = []
-    head = "model.embed_tokens.weight" if cfg.tie_embeddings else "lm_head.weight"  # the output projection
+    head = head_name(cfg)
     for gguf_name, name in tqdm(gguf_names(cfg).items(), desc=f"encode {dtype}", unit="tensor", disable=None):
         heads = qk_heads(cfg, name)
         value = permute_qk(weights[name], heads) if heads else weights[name]

@@ -70,6 +70,17 @@ def outer_parameters(cfg: ModelConfig) -> dict[str, Param]:
     return outer
 
 
+def head_name(cfg: ModelConfig) -> str:
+    """The parameter that projects onto the vocabulary: `lm_head.weight`, or the token embedding when tied."""
+    return "model.embed_tokens.weight" if cfg.tie_embeddings else "lm_head.weight"
+
+
+def ignored_layers(cfg: ModelConfig) -> tuple[str, ...]:
+    """Layers a stored model may hold that this config does not use: a tied model's `lm_head`, which some
+    exporters save anyway (its tensors are skipped on load, whatever they hold)."""
+    return ("lm_head",) if cfg.tie_embeddings else ()
+
+
 def parameters(cfg: ModelConfig) -> dict[str, Param]:
     """Every parameter by HF name: the embedding, each block's, the final norm, the head."""
     outer, block = outer_parameters(cfg), block_parameters(cfg)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from tinyllama.core.architecture import moment_shapes, parameter_shapes, tensor_count
+from tinyllama.core.architecture import ignored_layers, moment_shapes, parameter_shapes, tensor_count
 from tinyllama.core.cli import UserError
 from tinyllama.core.config import ConfigError, ModelConfig
 from tinyllama.core.dtypes import numpy_dtype
@@ -227,7 +227,7 @@ def load_weights(
     path = Path(path)
     model_cfg = model_cfg or read_model_config(path)  # refuses what is not a model directory
     refuse_quantized(path)
-    drop = ("lm_head.weight",) if model_cfg.tie_embeddings else ()  # some exporters store the tied head twice
+    drop = tuple(f"{layer}.weight" for layer in ignored_layers(model_cfg))  # e.g. a tied head stored twice
     files = weight_files(path, fix=fix)
     return _read_checked(files, model_cfg, lambda: parameter_shapes(model_cfg), str(path), fix, drop)
 

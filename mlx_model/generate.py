@@ -25,8 +25,7 @@ from tinyllama.mlx_model.state import load_model
 def last_logits(model: Model, tokens: mx.array, cache: list) -> mx.array:
     """Next-token logits (B, V) of the last position only: the LM head (the largest matmul of a small
     model) runs on one position instead of the whole prompt. Same result as `model(tokens, cache)[:, -1]`."""
-    h = model.model(tokens, cache)[:, -1, :]  # (B, d_model)
-    return model.model.embed_tokens.as_linear(h) if model.cfg.tie_embeddings else model.lm_head(h)  # (B, V)
+    return model.logits(model.model(tokens, cache)[:, -1, :])  # (B, V)
 
 
 class Decoder:
@@ -81,7 +80,7 @@ def transpose_storage(model: Model) -> Model:
     decode 1.10x -> 1.47x mlx_lm's). Every matrix transposed, as torch_model.generate does, measured 1.57x
     here but slower than plain on the dev Xeon, so only the head, faster on both. Inference only: the
     trainers' models keep the usual layout; on a GPU nothing changes."""
-    head = model.model.embed_tokens if model.cfg.tie_embeddings else model.lm_head
+    head = model.head_layer
     if mx.default_device() == mx.cpu and type(head) in (nn.Embedding, nn.Linear) and head.weight.dtype == mx.float32:
         head.weight = mx.contiguous(head.weight.T).T  # (V, d) over (d, V) storage
         mx.eval(head.weight)

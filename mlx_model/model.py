@@ -133,6 +133,16 @@ class Model(nn.Module):
         if not cfg.tie_embeddings:
             self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
 
+    @property
+    def head_layer(self) -> nn.Module:
+        """The output projection's layer: the token embedding when tied (its weight is (vocab, d_model))."""
+        return self.model.embed_tokens if self.cfg.tie_embeddings else self.lm_head
+
+    def logits(self, h: mx.array) -> mx.array:
+        """(..., d_model) final hidden states -> (..., vocab) logits: h @ head.T, through the layer so that an
+        MLX-quantized head (inference only) runs too."""
+        return self.head_layer.as_linear(h) if self.cfg.tie_embeddings else self.head_layer(h)
+
     def __call__(
         self,
         tokens: mx.array,
@@ -145,10 +155,8 @@ class Model(nn.Module):
         their sum / `denominator`. `segments` (B, T): packed rows, attention only within a segment."""
         h = self.model(tokens, cache, segments)  # (B, T, d_model)
         if targets is not None:
-            head = self.model.embed_tokens.weight if self.cfg.tie_embeddings else self.lm_head.weight  # (vocab, d)
-            return linear_cross_entropy(h, head, targets, denominator)  # one exp per logit, gradient in forward
-        # = h @ head.T, through the layers so that an MLX-quantized head (inference only) runs too
-        return self.model.embed_tokens.as_linear(h) if self.cfg.tie_embeddings else self.lm_head(h)  # (B, T, vocab)
+            return linear_cross_entropy(h, self.head_layer.weight, targets, denominator)  # one exp per logit
+        return self.logits(h)  # (B, T, vocab)
 
     def make_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.model.layers]

@@ -11,7 +11,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from tinyllama.core.architecture import init_weights
+from tinyllama.core.architecture import ignored_layers, init_weights
 from tinyllama.core.config import ModelConfig
 from tinyllama.core.dtypes import numpy_dtype, runtime_dtype
 from tinyllama.core.hardware import apple_chip, cpu_name, remembered_gemm_flops, system_memory_bytes
@@ -94,8 +94,8 @@ def load_quantized(path: Path, cfg: ModelConfig, quantization: dict, dtype: str 
         return {"group_size": own["group_size"], "bits": own["bits"], "mode": own.get("mode", "affine")}
 
     nn.quantize(model, class_predicate=how)
-    if cfg.tie_embeddings:
-        tensors = {k: v for k, v in tensors.items() if not k.startswith("lm_head.")}
+    ignored = ignored_layers(cfg)  # a tied head stored anyway
+    tensors = {k: v for k, v in tensors.items() if k.rsplit(".", 1)[0] not in ignored}
     try:
         model.load_weights(list(tensors.items()), strict=True)
     except ValueError as exc:

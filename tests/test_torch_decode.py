@@ -1,5 +1,5 @@
 """The torch decode path's fast forms give the same results as the plain ones: transposed weight storage
-(load_backend on the CPU), the fused-projection one-token step (decode.py), one-query GQA attention, the
+(load_backend on the CPU), fused q/k/v and gate/up products (model.fuse_projections), one-query GQA attention, the
 rolled RoPE, the fused fp32 RMSNorm, numpy's argmax, and a KV cache that never grows past max_seq_len."""
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from helpers import ROOT, TINY_MODELS, random_weights
 
 from tinyllama.core.checkpoint import save_checkpoint
 from tinyllama.torch_model.cache import KVCache
-from tinyllama.torch_model.decode import decode_one, fuse_projections
 from tinyllama.torch_model.generate import Decoder, as_backend, last_logits, load_backend, transpose_storage
-from tinyllama.torch_model.model import RMSNorm, RoPE, attend
+from tinyllama.torch_model.model import RMSNorm, RoPE, attend, fuse_projections
 from tinyllama.torch_model.state import build_model, load_model
 
 PROMPT = [5, 17, 3, 42, 8, 11, 29]
@@ -63,61 +62,62 @@ def test_trainers_models_keep_their_layout():
 
 @pytest.mark.parametrize("name", sorted(TINY_MODELS))
 @pytest.mark.parametrize("transposed", [True, False])
-def test_one_token_step_is_the_model(name, transposed):
-    """decode_one over fused weights gives the logits of Model.forward, step after step, 1 and 3 rows, to fp32
-    rounding, and the same greedy token. Not bit for bit: one fused product and three separate ones may take
-    different GEMM kernels, which round differently on some CPUs (equal on an AMD EPYC, not on an Intel Xeon)."""
+def test_fused_projections_compute_the_plain_models_logits(name, transposed):
+    """A model with fused q/k/v and gate/up products gives the plain model's logits, prefill and step after step,
+    1 and 3 rows, to fp32 rounding, and the same greedy token. Not bit for bit: one fused product and three
+    separate ones may take different GEMM kernels, which round differently on some CPUs (equal on an AMD EPYC,
+    not on an Intel Xeon)."""
     cfg = TINY_MODELS[name]
-    model = build_model(cfg, random_weights(cfg)).eval()
-    if transposed:
-        transpose_storage(model)
-    fused = fuse_projections(model)
+    plain = build_model(cfg, random_weights(cfg)).eval()
+    fused = build_model(cfg, random_weights(cfg)).eval()
+    fuse_projections(transpose_storage(fused) if transposed else fused)
     rng = np.random.default_rng(1)
     for rows in (1, 3):
-        prompt = torch.from_numpy(rng.integers(0, cfg.vocab_size, (rows, 5)))
-        plain_cache, fast_cache = model.make_cache(), model.make_cache()
+        tokens = torch.from_numpy(rng.integers(0, cfg.vocab_size, (rows, 5)))
+        plain_cache, fused_cache = plain.make_cache(), fused.make_cache()
         with torch.inference_mode():
-            assert torch.equal(last_logits(model, prompt, plain_cache), last_logits(model, prompt, fast_cache))
-            for _ in range(6):
-                token = torch.from_numpy(rng.integers(0, cfg.vocab_size, (rows, 1)))
-                expected = last_logits(model, token, plain_cache)  # (rows, V)
-                got = decode_one(model, fused, token, fast_cache)
+            for _ in range(7):
+                expected = last_logits(plain, tokens, plain_cache)  # (rows, V)
+                got = last_logits(fused, tokens, fused_cache)
                 torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
                 assert torch.equal(got.argmax(-1), expected.argmax(-1))
-        assert fast_cache[0].offset == plain_cache[0].offset == 11
+                tokens = torch.from_numpy(rng.integers(0, cfg.vocab_size, (rows, 1)))
+        assert fused_cache[0].offset == plain_cache[0].offset == 11
         torch.testing.assert_close(
-            fast_cache[-1].keys[:, :, :11], plain_cache[-1].keys[:, :, :11], rtol=1e-5, atol=1e-6
+            fused_cache[-1].keys[:, :, :11], plain_cache[-1].keys[:, :, :11], rtol=1e-5, atol=1e-6
         )
 
 
-def test_fused_projections_are_views_of_one_buffer():
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fused_projections_are_views_of_one_buffer(dtype):
     cfg = TINY_MODELS["gqa6x3-untied-eps"]
-    model = transpose_storage(build_model(cfg, random_weights(cfg)).eval())
+    model = build_model(cfg, random_weights(cfg), dtype=dtype).eval()
+    model = transpose_storage(model) if dtype == "float32" else model
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    fused = fuse_projections(model)
+    fuse_projections(model)
     assert model.state_dict().keys() == before.keys()
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     attn, mlp = model.model.layers[1].self_attn, model.model.layers[1].mlp
-    qkv, gate_up = fused[1]
-    assert qkv.shape == (6 * 8 + 2 * 3 * 8, 48) and gate_up.shape == (2 * 77, 48)
-    for whole, parts in ((qkv, (attn.q_proj, attn.k_proj, attn.v_proj)), (gate_up, (mlp.gate_proj, mlp.up_proj))):
+    assert attn.qkv.shape == (6 * 8 + 2 * 3 * 8, 48) and mlp.gate_up.shape == (2 * 77, 48)
+    for whole, parts in (
+        (attn.qkv, (attn.q_proj, attn.k_proj, attn.v_proj)),
+        (mlp.gate_up, (mlp.gate_proj, mlp.up_proj)),
+    ):
         rows = 0
         for part in parts:  # each weight is its rows of the buffer, no copy: memory is not doubled
             assert part.weight.untyped_storage().data_ptr() == whole.untyped_storage().data_ptr()
             assert torch.equal(part.weight, whole[rows : rows + part.weight.shape[0]])
             rows += part.weight.shape[0]
-    bf16 = build_model(cfg, random_weights(cfg), dtype="bfloat16")
-    assert fuse_projections(bf16) is None and all(p.is_contiguous() for p in bf16.parameters())
 
 
 def test_one_token_step_refuses_positions_past_max_seq_len():
     cfg = dataclasses.replace(TINY_MODELS["gqa8x2-tied"], max_seq_len=8)
-    model = build_model(cfg, random_weights(cfg)).eval()
-    fused, cache = fuse_projections(model), model.make_cache()
+    model = fuse_projections(build_model(cfg, random_weights(cfg)).eval())
+    cache = model.make_cache()
     with torch.inference_mode():
         last_logits(model, torch.zeros(1, 8, dtype=torch.long), cache)
         with pytest.raises(ValueError, match="position 9 exceeds max_seq_len 8"):
-            decode_one(model, fused, torch.zeros(1, 1, dtype=torch.long), cache)
+            last_logits(model, torch.zeros(1, 1, dtype=torch.long), cache)
 
 
 @pytest.mark.parametrize("rows", [2, 3, 5])

@@ -4,41 +4,35 @@
     for token in backend.generate(prompt_ids, 50, temperature=0.8, top_p=0.95, seed=0): ...
 
 The decode loop, sampling and stopping are core/generate.py's. Here: the prompt prefilled in one pass,
-then one token per step through the KV cache (for a loaded fp32 model, decode.py's one-token step), under
-`torch.inference_mode`; greedy argmax stays on the device, so on CUDA the next step is queued before the
-host waits for the previous one.
+then one token per step through the KV cache (a loaded model with its projections fused,
+model.fuse_projections), under `torch.inference_mode`; greedy argmax stays on the device, so on CUDA the
+next step is queued before the host waits for the previous one.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from tinyllama.core.backend import Backend
 from tinyllama.core.hardware import peak_rss_bytes
-from tinyllama.torch_model.decode import FusedLayer, decode_one, fuse_projections
-from tinyllama.torch_model.model import Model
+from tinyllama.torch_model.model import Model, fuse_projections
 from tinyllama.torch_model.state import load_model, resolve_device, unwrap
 
 
 def last_logits(model: Model, tokens: torch.Tensor, cache: list) -> torch.Tensor:
     """Next-token logits (B, V) of the last position only: the LM head (the largest matmul of a small
     model) runs on one position instead of the whole prompt. Same result as `model(tokens, cache)[:, -1]`."""
-    h = model.model(tokens, cache)[:, -1, :]  # (B, d_model)
-    return F.linear(h, model.model.embed_tokens.weight) if model.cfg.tie_embeddings else model.lm_head(h)
+    return model.logits(model.model(tokens, cache)[:, -1, :])  # (B, V)
 
 
 class Decoder:
-    """One KV-cache session (core.generate.Decoder): the last position's argmax ids or fp32 logits. With
-    `fused` (an inference model's decode.fuse_projections), one-token steps take decode.decode_one."""
+    """One KV-cache session (core.generate.Decoder): the last position's argmax ids or fp32 logits."""
 
-    def __init__(self, model: Model, greedy: bool, fused: list[FusedLayer] | None = None):
-        self.model, self.greedy, self.cache, self.fused = model, greedy, model.make_cache(), fused
+    def __init__(self, model: Model, greedy: bool):
+        self.model, self.greedy, self.cache = model, greedy, model.make_cache()
         self.device = next(model.parameters()).device
 
     @torch.inference_mode()
@@ -47,10 +41,7 @@ class Decoder:
             tokens = tokens[:, None]  # (B, 1): the previous step's ids, still on the device
         else:
             tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device)  # (B, T)
-        if self.fused is not None and tokens.shape[1] == 1:
-            logits = decode_one(self.model, self.fused, tokens, self.cache)  # (B, V), the same logits in fewer calls
-        else:
-            logits = last_logits(self.model, tokens, self.cache)  # (B, V)
+        logits = last_logits(self.model, tokens, self.cache)  # (B, V)
         if not self.greedy:
             return logits.float()
         if logits.device.type == "cpu":  # numpy's argmax (same first-max rule) is ~15x faster than torch's on CPU
@@ -115,9 +106,6 @@ def transpose_storage(model: Model) -> Model:
 
 def load_backend(path: str | Path, dtype: str | None = None, device: str = "auto") -> Backend:
     """Any Llama model directory (ours, transformers', mlx_lm's) on `device` (auto: CUDA, MPS, CPU), laid out
-    for inference: transposed storage on the CPU, fused projections for the fp32 decode step."""
+    for inference: transposed storage on the CPU, fused projections (model.fuse_projections)."""
     model, _ = load_model(path, dtype, resolve_device(device))
-    model = transpose_storage(model.eval())
-    fused = fuse_projections(model)
-    backend = as_backend(model)
-    return dataclasses.replace(backend, decoder=partial(Decoder, fused=fused)) if fused else backend
+    return as_backend(fuse_projections(transpose_storage(model.eval())))

@@ -1,8 +1,11 @@
 """A Llama decoder in PyTorch: RMSNorm, rotate-half RoPE, grouped-query attention, SwiGLU.
 
 Line-for-line twin of mlx_model/model.py (same classes, attributes and order; `diff` shows only
-idiom). Parameter names are Hugging Face Llama names, so `state_dict()` is an HF state dict.
-Norms, softmax and RoPE run in fp32 whatever the weight dtype.
+idiom). Parameter names are Hugging Face Llama names, so `state_dict()` is an HF state dict; what the model
+holds is declared once in core/architecture.py. Norms, softmax and RoPE run in fp32 whatever the weight dtype.
+One idiom is torch's alone: an inference model may lay its q/k/v and gate/up weights out as one tensor per
+group (`fuse_projections`), since eager torch pays per call and a one-token decode step is mostly calls;
+MLX builds a lazy graph and needs no such layout.
 """
 
 from __future__ import annotations
@@ -86,14 +89,20 @@ class Attention(nn.Module):
         self.o_proj = Linear(self.n_heads * self.head_dim, cfg.d_model)
         self.rope = RoPE(self.head_dim, cfg.rope_theta, cfg.max_seq_len)
         self.attend = attend  # swappable kernel (e.g. flash_attn), same signature
+        self.qkv = None  # inference layout (fuse_projections): q/k/v_proj's weights as rows of this one tensor
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
+        H, KV, hd = self.n_heads, self.n_kv_heads, self.head_dim
         offset = cache.offset if cache is not None else 0
-        q, k = self.rope(q, offset), self.rope(k, offset)
+        if self.qkv is None:
+            q = self.rope(self.q_proj(x).view(B, T, H, hd).transpose(1, 2), offset)  # (B, H, T, hd)
+            k = self.rope(self.k_proj(x).view(B, T, KV, hd).transpose(1, 2), offset)  # (B, KV, T, hd)
+            v = self.v_proj(x).view(B, T, KV, hd).transpose(1, 2)  # (B, KV, T, hd)
+        else:  # the same weights in one product, RoPE on queries and keys at once: fewer calls per token
+            qkv = F.linear(x, self.qkv).view(B, T, H + 2 * KV, hd).transpose(1, 2)  # (B, H + 2 KV, T, hd)
+            qk = self.rope(qkv[:, : H + KV], offset)
+            q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + KV :]
         if cache is not None:
             k, v = cache.update(k, v)  # (B, KV, S, hd), S = offset + T
         out = self.attend(q, k, v, self.scale, mask)  # (B, H, T, hd)
@@ -133,9 +142,14 @@ class MLP(nn.Module):
         self.gate_proj = Linear(cfg.d_model, cfg.d_ff)
         self.up_proj = Linear(cfg.d_model, cfg.d_ff)
         self.down_proj = Linear(cfg.d_ff, cfg.d_model)
+        self.gate_up = None  # inference layout (fuse_projections): gate_proj's and up_proj's weights as one tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+        if self.gate_up is None:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        else:
+            gate, up = F.linear(x, self.gate_up).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)  # SwiGLU
 
 
 class TransformerBlock(nn.Module):
@@ -176,6 +190,15 @@ class Model(nn.Module):
         if not cfg.tie_embeddings:
             self.lm_head = Linear(cfg.d_model, cfg.vocab_size)
 
+    @property
+    def head_layer(self) -> nn.Module:
+        """The output projection's layer: the token embedding when tied (its weight is (vocab, d_model))."""
+        return self.model.embed_tokens if self.cfg.tie_embeddings else self.lm_head
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(..., d_model) final hidden states -> (..., vocab) logits: h @ head.T."""
+        return F.linear(h, self.head_layer.weight)
+
     def forward(
         self,
         tokens: torch.Tensor,
@@ -187,10 +210,36 @@ class Model(nn.Module):
         """Logits (B, T, vocab); with `targets` (B, T), the next-token loss instead: mean over targets >= 0, or
         their sum / `denominator`. `segments` (B, T): packed rows, attention only within a segment."""
         h = self.model(tokens, cache, segments)  # (B, T, d_model)
-        head = self.model.embed_tokens.weight if self.cfg.tie_embeddings else self.lm_head.weight  # (vocab, d)
         if targets is not None:
-            return linear_cross_entropy(h, head, targets, denominator)  # never materialises (B, T, vocab)
-        return F.linear(h, head)  # (B, T, vocab)
+            return linear_cross_entropy(h, self.head_layer.weight, targets, denominator)  # no (B, T, vocab) tensor
+        return self.logits(h)  # (B, T, vocab)
 
     def make_cache(self) -> list[KVCache]:
         return [KVCache(self.cfg.max_seq_len) for _ in self.model.layers]
+
+
+def fuse_projections(model: Model) -> Model:
+    """Lay an inference model's q/k/v and gate/up weights out as row slices of one tensor per group, so each
+    group is one product (Attention.qkv, MLP.gate_up): fewer calls where a step is mostly per-call cost (one
+    token at a time on a CPU). The parameters keep their names, shapes and values, and no memory is added;
+    each stays in its memory layout (transposed storage included). Never for training: an optimizer would
+    step the slices apart."""
+    with torch.no_grad():
+        for layer in model.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            attn.qkv = _one_tensor([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+            mlp.gate_up = _one_tensor([mlp.gate_proj.weight, mlp.up_proj.weight])
+    return model
+
+
+def _one_tensor(weights: list[nn.Parameter]) -> torch.Tensor:
+    """One (sum of out, in) tensor holding `weights` (each (out_i, in)) in their memory layout; each parameter
+    becomes a row slice of it."""
+    whole = torch.cat([w.detach() for w in weights])  # (sum out, in), row-major
+    if weights[0].stride()[0] == 1 and weights[0].shape[0] > 1:  # transposed storage: keep it
+        whole = whole.t().contiguous().t()
+    start = 0
+    for w in weights:
+        w.data = whole[start : start + w.shape[0]]
+        start += w.shape[0]
+    return whole

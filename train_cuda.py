@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
             with sync:  # DDP: gradients are all-reduced only on the last micro-batch
                 with autocast():
                     segments = segments[0] if segments else None
-                    loss = model(x, targets=y, segments=segments, denominator=denominator) / t.grad_accum
+                    loss = model(x, targets=y, segments=segments, denominator=denominator, training=t)
+                    loss = loss / t.grad_accum
                 loss.backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)

@@ -50,7 +50,7 @@ def build_step(model, optimizer, cfg, world_size: int):
     t = cfg.training
 
     def loss(m, x, y, denominator, *segments):  # segments: packed conversations
-        return m(x, targets=y, segments=segments[0] if segments else None, denominator=denominator)
+        return m(x, targets=y, segments=segments[0] if segments else None, denominator=denominator, training=t)
 
     loss_and_grad = nn.value_and_grad(model, loss)
     state = [model.state, optimizer.state, mx.random.state]

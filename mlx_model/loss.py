@@ -68,47 +68,48 @@ def logit_copies() -> int:
     return 4 if _on_cpu() else 2
 
 
+def chunk_loss(logits: mx.array, targets: mx.array, kept: mx.array, training=None) -> mx.array:
+    """The loss of one chunk of rows, summed over the kept ones: a plain function of the chunk's (n, V) logits,
+    (n, 1) targets and (n, 1) kept mask. A new loss term is written here, once; autodiff differentiates it
+    (`training`: the run's TrainingConfig, for terms only training adds; None for evaluation)."""
+    x = logits.astype(mx.float32)  # (n, V)
+    log_z = mx.logsumexp(x, axis=-1, keepdims=True)  # (n, 1)
+    loss = log_z - mx.take_along_axis(x, targets, axis=-1)  # (n, 1): cross-entropy
+    return (loss * kept).sum()
+
+
+def plain_cross_entropy(transform, training) -> bool:
+    """Whether chunk_loss is cross-entropy of the raw logits alone, whose gradient the fused path below computes
+    from its one exp per logit (softmax - one_hot) instead of autodiff: the common case, and on MLX's CPU the
+    fast one."""
+    return transform is None
+
+
 def linear_cross_entropy(
-    h: mx.array, weight: mx.array, targets: mx.array, denominator: mx.array | None = None
+    h: mx.array,
+    weight: mx.array,
+    targets: mx.array,
+    denominator: mx.array | None = None,
+    transform=None,
+    training=None,
 ) -> mx.array:
-    """Sum of cross_entropy(h @ weight.T, targets) over targets >= 0 (-1: no loss) / denominator (default:
-    their count, i.e. the mean), softmax in fp32; h (..., d), weight (V, d)."""
+    """Sum of chunk_loss(transform(h @ weight.T), targets) over targets >= 0 (-1: no loss) / denominator
+    (default: their count, i.e. the mean), softmax in fp32; h (..., d), weight (V, d). `transform`: what the
+    model does to its logits (None: nothing); `training`: chunk_loss's training-only terms."""
     h2d = h.reshape(-1, h.shape[-1])  # (N, d)
     n_chunks = -(-h2d.shape[0] * weight.shape[0] * 4 // CHUNK_BYTES)  # ceil
     rows = -(-h2d.shape[0] // n_chunks)  # equal chunks, no small remainder
     targets = targets.reshape(-1)
     if denominator is None:
         denominator = mx.maximum((targets >= 0).sum(), 1)
-    return _fused(rows)(h2d, weight, targets, mx.array(denominator, mx.float32))[0]
+    fused = _fused(rows) if plain_cross_entropy(transform, training) else _by_autodiff(rows, transform, training)
+    return fused(h2d, weight, targets, mx.array(denominator, mx.float32))[0]
 
 
-@lru_cache
-def _fused(rows: int):
-    """The custom function for one chunk size (a Python int, so mx.compile sees plain slices)."""
-
-    @mx.custom_function
-    def fused(h: mx.array, weight: mx.array, targets: mx.array, denominator: mx.array):
-        """(loss, d loss / d h, d loss / d weight) over row chunks of h: (N, d), weight: (V, d); rows whose
-        target is -1 add nothing."""
-        N, V = h.shape[0], weight.shape[0]
-        on_cpu = _on_cpu()
-        row_scale = ((targets >= 0) / denominator)[:, None].astype(h.dtype)  # (N, 1): 0 where no loss
-        losses, grad_h, grad_w = [], [], None
-        for start in range(0, N, rows):
-            h_c, t = h[start : start + rows], targets[start : start + rows, None]  # (n, d), (n, 1)
-            scale = row_scale[start : start + rows]  # (n, 1)
-            logits = (h_c @ weight.T).astype(mx.float32)  # (n, V): fp32 whatever the weights
-            top = logits.max(axis=-1, keepdims=True)  # (n, 1)
-            exp = cpu_exp(logits, top) if on_cpu else mx.exp(logits - top)  # (n, V): the one exp per logit
-            total = exp.sum(axis=-1, keepdims=True)  # (n, 1)
-            picked = mx.take_along_axis(logits, mx.maximum(t, 0), axis=-1)  # (n, 1)
-            losses.append(((mx.log(total) + top - picked) * (t >= 0)).sum())
-            grad = (exp / total - (mx.arange(V)[None, :] == t)).astype(h.dtype)  # (n, V) softmax - one_hot
-            grad_h.append((grad @ weight) * scale)  # (n, d)
-            grad_w_c = (grad.T @ (h_c * scale)).astype(mx.float32)  # (V, d)
-            grad_w = grad_w_c if grad_w is None else grad_w + grad_w_c
-        loss = mx.stack(losses).sum() / denominator
-        return loss, mx.concatenate(grad_h), grad_w.astype(weight.dtype)
+def _with_vjp(forward):
+    """`forward(h, weight, targets, denominator)` -> (loss, d loss / d h, d loss / d weight) as a custom function
+    whose vjp only scales the gradients the forward pass already made."""
+    fused = mx.custom_function(forward)
 
     @fused.vjp
     def fused_vjp(primals, cotangents, outputs):
@@ -122,3 +123,47 @@ def _fused(rows: int):
         )
 
     return fused
+
+
+def _over_chunks(h, weight, targets, denominator, rows: int, chunk):
+    """(loss, d loss / d h, d loss / d weight) over row chunks of h: (N, d), weight: (V, d); `chunk(logits, t,
+    kept)` -> (summed loss, d loss / d logits) for one chunk. Rows whose target is -1 add nothing."""
+    row_scale = ((targets >= 0) / denominator)[:, None].astype(h.dtype)  # (N, 1): 0 where no loss
+    losses, grad_h, grad_w = [], [], None
+    for start in range(0, h.shape[0], rows):
+        h_c, t = h[start : start + rows], targets[start : start + rows, None]  # (n, d), (n, 1)
+        scale = row_scale[start : start + rows]  # (n, 1)
+        loss, grad = chunk(h_c @ weight.T, mx.maximum(t, 0), t >= 0)  # (n, V) logits in the weights' dtype
+        losses.append(loss)
+        grad = grad.astype(h.dtype)  # (n, V)
+        grad_h.append((grad @ weight) * scale)  # (n, d)
+        grad_w_c = (grad.T @ (h_c * scale)).astype(mx.float32)  # (V, d)
+        grad_w = grad_w_c if grad_w is None else grad_w + grad_w_c
+    return mx.stack(losses).sum() / denominator, mx.concatenate(grad_h), grad_w.astype(weight.dtype)
+
+
+@lru_cache
+def _fused(rows: int):
+    """Cross-entropy with its gradient from the one exp per logit the loss needs (a Python int of rows, so
+    mx.compile sees plain slices)."""
+
+    def chunk(logits, t, kept):
+        logits = logits.astype(mx.float32)  # (n, V): fp32 whatever the weights
+        top = logits.max(axis=-1, keepdims=True)  # (n, 1)
+        exp = cpu_exp(logits, top) if _on_cpu() else mx.exp(logits - top)  # (n, V): the one exp per logit
+        total = exp.sum(axis=-1, keepdims=True)  # (n, 1)
+        picked = mx.take_along_axis(logits, t, axis=-1)  # (n, 1)
+        loss = ((mx.log(total) + top - picked) * kept).sum()
+        return loss, exp / total - (mx.arange(logits.shape[1])[None, :] == t)  # softmax - one_hot
+
+    return _with_vjp(lambda h, weight, targets, denominator: _over_chunks(h, weight, targets, denominator, rows, chunk))
+
+
+def _by_autodiff(rows: int, transform, training):
+    """chunk_loss(transform(logits)) with its gradient w.r.t. the logits from mx.value_and_grad, chunk by chunk."""
+
+    def chunk(logits, t, kept):
+        loss_of = lambda x: chunk_loss(transform(x) if transform is not None else x, t, kept, training)  # noqa: E731
+        return mx.value_and_grad(loss_of)(logits)
+
+    return _with_vjp(lambda h, weight, targets, denominator: _over_chunks(h, weight, targets, denominator, rows, chunk))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from tinyllama.core.config import ModelConfig
+from tinyllama.core.config import ModelConfig, TrainingConfig
 from tinyllama.mlx_model.cache import KVCache
 from tinyllama.mlx_model.loss import linear_cross_entropy
 
@@ -132,6 +132,7 @@ class Model(nn.Module):
         self.model = LlamaModel(cfg)
         if not cfg.tie_embeddings:
             self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.logit_transform = None  # what the model does to its raw logits (in generation and in the loss)
 
     @property
     def head_layer(self) -> nn.Module:
@@ -141,7 +142,8 @@ class Model(nn.Module):
     def logits(self, h: mx.array) -> mx.array:
         """(..., d_model) final hidden states -> (..., vocab) logits: h @ head.T, through the layer so that an
         MLX-quantized head (inference only) runs too."""
-        return self.head_layer.as_linear(h) if self.cfg.tie_embeddings else self.head_layer(h)
+        logits = self.head_layer.as_linear(h) if self.cfg.tie_embeddings else self.head_layer(h)
+        return self.logit_transform(logits) if self.logit_transform is not None else logits
 
     def __call__(
         self,
@@ -150,12 +152,15 @@ class Model(nn.Module):
         targets: mx.array | None = None,
         segments: mx.array | None = None,
         denominator: mx.array | None = None,
+        training: TrainingConfig | None = None,
     ) -> mx.array:
         """Logits (B, T, vocab); with `targets` (B, T), the next-token loss instead: mean over targets >= 0, or
-        their sum / `denominator`. `segments` (B, T): packed rows, attention only within a segment."""
+        their sum / `denominator`, plus the run's own loss terms when `training` is given (the trainers' step;
+        evaluation leaves it out). `segments` (B, T): packed rows, attention only within a segment."""
         h = self.model(tokens, cache, segments)  # (B, T, d_model)
         if targets is not None:
-            return linear_cross_entropy(h, self.head_layer.weight, targets, denominator)  # one exp per logit
+            head = self.head_layer.weight  # (vocab, d); one exp per logit, the gradient made in the forward
+            return linear_cross_entropy(h, head, targets, denominator, self.logit_transform, training)
         return self.logits(h)  # (B, T, vocab)
 
     def make_cache(self) -> list[KVCache]:

@@ -107,11 +107,14 @@ class LiveBytes(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_the_fused_loss_holds_what_the_memory_estimate_counts(dtype, monkeypatch):
+@pytest.mark.parametrize("plain", [True, False])
+def test_the_fused_loss_holds_what_the_memory_estimate_counts(dtype, plain, monkeypatch):
     """--dry-run counts the loss's buffers with held_bytes; here the storages its forward (where it computes
-    the gradients too) allocates are tracked and their peak compared, fp32 and under bf16 autocast."""
+    the gradients too) allocates are tracked and their peak compared, fp32 and under bf16 autocast, for plain
+    cross-entropy and for a loss whose gradient autograd computes."""
     tokens, vocab, d = 512, 4000, 32  # the vocab side dominates, as in a real model
     monkeypatch.setitem(loss_module.CHUNK_BYTES, "cpu", tokens * vocab * 4 // 4)  # 4 chunks
+    monkeypatch.setattr(loss_module, "plain_cross_entropy", lambda *terms: plain)
     generator = torch.Generator().manual_seed(0)
     h = torch.randn(tokens, d, generator=generator, requires_grad=True)
     weight = torch.randn(vocab, d, generator=generator, requires_grad=True)
@@ -119,7 +122,7 @@ def test_the_fused_loss_holds_what_the_memory_estimate_counts(dtype, monkeypatch
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
     with autocast, LiveBytes() as live:
         loss = loss_module.linear_cross_entropy(h, weight, targets)
-    counted = loss_module.held_bytes(tokens, vocab, d, "cpu", dtype, compiled=False)
+    counted = loss_module.held_bytes(tokens, vocab, d, "cpu", dtype, compiled=False, plain=plain)
     assert 1.0 <= live.peak / counted < 1.08, (live.peak, counted)
     loss.backward()  # the gradients it made are the ones autograd gets
     assert h.grad.shape == h.shape and weight.grad.dtype == torch.float32
@@ -226,18 +229,18 @@ def test_compiled_model_trains_with_the_fused_loss():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_compiled_softmax_gradient_equals_autograd(dtype, monkeypatch):
-    """The GPU path under torch.compile (each chunk's softmax and gradient as compiled kernels), run
+def test_compiled_chunk_loss_equals_autograd(dtype, monkeypatch):
+    """The GPU path under torch.compile (each chunk's loss and its backward as compiled kernels), run
     here on the CPU: same loss and gradients as autodiff through plain logits, ignored (-1) rows too."""
     from helpers import TINY_MODELS
 
     cfg = TINY_MODELS["gqa8x2-tied"]
     monkeypatch.setitem(loss_module.CHUNK_BYTES, "cpu", 8 * cfg.vocab_size * 4)  # uneven chunks of 8 rows
-    monkeypatch.setattr(loss_module, "COMPILED_SOFTMAX_DEVICES", {"cpu"})
+    monkeypatch.setattr(loss_module, "COMPILED_LOSS_DEVICES", {"cpu"})
     keep_eager_under_compile()
     calls = []
-    compiled = loss_module._compiled_softmax_grad
-    monkeypatch.setattr(loss_module, "_compiled_softmax_grad", lambda *a: calls.append(1) or compiled(*a))
+    compiled = loss_module._compiled_chunk_loss
+    monkeypatch.setattr(loss_module, "_compiled_chunk_loss", lambda *a: calls.append(1) or compiled(*a))
     model = build_torch(cfg, random_weights(cfg))
     tokens = torch.from_numpy(tokens_for(cfg, 2, 21, seed=4))
     x, y = tokens[:, :-1], tokens[:, 1:].clone()
@@ -258,3 +261,49 @@ def test_compiled_softmax_gradient_equals_autograd(dtype, monkeypatch):
     for name, p in model.named_parameters():
         scale = expected[name].abs().max().item()
         assert (p.grad - expected[name]).abs().max().item() < (1e-4 if dtype == torch.float32 else 0.05) * scale, name
+
+
+def _torch_loss_and_grads(model, x, y):
+    loss = model(x, targets=y)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return loss.item(), grads
+
+
+def _mlx_loss_and_grads(model, x, y):
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    loss, grads = nn.value_and_grad(model, lambda m, x, y: m(x, targets=y))(model, x, y)
+    return loss.item(), {k: np.array(v) for k, v in tree_flatten(grads)}
+
+
+def test_the_fused_gradient_is_autodiff_of_chunk_loss(tiny_model_cfg, monkeypatch):
+    """Plain cross-entropy takes a fused path (softmax - one_hot from the loss's own exp, in reused buffers);
+    every other loss goes through autodiff of chunk_loss. Both twins: the two give the same loss and gradients,
+    so the fast path is chunk_loss's gradient and cannot drift from it. Ignored (-1) rows too."""
+    import tinyllama.mlx_model.loss as mlx_loss
+
+    cfg = tiny_model_cfg
+    monkeypatch.setitem(loss_module.CHUNK_BYTES, "cpu", 7 * cfg.vocab_size * 4)  # uneven chunks
+    monkeypatch.setattr(mlx_loss, "CHUNK_BYTES", 7 * cfg.vocab_size * 4)
+    weights = random_weights(cfg)
+    tokens = tokens_for(cfg, 2, 19, seed=6)
+    x, y = tokens[:, :-1], tokens[:, 1:].copy()
+    y[1, :4] = -1
+    torch_model, mlx_model = build_torch(cfg, weights), build_mlx(cfg, weights)
+    results = {}
+    for path in ("fused", "autodiff"):
+        if path == "autodiff":
+            monkeypatch.setattr(loss_module, "plain_cross_entropy", lambda *terms: False)
+            monkeypatch.setattr(mlx_loss, "plain_cross_entropy", lambda *terms: False)
+        results[path] = (
+            _torch_loss_and_grads(torch_model, torch.from_numpy(x), torch.from_numpy(y)),
+            _mlx_loss_and_grads(mlx_model, mx.array(x), mx.array(y)),
+        )
+    for (fused_loss, fused_grads), (loss, grads) in zip(results["fused"], results["autodiff"], strict=True):
+        assert abs(fused_loss - loss) < 1e-5
+        for name, g in grads.items():
+            expected = np.asarray(fused_grads[name])
+            assert np.allclose(np.asarray(g), expected, rtol=1e-4, atol=1e-6), name

@@ -26,26 +26,53 @@ def chunk_bytes(device_type: str) -> int:
     return CHUNK_BYTES.get(device_type, DEFAULT_CHUNK_BYTES)
 
 
-def held_bytes(tokens: int, vocab: int, d_model: int, device_type: str, dtype: str, compiled: bool) -> float:
+def held_bytes(
+    tokens: int, vocab: int, d_model: int, device_type: str, dtype: str, compiled: bool, plain: bool = True
+) -> float:
     """Bytes the fused loss allocates at its peak over a step's `tokens`, for --dry-run's memory estimate
     (tests/test_loss.py measures it): buffers of one chunk's fp32 logits size, and 8 bytes per head weight
-    (fp32: the gradient sum and addmm's product; bf16: the fp32 sum, the bf16 product, the weight's bf16 copy)."""
+    (fp32: the gradient sum and addmm's product; bf16: the fp32 sum, the bf16 product, the weight's bf16 copy).
+    `plain`: cross-entropy alone (plain_cross_entropy), whose gradient needs fewer buffers than autograd's."""
     full = tokens * vocab * 4  # fp32 logits
     chunk = full / -(-full // chunk_bytes(device_type))  # the chunks are equal
-    if dtype == "float32":
+    if compiled and device_type in COMPILED_LOSS_DEVICES:
+        buffers = 1.0  # bf16 logits and bf16 gradient, a few fused kernels between them (not measured since autograd)
+    elif not plain:
+        buffers = 5.0 if dtype == "float32" else 5.45  # autograd's logsumexp, its backward, the gather's scatter
+    elif dtype == "float32":
         buffers = 2.0  # the logits and their softmax, made into the gradient in place
-    elif compiled and device_type in COMPILED_SOFTMAX_DEVICES:
-        buffers = 1.0  # bf16 logits and bf16 gradient, one fused kernel between them
     else:
         buffers = 3.0  # bf16 logits, their fp32 copy, the fp32 softmax and its bf16 copy
     return buffers * chunk + 8 * vocab * d_model
 
 
+def chunk_loss(logits: torch.Tensor, targets: torch.Tensor, kept: torch.Tensor, training=None) -> torch.Tensor:
+    """The loss of one chunk of rows, summed over the kept ones: a plain function of the chunk's (n, V) logits,
+    (n, 1) targets and (n, 1) kept mask. A new loss term is written here, once; autograd differentiates it
+    (`training`: the run's TrainingConfig, for terms only training adds; None for evaluation)."""
+    x = logits.float()  # (n, V)
+    log_z = torch.logsumexp(x, dim=-1, keepdim=True)  # (n, 1)
+    loss = log_z - x.gather(1, targets)  # (n, 1): cross-entropy
+    return (loss * kept).sum()
+
+
+def plain_cross_entropy(transform, training) -> bool:
+    """Whether chunk_loss is cross-entropy of the raw logits alone, whose gradient the fused path below computes
+    in reused buffers (softmax - one_hot) instead of autograd: the common case, and the fast one on a CPU."""
+    return transform is None
+
+
 def linear_cross_entropy(
-    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, denominator: torch.Tensor | None = None
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    denominator: torch.Tensor | None = None,
+    transform=None,
+    training=None,
 ) -> torch.Tensor:
-    """Sum of cross_entropy(h @ weight.T, targets) over targets >= 0 (-1: no loss) / denominator (default:
-    their count, i.e. the mean), softmax in fp32; h (..., d), weight (V, d)."""
+    """Sum of chunk_loss(transform(h @ weight.T), targets) over targets >= 0 (-1: no loss) / denominator
+    (default: their count, i.e. the mean), softmax in fp32; h (..., d), weight (V, d). `transform`: what the
+    model does to its logits (None: nothing); `training`: chunk_loss's training-only terms."""
     device = h.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
     h2d = h.reshape(-1, h.shape[-1]).to(dtype)  # (N, d) in the matmul dtype, as autocast would run F.linear
@@ -54,16 +81,17 @@ def linear_cross_entropy(
     targets = targets.reshape(-1)
     if denominator is None:
         denominator = (targets >= 0).sum().clamp_min(1)
+    terms = (transform, training)
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-        return _LinearCrossEntropy.apply(h2d, weight, targets, denominator, rows)
+        return _LinearCrossEntropy.apply(h2d, weight, targets, denominator, rows, terms)
     with torch.no_grad():
-        return _chunked(h2d, weight, targets, denominator, rows, with_grads=False)[0]
+        return _chunked(h2d, weight, targets, denominator, rows, terms, with_grads=False)[0]
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, targets, denominator, rows):
-        loss, grad_h, grad_w = _chunked(h, weight, targets, denominator, rows, with_grads=True)
+    def forward(ctx, h, weight, targets, denominator, rows, terms):
+        loss, grad_h, grad_w = _chunked(h, weight, targets, denominator, rows, terms, with_grads=True)
         ctx.grads, ctx.weight_dtype = (grad_h, grad_w), weight.dtype
         return loss
 
@@ -71,43 +99,46 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         grad_h, grad_w = ctx.grads
         del ctx.grads
-        return grad_h.mul_(grad_loss), grad_w.mul_(grad_loss).to(ctx.weight_dtype), None, None, None
+        return grad_h.mul_(grad_loss), grad_w.mul_(grad_loss).to(ctx.weight_dtype), None, None, None, None
 
 
 def keep_eager_under_compile() -> None:
     """Make torch.compile graph the model around the chunked loss, which runs eagerly with its reused
-    buffers; on a GPU each chunk's softmax and gradient then run as compiled kernels (_softmax_grad).
+    buffers; on a GPU each chunk's loss and its gradient then run as compiled kernels (_compiled_chunk_loss).
     Called before compiling (torch_model/wrap.py), not at import: `torch.compiler.disable` imports
     torch._dynamo, 1.7 s that every eager process (infer, evaluate, CPU training) would pay for nothing."""
-    global _chunked, _compiled_softmax_grad
+    global _chunked, _compiled_chunk_loss
     if not getattr(_chunked, "_eager_under_compile", False):
         _chunked = torch.compiler.disable(_chunked)
         _chunked._eager_under_compile = True
-        _compiled_softmax_grad = torch.compile(_softmax_grad, dynamic=False)
+        _compiled_chunk_loss = torch.compile(_transformed_loss, dynamic=False)
 
 
-def _softmax_grad(logits: torch.Tensor, t: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, V) logits in the matmul dtype, (n, 1) targets and kept -> the chunk's summed loss (fp32) and
-    d loss / d logits = softmax - one_hot in the logits' dtype. Compiled, inductor makes it one fused
-    reduction kernel that reads the bf16 logits without an fp32 copy (seen on an H200). Not used uncompiled:
-    eagerly each of its operations is a pass over the chunk, more than the loop below takes."""
-    x = logits.float()  # (n, V)
-    lse = torch.logsumexp(x, dim=-1, keepdim=True)  # (n, 1)
-    loss = ((lse - x.gather(1, t)) * kept).sum()
-    one_hot = torch.arange(x.shape[1], device=x.device) == t  # (n, V)
-    return loss, (torch.exp(x - lse) - one_hot.to(x.dtype)).to(logits.dtype)
+def _transformed_loss(logits, targets, kept, transform, training) -> torch.Tensor:
+    return chunk_loss(transform(logits) if transform is not None else logits, targets, kept, training)
 
 
-# Set by keep_eager_under_compile; used on these devices (H200, 124M at 16 x 1024 in bf16: the loss's
-# fp32 copy, log_softmax and softmax were a quarter of the step; docs/benchmarks.md).
-_compiled_softmax_grad = None
-COMPILED_SOFTMAX_DEVICES = {"cuda"}
+# Set by keep_eager_under_compile; used on these devices: compiled, a chunk's loss and its autograd backward
+# become a few fused kernels that read the bf16 logits without an fp32 copy (H200, 124M at 16 x 1024 in bf16:
+# the eager loss's fp32 copy, log_softmax and softmax were a quarter of the step; docs/benchmarks.md).
+_compiled_chunk_loss = None
+COMPILED_LOSS_DEVICES = {"cuda"}
 
 
-def _chunked(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, denominator, rows: int, with_grads: bool):
+def _loss_and_grad(logits: torch.Tensor, t: torch.Tensor, kept: torch.Tensor, terms, compiled: bool):
+    """A chunk's summed loss and d loss / d logits (in the logits' dtype) by autograd through chunk_loss."""
+    x = logits.detach().requires_grad_()  # (n, V)
+    with torch.enable_grad():
+        loss = (_compiled_chunk_loss if compiled else _transformed_loss)(x, t, kept, *terms)
+    (grad,) = torch.autograd.grad(loss, x)
+    return loss.detach(), grad
+
+
+def _chunked(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, denominator, rows: int, terms, with_grads):
     """Loss (and d loss / d h, d loss / d weight) over row chunks of h: (N, d), weight: (V, d); rows whose
     target is -1 add nothing. Matmuls run in h's dtype; the weight gradient is summed in fp32 and returned
-    in the weight's."""
+    in the weight's. Each chunk's loss is chunk_loss; its gradient w.r.t. the logits comes from autograd, or,
+    for plain cross-entropy on an eager device, from softmax - one_hot computed in place in reused buffers."""
     N, V = h.shape[0], weight.shape[0]
     weight = weight.to(h.dtype)  # (V, d) the autocast copy; a no-op in fp32
     logits_buf = torch.empty(min(rows, N), V, dtype=h.dtype, device=h.device)  # (C, V) matmul output
@@ -117,15 +148,20 @@ def _chunked(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, denom
     kept = (targets >= 0)[:, None]  # (N, 1)
     row_scale = kept.to(h.dtype) / denominator  # (N, 1): 1/denominator, 0 where there is no loss
     h_scaled = h * row_scale if with_grads else None  # on the narrow side of the weight gradient
-    fused = _compiled_softmax_grad if with_grads and h.device.type in COMPILED_SOFTMAX_DEVICES else None
-    probs_buf = None if fused else torch.empty(min(rows, N), V, dtype=torch.float32, device=h.device)  # (C, V)
+    compiled = _compiled_chunk_loss is not None and h.device.type in COMPILED_LOSS_DEVICES
+    fused = plain_cross_entropy(*terms) and not compiled  # softmax - one_hot in place
+    probs_buf = torch.empty(min(rows, N), V, dtype=torch.float32, device=h.device) if fused else None  # (C, V)
     for start in range(0, N, rows):
         end = min(start + rows, N)
         n, t = end - start, targets[start:end, None].long().clamp_min(0)  # (n, 1)
         logits = torch.mm(h[start:end], weight.t(), out=logits_buf[:n])  # (n, V) in h's dtype
-        if fused is not None:
-            chunk_loss, grad = fused(logits, t, kept[start:end])  # grad (n, V) in h's dtype
-            loss += chunk_loss
+        if not fused and not with_grads:
+            loss += _transformed_loss(logits, t, kept[start:end], *terms)
+            continue
+        if not fused:
+            chunk, grad = _loss_and_grad(logits, t, kept[start:end], terms, compiled)
+            loss += chunk
+            grad = grad.to(h.dtype)
         else:
             logits = logits.float()  # (n, V) fp32 view or copy
             log_probs = torch.log_softmax(logits, dim=-1, out=probs_buf[:n])  # (n, V)
@@ -142,7 +178,7 @@ def _chunked(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, denom
             grad_w.addmm_(grad.t(), h_scaled[start:end])
         else:
             grad_w += grad.t() @ h_scaled[start:end]  # bf16 product, fp32 sum
-        del grad  # before the next chunk's gradient is made (fused: a new tensor each chunk)
+        del grad  # before the next chunk's gradient is made (autograd: a new tensor each chunk)
     if with_grads:
         grad_h *= row_scale
     return loss / denominator, grad_h, grad_w

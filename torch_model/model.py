@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tinyllama.core.config import ModelConfig
+from tinyllama.core.config import ModelConfig, TrainingConfig
 from tinyllama.torch_model.cache import KVCache
 from tinyllama.torch_model.loss import linear_cross_entropy
 
@@ -189,6 +189,7 @@ class Model(nn.Module):
         self.model = LlamaModel(cfg)
         if not cfg.tie_embeddings:
             self.lm_head = Linear(cfg.d_model, cfg.vocab_size)
+        self.logit_transform = None  # what the model does to its raw logits (in generation and in the loss)
 
     @property
     def head_layer(self) -> nn.Module:
@@ -197,7 +198,8 @@ class Model(nn.Module):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """(..., d_model) final hidden states -> (..., vocab) logits: h @ head.T."""
-        return F.linear(h, self.head_layer.weight)
+        logits = F.linear(h, self.head_layer.weight)
+        return self.logit_transform(logits) if self.logit_transform is not None else logits
 
     def forward(
         self,
@@ -206,12 +208,15 @@ class Model(nn.Module):
         targets: torch.Tensor | None = None,
         segments: torch.Tensor | None = None,
         denominator: torch.Tensor | None = None,
+        training: TrainingConfig | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab); with `targets` (B, T), the next-token loss instead: mean over targets >= 0, or
-        their sum / `denominator`. `segments` (B, T): packed rows, attention only within a segment."""
+        their sum / `denominator`, plus the run's own loss terms when `training` is given (the trainers' step;
+        evaluation leaves it out). `segments` (B, T): packed rows, attention only within a segment."""
         h = self.model(tokens, cache, segments)  # (B, T, d_model)
         if targets is not None:
-            return linear_cross_entropy(h, self.head_layer.weight, targets, denominator)  # no (B, T, vocab) tensor
+            head = self.head_layer.weight  # (vocab, d); never a (B, T, vocab) tensor
+            return linear_cross_entropy(h, head, targets, denominator, self.logit_transform, training)
         return self.logits(h)  # (B, T, vocab)
 
     def make_cache(self) -> list[KVCache]:

@@ -8,7 +8,8 @@ import torch
 import torch.distributed as dist
 
 from tinyllama.core.training import MemoryTraits
-from tinyllama.torch_model.loss import held_bytes, keep_eager_under_compile
+from tinyllama.torch_model.loss import held_bytes, keep_eager_under_compile, plain_cross_entropy
+from tinyllama.torch_model.model import Model
 
 # What a compiled step keeps for its backward against an eager one (inductor recomputes norms, SwiGLU's gate
 # and RoPE instead of saving them): bench/compile_memory.py measures 0.77-0.79 on the CPU at d_model 256-768;
@@ -27,8 +28,11 @@ def memory_traits(cfg, device: torch.device, runtime_bytes: int) -> MemoryTraits
     """What --dry-run's estimate needs to know of a torch step on `device` (core.training.estimate_memory)."""
     t, m = cfg.training, cfg.model
     compiled = compiles(cfg, device)
+    with torch.device("meta"):  # the model as the run builds it, without memory: does it transform its logits?
+        plain = plain_cross_entropy(Model(m).logit_transform, t)
+    tokens = t.batch_size * t.seq_len
     return MemoryTraits(
-        loss_bytes=held_bytes(t.batch_size * t.seq_len, m.vocab_size, m.d_model, device.type, t.dtype, compiled),
+        loss_bytes=held_bytes(tokens, m.vocab_size, m.d_model, device.type, t.dtype, compiled, plain),
         runtime_bytes=runtime_bytes,
         fp32_weights=True,  # bf16 runs autocast over fp32 weights
         activation_scale=COMPILED_ACTIVATIONS if compiled else 1.0,

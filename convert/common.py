@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from safetensors import SafetensorError
 
+from tinyllama.core.architecture import no_format_for
 from tinyllama.core.checkpoint import TOKENIZER_FILES, save_checkpoint
 from tinyllama.core.cli import UserError, human_bytes
 from tinyllama.core.config import ConfigError, ModelConfig, validate_model
@@ -246,3 +247,13 @@ def write_imported(
             out, weights, cfg, tokenizer_dir=tok_dir, trainer_state=state,
             bos_token_id=bos_token_id, eos_token_id=eos_token_id,
         )  # fmt: skip
+
+
+def check_expressible(ckpt: str | Path, cfg: ModelConfig, tool: str) -> None:
+    """A model with a switch no other tool computes (core.architecture.no_format_for) is refused by every exporter
+    in one line naming the key; our own tools keep running it."""
+    if no_format_for(cfg):
+        raise ConvertError(
+            f"{ckpt}: {tool} has no architecture for {no_format_for(cfg)}; only this project's tools run it "
+            f"(infer.py, evaluate_checkpoints.py, the trainers)"
+        )

@@ -22,10 +22,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tinyllama.convert.common import FP16_MAX, ConvertError, check_output, check_space, load_checked_weights, writing
+from tinyllama.convert.common import (
+    FP16_MAX,
+    ConvertError,
+    check_expressible,
+    check_output,
+    check_space,
+    load_checked_weights,
+    writing,
+)
 from tinyllama.convert.gguf_layout import gguf_names, permute_qk, qk_heads
 from tinyllama.convert.gguf_tokenizer import GGUFVocab, vocab_from_tokenizer_dir
-from tinyllama.core.architecture import head_name
+from tinyllama.core.architecture import architecture, head_name
 from tinyllama.core.config import ModelConfig
 from tinyllama.core.dtypes import numpy_dtype
 from tinyllama.core.model_files import read_hf_config, read_model_config
@@ -126,7 +134,7 @@ def write_gguf(
     import gguf
 
     file_type = gguf.LlamaFileType[FILE_TYPES[dtype]]
-    w = gguf.GGUFWriter(path, "llama")
+    w = gguf.GGUFWriter(path, architecture(cfg))  # its keys are named after it: llama.context_length, ...
     w.add_type("model")
     w.add_name(name)
     w.add_context_length(cfg.max_seq_len)
@@ -185,11 +193,12 @@ def export_gguf(
     tokenizer_pre: str | None = None,
     force: bool = False,
 ) -> Path:
-    """Write a llama GGUF of the checkpoint's weights and tokenizer."""
+    """Write a GGUF of the checkpoint's weights and tokenizer, as the llama.cpp architecture that computes it."""
     if dtype not in GGUF_DTYPES:
         raise ConvertError(f"unknown GGUF dtype '{dtype}'; choose one of {', '.join(GGUF_DTYPES)}")
     out = check_output(out, force, kind="file", source=ckpt)
     cfg = read_model_config(ckpt)
+    check_expressible(ckpt, cfg, "llama.cpp")
     hf = read_hf_config(ckpt)
     weights = load_checked_weights(ckpt, cfg, "use another checkpoint")  # before anything sized by the config
     vocab = vocab_from_tokenizer_dir(Path(tokenizer or ckpt), cfg.vocab_size, tokenizer_pre)

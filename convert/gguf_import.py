@@ -27,7 +27,7 @@ from tinyllama.convert.common import (
 )
 from tinyllama.convert.gguf_layout import gguf_names, qk_heads, unpermute_qk
 from tinyllama.convert.gguf_tokenizer import GGUFVocab, write_tokenizer_dir
-from tinyllama.core.architecture import parameter_shapes
+from tinyllama.core.architecture import FORMATS, implied_by, parameter_shapes
 from tinyllama.core.config import ModelConfig
 
 
@@ -87,45 +87,48 @@ def _f32(meta: dict[str, Any], key: str, source: str, default: float) -> float:
 
 
 def config_from_gguf(meta: dict[str, Any], tensor_names: set[str], source: str) -> ModelConfig:
-    """Our ModelConfig from `llama.*` metadata; refuses what our model does not implement, and sizes that
-    are missing, zero, not integers, or more than the file's tensors can hold."""
+    """Our ModelConfig from `<arch>.*` metadata (an architecture in core.architecture.FORMATS); refuses what our
+    model does not implement, and sizes that are missing, zero, not integers, or more than the file's tensors
+    can hold."""
     arch = meta.get("general.architecture")
-    if arch != "llama":
-        raise ConvertError(f"{source}: unsupported GGUF architecture '{arch}'; only 'llama' models can be imported")
-    experts = meta.get("llama.expert_count", 0)
+    if arch not in FORMATS:
+        known = ", ".join(f"'{name}'" for name in FORMATS)
+        raise ConvertError(f"{source}: unsupported GGUF architecture '{arch}'; only {known} models can be imported")
+    experts = meta.get(f"{arch}.expert_count", 0)
     if not isinstance(experts, int) or experts > 0:
-        raise ConvertError(f"{source}: mixture-of-experts models are not supported (llama.expert_count > 0)")
-    scaling = meta.get("llama.rope.scaling.type")
+        raise ConvertError(f"{source}: mixture-of-experts models are not supported ({arch}.expert_count > 0)")
+    scaling = meta.get(f"{arch}.rope.scaling.type")
     if scaling not in (None, "none") or "rope_freqs.weight" in tensor_names:
         raise ConvertError(f"{source}: RoPE scaling '{scaling or 'rope_freqs'}' is not implemented; only plain RoPE")
     biases = sorted(n for n in tensor_names if n.endswith(".bias"))
     if biases:
         raise ConvertError(f"{source}: tensor '{biases[0]}' is a bias; this model has no biases")
-    d_model = _count(meta, "llama.embedding_length", source)
-    n_heads = _count(meta, "llama.attention.head_count", source)
-    head_dim = _count(meta, "llama.attention.key_length", source, d_model // n_heads or 1)
-    if _count(meta, "llama.attention.value_length", source, head_dim) != head_dim:
+    d_model = _count(meta, f"{arch}.embedding_length", source)
+    n_heads = _count(meta, f"{arch}.attention.head_count", source)
+    head_dim = _count(meta, f"{arch}.attention.key_length", source, d_model // n_heads or 1)
+    if _count(meta, f"{arch}.attention.value_length", source, head_dim) != head_dim:
         raise ConvertError(f"{source}: key and value head sizes differ; not supported")
-    if _count(meta, "llama.rope.dimension_count", source, head_dim) != head_dim:
+    if _count(meta, f"{arch}.rope.dimension_count", source, head_dim) != head_dim:
         raise ConvertError(f"{source}: partial rotary embeddings (rope.dimension_count != head dim) are not supported")
     tokens = meta.get("tokenizer.ggml.tokens")  # the list, or its length when not read in full
     n_tokens = len(tokens) if isinstance(tokens, list) else tokens
-    n_layers = _count(meta, "llama.block_count", source)
+    n_layers = _count(meta, f"{arch}.block_count", source)
     layer_tensors = sum(1 for n in tensor_names if n.startswith("blk."))
-    if n_layers > layer_tensors:  # before anything is sized by it: each layer holds 9 tensors
+    if n_layers > layer_tensors:  # before anything is sized by it: each layer holds several tensors
         raise _damaged(source, f"metadata says {n_layers:,} layers but the file holds {layer_tensors} layer tensors")
     cfg = ModelConfig(
-        vocab_size=_count(meta, "llama.vocab_size", source, n_tokens),
+        vocab_size=_count(meta, f"{arch}.vocab_size", source, n_tokens),
         n_layers=n_layers,
         d_model=d_model,
         n_heads=n_heads,
-        n_kv_heads=_count(meta, "llama.attention.head_count_kv", source, n_heads),
-        d_ff=_count(meta, "llama.feed_forward_length", source),
+        n_kv_heads=_count(meta, f"{arch}.attention.head_count_kv", source, n_heads),
+        d_ff=_count(meta, f"{arch}.feed_forward_length", source),
         head_dim=0 if head_dim * n_heads == d_model else head_dim,
-        rope_theta=_f32(meta, "llama.rope.freq_base", source, 10000.0),
-        norm_eps=_f32(meta, "llama.attention.layer_norm_rms_epsilon", source, 1e-5),
-        max_seq_len=_count(meta, "llama.context_length", source, 2048),
+        rope_theta=_f32(meta, f"{arch}.rope.freq_base", source, 10000.0),
+        norm_eps=_f32(meta, f"{arch}.attention.layer_norm_rms_epsilon", source, 1e-5),
+        max_seq_len=_count(meta, f"{arch}.context_length", source, 2048),
         tie_embeddings="output.weight" not in tensor_names,
+        **implied_by(arch),
     )
     return check_model_config(cfg, source)
 

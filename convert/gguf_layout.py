@@ -1,4 +1,5 @@
-"""How a Llama model lays out in a GGUF file: llama.cpp's tensor names and its q/k row order.
+"""How a model lays out in a GGUF file: llama.cpp's tensor names (declared in core/architecture.py) and, for
+its `llama` architecture, its q/k row order.
 
 Used both ways: gguf_export.py writes with these names and permutes q/k rows, gguf_import.py undoes it.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinyllama.core.architecture import parameters
+from tinyllama.core.architecture import FORMATS, architecture, parameters
 from tinyllama.core.config import ModelConfig
 
 
@@ -32,7 +33,11 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def qk_heads(cfg: ModelConfig, hf_name: str) -> int | None:
-    """How many heads a q/k projection's rows hold (the permutation's unit); None for other tensors."""
+    """How many heads a q/k projection's rows hold (the permutation's unit), where the model's GGUF architecture
+    permutes them (llama, not the rotate-half ones); None for other tensors and architectures."""
+    arch = architecture(cfg)
+    if arch is None or not FORMATS[arch].gguf_permutes_qk:
+        return None
     if hf_name.endswith("self_attn.q_proj.weight"):
         return cfg.n_heads
     if hf_name.endswith("self_attn.k_proj.weight"):

@@ -19,6 +19,7 @@ from tinyllama.convert.common import (
     ConvertError,
     canonical_dtype,
     cast_weights,
+    check_expressible,
     check_output,
     check_space,
     load_checked_weights,
@@ -53,6 +54,7 @@ def export_hf(ckpt: str | Path, out: str | Path, *, dtype: str = "bfloat16", for
     out = check_output(out, force, source=ckpt)
     ckpt = Path(ckpt)
     cfg = read_model_config(ckpt)
+    check_expressible(ckpt, cfg, "transformers")
     hf = read_hf_config(ckpt)
     name = canonical_dtype(dtype)
     fix = "use another checkpoint"

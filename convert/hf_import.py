@@ -23,6 +23,7 @@ from tinyllama.convert.common import (
     tokenizer_dir_arg,
     write_imported,
 )
+from tinyllama.core.architecture import FORMATS
 from tinyllama.core.config import ConfigError, ModelConfig
 from tinyllama.core.dtypes import runtime_dtype
 from tinyllama.core.hf_config import from_hf_config
@@ -44,9 +45,10 @@ def read_source_config(src: Path) -> tuple[dict[str, Any], ModelConfig]:
     if hf.get("quantization_config") or hf.get("quantization"):
         raise ConvertError(f"{src} holds quantized weights; import the unquantized (fp16/bf16/fp32) model instead")
     archs = hf.get("architectures") or []
-    archs = [a for a in (archs if isinstance(archs, list) else [archs]) if a != "LlamaForCausalLM"]
+    known = [f.hf_class for f in FORMATS.values()]
+    archs = [a for a in (archs if isinstance(archs, list) else [archs]) if a not in known]
     if archs:
-        raise ConvertError(f"{src}: unsupported architecture '{archs[0]}'; only LlamaForCausalLM can be imported")
+        raise ConvertError(f"{src}: unsupported architecture '{archs[0]}'; only {', '.join(known)} can be imported")
     try:
         cfg = from_hf_config(hf)
     except (ConfigError, KeyError, TypeError, ValueError) as exc:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tinyllama.convert.common import (
     ConvertError,
+    check_expressible,
     check_output,
     check_space,
     load_checked_weights,
@@ -99,6 +100,7 @@ def export_mlx(
     out = check_output(out, force, source=ckpt)
     ckpt = Path(ckpt)
     cfg = read_model_config(ckpt)
+    check_expressible(ckpt, cfg, "mlx_lm")
     sizes = {"d_model": cfg.d_model, "heads x head_dim": cfg.n_heads * cfg.resolved_head_dim}
     for what, size in sizes.items():
         if size % q_group_size:

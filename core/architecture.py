@@ -177,3 +177,56 @@ def check_shapes(cfg: ModelConfig, shapes: dict[str, tuple[int, ...]], source: s
     for name, shape in expected.items():
         if tuple(shapes[name]) != shape:
             raise ValueError(f"{source}: tensor '{name}' has shape {tuple(shapes[name])}, config expects {shape}")
+
+
+# ------------------------------------------------------------------------------------------ file formats
+
+
+@dataclass(frozen=True)
+class Format:
+    """An architecture other tools know (transformers' and mlx_lm's `model_type`, llama.cpp's GGUF
+    `general.architecture`): transformers' class, and whether llama.cpp stores q/k rows permuted for its
+    interleaved RoPE (llama) or as they are (rotate-half, NEOX)."""
+
+    hf_class: str
+    gguf_permutes_qk: bool
+
+
+FORMATS = {"llama": Format("LlamaForCausalLM", gguf_permutes_qk=True)}
+
+# The switches beyond a plain Llama: (key, its plain-Llama value, the architecture in FORMATS that is a Llama
+# with it switched, and the value that architecture implies; None, None when no format has the switch: only
+# our own tools run such a model, and the exporters refuse it naming the key).
+SWITCHES: tuple[tuple[str, object, str | None, object], ...] = ()
+
+OWN_MODEL_TYPE = "tiny_llama"  # config.json's model_type for a model no other tool computes
+
+
+def switched(cfg: ModelConfig) -> dict[str, object]:
+    """The switches `cfg` sets away from plain Llama, key -> value."""
+    return {key: getattr(cfg, key) for key, plain, _, _ in SWITCHES if getattr(cfg, key) != plain}
+
+
+def architecture(cfg: ModelConfig) -> str | None:
+    """The architecture in FORMATS that computes this model exactly (plain: llama); None when a switch has none,
+    has another value than that architecture's, or two switches name different ones."""
+    names = {
+        arch if getattr(cfg, key) == value else None
+        for key, plain, arch, value in SWITCHES
+        if getattr(cfg, key) != plain
+    }
+    if not names:
+        return "llama"
+    return names.pop() if len(names) == 1 and None not in names else None
+
+
+def no_format_for(cfg: ModelConfig) -> str:
+    """Why no other tool can run `cfg` ('model.mlp relu2, model.logit_softcap 30.0'), '' when one can."""
+    if architecture(cfg) is not None:
+        return ""
+    return ", ".join(f"model.{key} {value}" for key, value in switched(cfg).items())
+
+
+def implied_by(arch: str) -> dict[str, object]:
+    """The switches an architecture in FORMATS implies (llama: none), for reading its config.json or GGUF."""
+    return {key: value for key, _, name, value in SWITCHES if name == arch}

@@ -237,6 +237,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     return value
 
 
+def coerce_model_key(name: str, value: Any) -> Any:
+    """A value for ModelConfig's field `name` (e.g. read from a config.json), typed as the YAML's would be."""
+    return _coerce(f"model.{name}", value, typing.get_type_hints(ModelConfig)[name])
+
+
 def _apply(config: Config, key: str, value: Any) -> None:
     section_name, _, field_name = key.partition(".")
     if section_name not in SECTIONS:
@@ -353,6 +358,10 @@ def validate_model(m: ModelConfig) -> None:
         m.max_seq_len <= MAX_POSITIONS,
         f"model.max_seq_len {m.max_seq_len} is beyond the {MAX_POSITIONS:,} positions supported; lower it",
     )
+    for key, options in CHOICES.items():
+        if key.startswith("model."):
+            value = getattr(m, key.removeprefix("model."))
+            _require(value in options, f"{key} must be one of {', '.join(options)}; got '{value}'")
 
 
 def validate(config: Config) -> None:

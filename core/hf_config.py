@@ -1,16 +1,24 @@
-"""Our ModelConfig <-> a Hugging Face `LlamaConfig` dict (the `config.json` every tool reads)."""
+"""Our ModelConfig <-> a Hugging Face `config.json` (what transformers, mlx_lm and llama.cpp's converter read).
+
+A plain Llama is written as `llama`; a switch that another architecture computes is written as that one (its
+`model_type`, core.architecture.FORMATS); a model no other tool computes gets our own model_type with its
+switches spelled out, so transformers and mlx_lm refuse it instead of running it wrong."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from tinyllama.core.config import ConfigError, ModelConfig, validate_model
+from tinyllama.core.architecture import FORMATS, OWN_MODEL_TYPE, SWITCHES, architecture, implied_by
+from tinyllama.core.config import ConfigError, ModelConfig, coerce_model_key, validate_model
+
+OWN_CLASS = "TinyLlamaForCausalLM"  # no transformers class has this name: it refuses such a model by design
 
 _UNSUPPORTED_HF = {
     "attention_bias": (False, "attention biases"),
     "mlp_bias": (False, "MLP biases"),
     "hidden_act": ("silu", "activations other than silu"),
+    "use_sliding_window": (False, "sliding-window attention"),
 }
 
 
@@ -18,9 +26,12 @@ def to_hf_config(
     model: ModelConfig, bos_token_id: int | None = None, eos_token_id: int | None = None, dtype: str = "float32"
 ) -> dict[str, Any]:
     """The `config.json` that transformers, mlx_lm and llama.cpp's converter read."""
+    arch = architecture(model)
+    own = {} if arch is not None else {key: getattr(model, key) for key, *_ in SWITCHES}  # read back by from_hf_config
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [FORMATS[arch].hf_class if arch else OWN_CLASS],
+        "model_type": arch or OWN_MODEL_TYPE,
+        **own,
         "vocab_size": model.vocab_size,
         "hidden_size": model.d_model,
         "intermediate_size": model.d_ff,
@@ -79,11 +90,19 @@ def from_hf_config(hf: dict[str, Any]) -> ModelConfig:
     or inconsistent size (so nothing is allocated from a damaged file). `auto_map` and other code-loading
     keys are ignored: only the fields below are read."""
     model_type = hf.get("model_type")
-    if model_type != "llama":
-        raise ConfigError(f"unsupported model_type '{model_type}': only Llama-architecture models can be loaded")
+    if model_type not in FORMATS and model_type != OWN_MODEL_TYPE:
+        known = ", ".join(FORMATS)
+        raise ConfigError(f"unsupported model_type '{model_type}': only these architectures can be loaded: {known}")
     for key, (allowed, what) in _UNSUPPORTED_HF.items():
         if key in hf and hf[key] not in (allowed, None):
             raise ConfigError(f"unsupported {key}={hf[key]!r}: this model has no {what}")
+    layer_types = hf.get("layer_types") or []
+    if not isinstance(layer_types, list) or any(kind != "full_attention" for kind in layer_types):
+        raise ConfigError(f"unsupported layer_types {layer_types!r}: only full attention in every layer is implemented")
+    if model_type == OWN_MODEL_TYPE:
+        switches = {key: hf[key] for key, *_ in SWITCHES if key in hf}
+    else:
+        switches = implied_by(model_type)
     rope, scaling = _mapping(hf, "rope_parameters"), _mapping(hf, "rope_scaling")
     for rope_type in (rope.get("rope_type"), scaling.get("rope_type"), scaling.get("type")):
         if rope_type not in (None, "default"):
@@ -106,5 +125,7 @@ def from_hf_config(hf: dict[str, Any]) -> ModelConfig:
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),  # HF default
         init_std=_number(hf, "initializer_range", 0.02),
     )
+    for key, value in switches.items():
+        setattr(cfg, key, coerce_model_key(key, value))
     validate_model(cfg)
     return cfg

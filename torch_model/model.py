@@ -90,19 +90,19 @@ class Attention(nn.Module):
         self.rope = RoPE(self.head_dim, cfg.rope_theta, cfg.max_seq_len)
         self.attend = attend  # swappable kernel (e.g. flash_attn), same signature
         self.qkv = None  # inference layout (fuse_projections): q/k/v_proj's weights as rows of this one tensor
+        self.widths = [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim]
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape
-        H, KV, hd = self.n_heads, self.n_kv_heads, self.head_dim
-        offset = cache.offset if cache is not None else 0
         if self.qkv is None:
-            q = self.rope(self.q_proj(x).view(B, T, H, hd).transpose(1, 2), offset)  # (B, H, T, hd)
-            k = self.rope(self.k_proj(x).view(B, T, KV, hd).transpose(1, 2), offset)  # (B, KV, T, hd)
-            v = self.v_proj(x).view(B, T, KV, hd).transpose(1, 2)  # (B, KV, T, hd)
-        else:  # the same weights in one product, RoPE on queries and keys at once: fewer calls per token
-            qkv = F.linear(x, self.qkv).view(B, T, H + 2 * KV, hd).transpose(1, 2)  # (B, H + 2 KV, T, hd)
-            qk = self.rope(qkv[:, : H + KV], offset)
-            q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + KV :]
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:  # the same weights in one product: at one token a step is mostly per-call cost
+            q, k, v = F.linear(x, self.qkv).split(self.widths, dim=-1)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
+        offset = cache.offset if cache is not None else 0
+        q, k = self.rope(q, offset), self.rope(k, offset)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, KV, S, hd), S = offset + T
         out = self.attend(q, k, v, self.scale, mask)  # (B, H, T, hd)

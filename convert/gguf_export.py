@@ -146,9 +146,8 @@ def write_gguf(
     w.add_rope_freq_base(cfg.rope_theta)
     w.add_layer_norm_rms_eps(cfg.norm_eps)
     w.add_rope_dimension_count(cfg.resolved_head_dim)
-    if cfg.resolved_head_dim * cfg.n_heads != cfg.d_model:
-        w.add_key_length(cfg.resolved_head_dim)
-        w.add_value_length(cfg.resolved_head_dim)
+    w.add_key_length(cfg.resolved_head_dim)  # always, as llama.cpp's converter does: readers of qwen3 assume 128
+    w.add_value_length(cfg.resolved_head_dim)
     w.add_vocab_size(cfg.vocab_size)
     w.add_file_type(file_type)
     if dtype in BLOCK_TYPES:

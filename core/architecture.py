@@ -52,6 +52,14 @@ def block_parameters(cfg: ModelConfig) -> dict[str, Param]:
         "self_attn.k_proj.weight": Param((kv, d), "normal", "attn_k", matrix=True),
         "self_attn.v_proj.weight": Param((kv, d), "normal", "attn_v", matrix=True),
         "self_attn.o_proj.weight": Param((d, q), "residual", "attn_output", matrix=True),
+        **(
+            {
+                "self_attn.q_norm.weight": Param((cfg.resolved_head_dim,), "ones", "attn_q_norm"),
+                "self_attn.k_norm.weight": Param((cfg.resolved_head_dim,), "ones", "attn_k_norm"),
+            }
+            if cfg.qk_norm
+            else {}
+        ),
         "post_attention_layernorm.weight": Param((d,), "ones", "ffn_norm"),
         "mlp.gate_proj.weight": Param((cfg.d_ff, d), "normal", "ffn_gate", matrix=True),
         "mlp.up_proj.weight": Param((cfg.d_ff, d), "normal", "ffn_up", matrix=True),
@@ -192,12 +200,15 @@ class Format:
     gguf_permutes_qk: bool
 
 
-FORMATS = {"llama": Format("LlamaForCausalLM", gguf_permutes_qk=True)}
+FORMATS = {
+    "llama": Format("LlamaForCausalLM", gguf_permutes_qk=True),
+    "qwen3": Format("Qwen3ForCausalLM", gguf_permutes_qk=False),  # Llama + per-head q/k RMSNorm before RoPE
+}
 
 # The switches beyond a plain Llama: (key, its plain-Llama value, the architecture in FORMATS that is a Llama
 # with it switched, and the value that architecture implies; None, None when no format has the switch: only
 # our own tools run such a model, and the exporters refuse it naming the key).
-SWITCHES: tuple[tuple[str, object, str | None, object], ...] = ()
+SWITCHES: tuple[tuple[str, object, str | None, object], ...] = (("qk_norm", False, "qwen3", True),)
 
 OWN_MODEL_TYPE = "tiny_llama"  # config.json's model_type for a model no other tool computes
 

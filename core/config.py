@@ -43,6 +43,7 @@ class ModelConfig:
     max_seq_len: int = opt(1024, "longest context the model is built for (RoPE table, generation limit)")
     tie_embeddings: bool = opt(True, "share the token embedding with the output head")
     init_std: float = opt(0.02, "standard deviation of the initial weights")
+    qk_norm: bool = opt(False, "RMSNorm of each head's queries and keys before RoPE (Qwen3, OLMo 2); exported as qwen3")
 
     @property
     def resolved_head_dim(self) -> int:

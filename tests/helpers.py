@@ -4,6 +4,7 @@ stay in conftest.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import io
 import json
@@ -50,6 +51,15 @@ TINY_MODELS = {
         norm_eps=1e-6,
         tie_embeddings=False,
         max_seq_len=128,
+    ),
+}
+
+
+# The architecture switches (core.architecture.SWITCHES) on tiny shapes: GQA with QK-norm, ...
+VARIANT_MODELS = {  # vocab 320: above the byte-level BPE tokenizer the GGUF tests give them (write_bpe_tokenizer)
+    "gqa8x2-qk_norm": dataclasses.replace(TINY_MODELS["gqa8x2-tied"], vocab_size=320, qk_norm=True),
+    "mqa-headdim128-qk_norm-untied": dataclasses.replace(  # real Qwen3 models' head_dim (see tests/test_formats.py)
+        TINY_MODELS["mqa-headdim-theta"], vocab_size=320, head_dim=128, qk_norm=True, tie_embeddings=False
     ),
 }
 

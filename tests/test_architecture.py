@@ -11,7 +11,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_MODELS
+from helpers import TINY_MODELS, VARIANT_MODELS
 from mlx.utils import tree_flatten
 
 from tinyllama.core.architecture import (
@@ -31,8 +31,7 @@ from tinyllama.torch_model.model import Model as TorchModel
 from tinyllama.torch_model.state import build_model as build_torch
 from tinyllama.torch_model.state import model_state as torch_state
 
-# Every architecture switch beside the plain shapes: each must be declared and built alike.
-VARIANTS = {name: cfg for name, cfg in TINY_MODELS.items()}
+VARIANTS = {**TINY_MODELS, **VARIANT_MODELS}  # every switch beside the plain shapes: declared and built alike
 
 
 @pytest.fixture(params=sorted(VARIANTS))

@@ -87,6 +87,8 @@ class Attention(nn.Module):
         self.k_proj = Linear(cfg.d_model, self.n_kv_heads * self.head_dim)
         self.v_proj = Linear(cfg.d_model, self.n_kv_heads * self.head_dim)
         self.o_proj = Linear(self.n_heads * self.head_dim, cfg.d_model)
+        self.q_norm = RMSNorm(self.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.rope = RoPE(self.head_dim, cfg.rope_theta, cfg.max_seq_len)
         self.attend = attend  # swappable kernel (e.g. flash_attn), same signature
         self.qkv = None  # inference layout (fuse_projections): q/k/v_proj's weights as rows of this one tensor
@@ -101,6 +103,8 @@ class Attention(nn.Module):
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
+        if self.q_norm is not None:  # QK-norm: each head's queries and keys at unit RMS before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
         offset = cache.offset if cache is not None else 0
         q, k = self.rope(q, offset), self.rope(k, offset)
         if cache is not None:

@@ -46,6 +46,7 @@ class Param:
 def block_parameters(cfg: ModelConfig) -> dict[str, Param]:
     """One transformer block's parameters, named below `model.layers.{i}.`, in the order the models create them."""
     d, q, kv = cfg.d_model, cfg.n_heads * cfg.resolved_head_dim, cfg.n_kv_heads * cfg.resolved_head_dim
+    gated = cfg.mlp == "swiglu"  # relu2: up and down only
     return {
         "input_layernorm.weight": Param((d,), "ones", "attn_norm"),
         "self_attn.q_proj.weight": Param((q, d), "normal", "attn_q", matrix=True),
@@ -61,7 +62,7 @@ def block_parameters(cfg: ModelConfig) -> dict[str, Param]:
             else {}
         ),
         "post_attention_layernorm.weight": Param((d,), "ones", "ffn_norm"),
-        "mlp.gate_proj.weight": Param((cfg.d_ff, d), "normal", "ffn_gate", matrix=True),
+        **({"mlp.gate_proj.weight": Param((cfg.d_ff, d), "normal", "ffn_gate", matrix=True)} if gated else {}),
         "mlp.up_proj.weight": Param((cfg.d_ff, d), "normal", "ffn_up", matrix=True),
         "mlp.down_proj.weight": Param((d, cfg.d_ff), "residual", "ffn_down", matrix=True),
     }
@@ -208,7 +209,10 @@ FORMATS = {
 # The switches beyond a plain Llama: (key, its plain-Llama value, the architecture in FORMATS that is a Llama
 # with it switched, and the value that architecture implies; None, None when no format has the switch: only
 # our own tools run such a model, and the exporters refuse it naming the key).
-SWITCHES: tuple[tuple[str, object, str | None, object], ...] = (("qk_norm", False, "qwen3", True),)
+SWITCHES: tuple[tuple[str, object, str | None, object], ...] = (
+    ("qk_norm", False, "qwen3", True),
+    ("mlp", "swiglu", None, None),
+)
 
 OWN_MODEL_TYPE = "tiny_llama"  # config.json's model_type for a model no other tool computes
 

@@ -36,7 +36,7 @@ class ModelConfig:
     d_model: int = opt(384, "hidden size")
     n_heads: int = opt(6, "query heads")
     n_kv_heads: int = opt(2, "key/value heads (grouped-query attention); divides n_heads")
-    d_ff: int = opt(1024, "SwiGLU hidden size")
+    d_ff: int = opt(1024, "the MLP's hidden size")
     head_dim: int = opt(0, "per-head size; 0 = d_model / n_heads (imported models may differ)")
     rope_theta: float = opt(10000.0, "RoPE base frequency")
     norm_eps: float = opt(1e-5, "RMSNorm epsilon")
@@ -44,6 +44,11 @@ class ModelConfig:
     tie_embeddings: bool = opt(True, "share the token embedding with the output head")
     init_std: float = opt(0.02, "standard deviation of the initial weights")
     qk_norm: bool = opt(False, "RMSNorm of each head's queries and keys before RoPE (Qwen3, OLMo 2); exported as qwen3")
+    mlp: str = opt(
+        "swiglu",
+        "swiglu (silu(gate) * up, three matrices) | relu2 (relu(up)^2, two matrices: nanochat, modded-nanogpt; give "
+        "it 1.5x the d_ff for equal parameters; no other tool runs it)",
+    )
 
     @property
     def resolved_head_dim(self) -> int:
@@ -165,6 +170,7 @@ class Config:
 
 SECTIONS: dict[str, type] = typing.get_type_hints(Config)
 CHOICES = {
+    "model.mlp": ("swiglu", "relu2"),
     "training.dtype": ("float32", "bfloat16"),
     "training.on_nonfinite": ("stop", "skip"),
     "training.schedule": ("cosine", "wsd"),

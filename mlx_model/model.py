@@ -1,4 +1,5 @@
-"""A Llama decoder in MLX: RMSNorm, rotate-half RoPE, grouped-query attention, SwiGLU.
+"""A Llama decoder in MLX: RMSNorm, rotate-half RoPE, grouped-query attention, SwiGLU (or the switches of
+core/architecture.py: QK-norm, ReLU²).
 
 Line-for-line twin of torch_model/model.py (same classes, attributes and order; `diff` shows only
 idiom). Parameter names are Hugging Face Llama names, so the flattened parameters are an HF state
@@ -91,11 +92,13 @@ def segment_mask(segments: mx.array) -> mx.array:
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False) if cfg.mlp == "swiglu" else None
         self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
+        if self.gate_proj is None:
+            return self.down_proj(mx.square(nn.relu(self.up_proj(x))))  # ReLU²
         return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
 
 

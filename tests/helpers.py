@@ -61,6 +61,8 @@ VARIANT_MODELS = {  # vocab 320: above the byte-level BPE tokenizer the GGUF tes
     "mqa-headdim128-qk_norm-untied": dataclasses.replace(  # real Qwen3 models' head_dim (see tests/test_formats.py)
         TINY_MODELS["mqa-headdim-theta"], vocab_size=320, head_dim=128, qk_norm=True, tie_embeddings=False
     ),
+    "mha4-relu2-untied": dataclasses.replace(TINY_MODELS["mha4-untied"], vocab_size=320, mlp="relu2", d_ff=96),
+    "gqa8x2-relu2-qk_norm": dataclasses.replace(TINY_MODELS["gqa8x2-tied"], vocab_size=320, mlp="relu2", qk_norm=True),
 }
 
 

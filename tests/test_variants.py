@@ -17,6 +17,7 @@ from tinyllama.core.model_files import load_optimizer, load_weights, read_model_
 
 VARIANTS = {  # name -> the config keys it sets
     "qk_norm": {"model.qk_norm": True},
+    "relu2": {"model.mlp": "relu2"},
 }
 ARGS = ("--training.max_steps", "20", "--training.eval_every", "0", "--training.save_every", "10")
 

@@ -1,4 +1,5 @@
-"""A Llama decoder in PyTorch: RMSNorm, rotate-half RoPE, grouped-query attention, SwiGLU.
+"""A Llama decoder in PyTorch: RMSNorm, rotate-half RoPE, grouped-query attention, SwiGLU (or the switches of
+core/architecture.py: QK-norm, ReLU²).
 
 Line-for-line twin of mlx_model/model.py (same classes, attributes and order; `diff` shows only
 idiom). Parameter names are Hugging Face Llama names, so `state_dict()` is an HF state dict; what the model
@@ -143,12 +144,14 @@ def segment_mask(segments: torch.Tensor) -> torch.Tensor:
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = Linear(cfg.d_model, cfg.d_ff)
+        self.gate_proj = Linear(cfg.d_model, cfg.d_ff) if cfg.mlp == "swiglu" else None
         self.up_proj = Linear(cfg.d_model, cfg.d_ff)
         self.down_proj = Linear(cfg.d_ff, cfg.d_model)
         self.gate_up = None  # inference layout (fuse_projections): gate_proj's and up_proj's weights as one tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_proj is None:
+            return self.down_proj(F.relu(self.up_proj(x)).square())  # ReLU²
         if self.gate_up is None:
             gate, up = self.gate_proj(x), self.up_proj(x)
         else:
@@ -237,7 +240,8 @@ def fuse_projections(model: Model) -> Model:
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
             attn.qkv = _one_tensor([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
-            mlp.gate_up = _one_tensor([mlp.gate_proj.weight, mlp.up_proj.weight])
+            if mlp.gate_proj is not None:
+                mlp.gate_up = _one_tensor([mlp.gate_proj.weight, mlp.up_proj.weight])
     return model
 
 

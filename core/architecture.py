@@ -212,6 +212,7 @@ FORMATS = {
 SWITCHES: tuple[tuple[str, object, str | None, object], ...] = (
     ("qk_norm", False, "qwen3", True),
     ("mlp", "swiglu", None, None),
+    ("logit_softcap", 0.0, None, None),
 )
 
 OWN_MODEL_TYPE = "tiny_llama"  # config.json's model_type for a model no other tool computes

@@ -49,6 +49,9 @@ class ModelConfig:
         "swiglu (silu(gate) * up, three matrices) | relu2 (relu(up)^2, two matrices: nanochat, modded-nanogpt; give "
         "it 1.5x the d_ff for equal parameters; no other tool runs it)",
     )
+    logit_softcap: float = opt(
+        0.0, "> 0: logits = c * tanh(logits / c) (Gemma 2, nanochat) in training and generation; 0 = off; ours only"
+    )
 
     @property
     def resolved_head_dim(self) -> int:
@@ -361,6 +364,7 @@ def validate_model(m: ModelConfig) -> None:
     _require(math.isfinite(m.rope_theta) and m.rope_theta > 0, f"model.rope_theta must be > 0, got {m.rope_theta}")
     _require(0 < m.norm_eps < 1, f"model.norm_eps must be in (0, 1), got {m.norm_eps}")
     _require(math.isfinite(m.init_std) and m.init_std > 0, f"model.init_std must be > 0, got {m.init_std}")
+    _require(m.logit_softcap >= 0, f"model.logit_softcap must be >= 0 (0 = off), got {m.logit_softcap}")
     _require(
         m.max_seq_len <= MAX_POSITIONS,
         f"model.max_seq_len {m.max_seq_len} is beyond the {MAX_POSITIONS:,} positions supported; lower it",

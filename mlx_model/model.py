@@ -1,5 +1,5 @@
 """A Llama decoder in MLX: RMSNorm, rotate-half RoPE, grouped-query attention, SwiGLU (or the switches of
-core/architecture.py: QK-norm, ReLU²).
+core/architecture.py: QK-norm, ReLU², logit soft-capping).
 
 Line-for-line twin of torch_model/model.py (same classes, attributes and order; `diff` shows only
 idiom). Parameter names are Hugging Face Llama names, so the flattened parameters are an HF state
@@ -139,7 +139,7 @@ class Model(nn.Module):
         self.model = LlamaModel(cfg)
         if not cfg.tie_embeddings:
             self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.logit_transform = None  # what the model does to its raw logits (in generation and in the loss)
+        self.logit_transform = self.soft_cap if cfg.logit_softcap else None  # on raw logits, in generation and loss
 
     @property
     def head_layer(self) -> nn.Module:
@@ -151,6 +151,11 @@ class Model(nn.Module):
         MLX-quantized head (inference only) runs too."""
         logits = self.head_layer.as_linear(h) if self.cfg.tie_embeddings else self.head_layer(h)
         return self.logit_transform(logits) if self.logit_transform is not None else logits
+
+    def soft_cap(self, logits: mx.array) -> mx.array:
+        """Tanh soft-capping: every logit smoothly within +-logit_softcap, in fp32."""
+        cap = self.cfg.logit_softcap
+        return cap * mx.tanh(logits.astype(mx.float32) / cap)
 
     def __call__(
         self,

@@ -18,6 +18,7 @@ from tinyllama.core.model_files import load_optimizer, load_weights, read_model_
 VARIANTS = {  # name -> the config keys it sets
     "qk_norm": {"model.qk_norm": True},
     "relu2": {"model.mlp": "relu2"},
+    "logit_softcap": {"model.logit_softcap": 3.0},  # bends the smoke model's logits (up to ~2.3 raw) by step 20
 }
 ARGS = ("--training.max_steps", "20", "--training.eval_every", "0", "--training.save_every", "10")
 

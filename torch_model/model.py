@@ -1,5 +1,5 @@
 """A Llama decoder in PyTorch: RMSNorm, rotate-half RoPE, grouped-query attention, SwiGLU (or the switches of
-core/architecture.py: QK-norm, ReLU²).
+core/architecture.py: QK-norm, ReLU², logit soft-capping).
 
 Line-for-line twin of mlx_model/model.py (same classes, attributes and order; `diff` shows only
 idiom). Parameter names are Hugging Face Llama names, so `state_dict()` is an HF state dict; what the model
@@ -196,7 +196,7 @@ class Model(nn.Module):
         self.model = LlamaModel(cfg)
         if not cfg.tie_embeddings:
             self.lm_head = Linear(cfg.d_model, cfg.vocab_size)
-        self.logit_transform = None  # what the model does to its raw logits (in generation and in the loss)
+        self.logit_transform = self.soft_cap if cfg.logit_softcap else None  # on raw logits, in generation and loss
 
     @property
     def head_layer(self) -> nn.Module:
@@ -207,6 +207,11 @@ class Model(nn.Module):
         """(..., d_model) final hidden states -> (..., vocab) logits: h @ head.T."""
         logits = F.linear(h, self.head_layer.weight)
         return self.logit_transform(logits) if self.logit_transform is not None else logits
+
+    def soft_cap(self, logits: torch.Tensor) -> torch.Tensor:
+        """Tanh soft-capping: every logit smoothly within +-logit_softcap, in fp32."""
+        cap = self.cfg.logit_softcap
+        return cap * torch.tanh(logits.float() / cap)
 
     def forward(
         self,

@@ -103,6 +103,7 @@ class TrainingConfig:
     )
     sample_prompt: str = opt("The history of", "prompt of the text sample printed at each evaluation and at the end")
     sample_tokens: int = opt(48, "tokens generated for that sample")
+    z_loss: float = opt(0.0, "> 0: add z_loss * log(Z)^2 per token to the training loss (PaLM; e.g. 1e-4); 0 = off")
     init_from: str = opt("", "a checkpoint directory whose weights start a new run (fine-tuning)")
 
 
@@ -402,6 +403,7 @@ def validate(config: Config) -> None:
     _require(all(0 <= b < 1 for b in t.betas), f"training.betas must each be in [0, 1), got {list(t.betas)}")
     _require(t.eps > 0, f"training.eps must be > 0, got {t.eps}")
     _require(t.weight_decay >= 0, f"training.weight_decay must be >= 0, got {t.weight_decay}")
+    _require(t.z_loss >= 0, f"training.z_loss must be >= 0 (0 = off), got {t.z_loss}")
     _require(t.grad_clip >= 0, f"training.grad_clip must be >= 0 (0 disables), got {t.grad_clip}")
     _require(0 <= t.decay_fraction <= 1, f"training.decay_fraction must be in [0, 1], got {t.decay_fraction}")
     _require(t.muon_lr > 0, f"training.muon_lr must be > 0, got {t.muon_lr}")

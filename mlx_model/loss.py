@@ -75,6 +75,8 @@ def chunk_loss(logits: mx.array, targets: mx.array, kept: mx.array, training=Non
     x = logits.astype(mx.float32)  # (n, V)
     log_z = mx.logsumexp(x, axis=-1, keepdims=True)  # (n, 1)
     loss = log_z - mx.take_along_axis(x, targets, axis=-1)  # (n, 1): cross-entropy
+    if training is not None and training.z_loss:  # PaLM's z-loss: keeps log Z, the softmax's normaliser, near 0
+        loss = loss + training.z_loss * mx.square(log_z)
     return (loss * kept).sum()
 
 
@@ -82,7 +84,7 @@ def plain_cross_entropy(transform, training) -> bool:
     """Whether chunk_loss is cross-entropy of the raw logits alone, whose gradient the fused path below computes
     from its one exp per logit (softmax - one_hot) instead of autodiff: the common case, and on MLX's CPU the
     fast one."""
-    return transform is None
+    return transform is None and not (training is not None and training.z_loss)
 
 
 def linear_cross_entropy(

@@ -307,3 +307,50 @@ def test_the_fused_gradient_is_autodiff_of_chunk_loss(tiny_model_cfg, monkeypatc
         for name, g in grads.items():
             expected = np.asarray(fused_grads[name])
             assert np.allclose(np.asarray(g), expected, rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.parametrize("case", ["logit_softcap", "z_loss", "both"])
+def test_loss_terms_equal_autodiff_through_the_full_logits(case, monkeypatch):
+    """A soft-capped model's loss and a z-loss term, chunked with their gradients from autodiff of chunk_loss,
+    equal autodiff through the materialised (capped) logits: CE + z_loss * mean(logsumexp^2); both twins.
+    Evaluation (no `training`) leaves the z-loss out."""
+    import dataclasses
+
+    import mlx.nn as nn
+    from helpers import TINY_MODELS
+    from mlx.utils import tree_flatten as mlx_flatten
+
+    import tinyllama.mlx_model.loss as mlx_loss
+    from tinyllama.core.config import TrainingConfig
+
+    cfg = dataclasses.replace(TINY_MODELS["gqa6x3-untied-eps"], logit_softcap=2.5 if case != "z_loss" else 0.0)
+    training = TrainingConfig(z_loss=0.05 if case != "logit_softcap" else 0.0)
+    monkeypatch.setitem(loss_module.CHUNK_BYTES, "cpu", 7 * cfg.vocab_size * 4)
+    monkeypatch.setattr(mlx_loss, "CHUNK_BYTES", 7 * cfg.vocab_size * 4)
+    weights = random_weights(cfg)
+    tokens = tokens_for(cfg, 2, 19, seed=7)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+
+    model = build_torch(cfg, weights)
+    logits = model(torch.from_numpy(x)).float()  # capped when the model caps
+    assert case == "z_loss" or logits.abs().max() < 2.5
+    log_z = logits.logsumexp(-1)
+    expected = torch_cross_entropy(logits, torch.from_numpy(y)) + training.z_loss * log_z.square().mean()
+    expected.backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    loss = model(torch.from_numpy(x), targets=torch.from_numpy(y), training=training)
+    loss.backward()
+    assert abs(loss.item() - expected.item()) < 1e-5
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, reference[name], rtol=1e-4, atol=1e-6), name
+    with torch.no_grad():  # evaluation: cross-entropy alone
+        plain = torch_cross_entropy(logits.detach(), torch.from_numpy(y)).item()
+        assert abs(model(torch.from_numpy(x), targets=torch.from_numpy(y)).item() - plain) < 1e-5
+
+    mlx_model = build_mlx(cfg, weights)
+    ours = nn.value_and_grad(mlx_model, lambda m, x, y: m(x, targets=y, training=training))
+    mlx_value, mlx_grads = ours(mlx_model, mx.array(x), mx.array(y))
+    assert abs(mlx_value.item() - expected.item()) < 1e-5
+    for name, g in mlx_flatten(mlx_grads):
+        assert np.allclose(np.array(g), reference[name].numpy(), rtol=1e-4, atol=1e-6), name

@@ -19,6 +19,7 @@ VARIANTS = {  # name -> the config keys it sets
     "qk_norm": {"model.qk_norm": True},
     "relu2": {"model.mlp": "relu2"},
     "logit_softcap": {"model.logit_softcap": 3.0},  # bends the smoke model's logits (up to ~2.3 raw) by step 20
+    "z_loss": {"training.z_loss": 0.01},  # log Z starts near ln(512) = 6.2: a visible share of the loss
 }
 ARGS = ("--training.max_steps", "20", "--training.eval_every", "0", "--training.save_every", "10")
 

@@ -53,13 +53,15 @@ def chunk_loss(logits: torch.Tensor, targets: torch.Tensor, kept: torch.Tensor, 
     x = logits.float()  # (n, V)
     log_z = torch.logsumexp(x, dim=-1, keepdim=True)  # (n, 1)
     loss = log_z - x.gather(1, targets)  # (n, 1): cross-entropy
+    if training is not None and training.z_loss:  # PaLM's z-loss: keeps log Z, the softmax's normaliser, near 0
+        loss = loss + training.z_loss * log_z.square()
     return (loss * kept).sum()
 
 
 def plain_cross_entropy(transform, training) -> bool:
     """Whether chunk_loss is cross-entropy of the raw logits alone, whose gradient the fused path below computes
     in reused buffers (softmax - one_hot) instead of autograd: the common case, and the fast one on a CPU."""
-    return transform is None
+    return transform is None and not (training is not None and training.z_loss)
 
 
 def linear_cross_entropy(

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -46,8 +46,21 @@ from tinyllama.core.training import (
     write_checkpoint,
 )
 
-if TYPE_CHECKING:  # data/ uses core; core names data's types only
-    from tinyllama.data.store import PreparedData
+
+class TrainingData(Protocol):
+    """What the loop reads of the prepared data (data.store.PreparedData, data.ahead's); core/ imports nothing
+    from data/, which builds on core."""
+
+    tokenizer: Any  # eos_id, bos_id, decode(ids)
+    tokenizer_dir: Path | None
+    conversations: bool
+    meta: dict[str, Any]
+
+    def check_model_vocab(self, model_vocab_size: int) -> None: ...
+    def signature(self) -> dict[str, Any]: ...
+    def train_batches(self, seq_len: int, batch_size: int, seed: int, rank: int, world_size: int, grad_accum: int): ...
+    def val_windows(self, seq_len: int, count: int) -> Any: ...  # windows (N, seq_len + 1), or packed rows
+    def prompt_ids(self, text: str) -> list[int]: ...
 
 
 @dataclass
@@ -131,7 +144,7 @@ class Run:
         if self.any_rank(error is not None):
             raise error or UserError(f"rank 0 could not use output.dir {self.cfg.output.dir} (see its message)")
 
-    def prepare(self, data: PreparedData, resume: str) -> Start:
+    def prepare(self, data: TrainingData, resume: str) -> Start:
         """Where the run starts, its batches and its validation set, from the prepared tokens
         (data.prepare.prepare_data)."""
         t = self.t

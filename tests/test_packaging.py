@@ -111,3 +111,20 @@ def test_python_dash_m_works_from_anywhere_and_names_itself_as_typed(tmp_path):
         assert result.returncode == 0 and result.stdout.startswith(f"usage: python -m {module} "), result.stderr
     in_clone = subprocess.run([sys.executable, "-m", "convert", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert in_clone.stdout.startswith("usage: python -m convert "), in_clone.stderr
+
+
+def test_static_tools_resolve_the_package_to_the_files_in_a_clone():
+    """An IDE's go-to-definition (jedi, as editors use it) finds `tinyllama.core.config.load_config` in the
+    clone's core/config.py, and the trainer's imports in train.py: the package's entries are symlinks to the
+    root folders, not a run-time path hook that static tools cannot see."""
+    import jedi
+
+    project = jedi.Project(ROOT, sys_path=[str(ROOT)])
+    code = "from tinyllama.core.config import load_config\nfrom tinyllama import train_cuda\n"
+    script = jedi.Script(code, path=ROOT / "probe.py", project=project)
+    (config,) = script.goto(1, len("from tinyllama.core.config import load_"), follow_imports=True)
+    assert Path(config.module_path).resolve() == ROOT / "core" / "config.py" and config.name == "load_config"
+    (trainer,) = script.goto(2, len("from tinyllama import train_c"), follow_imports=True)
+    assert Path(trainer.module_path).resolve() == ROOT / "train_cuda.py"
+    for entry in (ROOT / "tinyllama").iterdir():  # every package entry but __init__ is a link into the root
+        assert entry.name in ("__init__.py", "__pycache__") or entry.resolve().parent == ROOT, entry

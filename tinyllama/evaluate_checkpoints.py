@@ -1,0 +1,1 @@
+../evaluate_checkpoints.py

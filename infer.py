@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tinyllama.convert.model_source import resolve_model
 from tinyllama.core.backend import BACKENDS, Backend, load_backend, pick
@@ -29,6 +30,9 @@ from tinyllama.core.cli import ArgumentParser, UserError, exit_without_teardown,
 from tinyllama.core.model_files import is_mlx_quantized, read_eos_ids, read_model_config
 from tinyllama.core.sampling import SamplingParams, TextStream, fit_prompt
 from tinyllama.core.weights import dtype_arg
+
+if TYPE_CHECKING:  # data.chat is imported when --chat asks for it
+    from tinyllama.data.chat import ChatTemplate
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -139,34 +143,27 @@ def stream_one(backend: Backend, tok, text: str, opts: dict, max_new: int) -> st
     return stream_ids(backend, TextStream(tok.decode, ids), ids, opts, max_new)[1]
 
 
-def chat_template(tok, file: str | None) -> tuple[str, set[int]]:
+def chat_template(tok, file: str | None) -> tuple[ChatTemplate, set[int]]:
     """The template for --chat (--chat-template's file, else the tokenizer's, else data.chat's default, with
     a note) and the ids that end an answer (rendering a probe conversation: a broken template fails here)."""
-    from tinyllama.data.chat import DEFAULT_TEMPLATE, end_of_turn_ids
+    from tinyllama.data.chat import end_of_turn_ids, read_template, template_of, tokenizer_template
 
     if file is None:
-        template = tok.chat_template or DEFAULT_TEMPLATE
-        if tok.chat_template is None:
+        template = template_of(tok)
+        if tokenizer_template(tok) is None:
             print(
                 "note: the tokenizer has no chat template; using the default (<|user|> ... <|assistant|>)",
                 file=sys.stderr,
             )
     else:
-        try:
-            template = Path(file).read_bytes().decode("utf-8")
-        except OSError as exc:
-            raise UserError(f"cannot read --chat-template {file}: {exc.strerror or exc}") from None
-        except UnicodeDecodeError as exc:
-            raise UserError(f"--chat-template {file} is not UTF-8 text (byte offset {exc.start})") from None
-        if not template.strip():
-            raise UserError(f"--chat-template {file} is empty; write a jinja2 chat template in it")
+        template = read_template(file, "--chat-template")
     return template, end_of_turn_ids(tok, template)
 
 
 def chat(
     backend: Backend,
     tok,
-    template: str,
+    template: ChatTemplate,
     args: argparse.Namespace,
     opts: dict,
     report: Callable[[str], None],
@@ -224,7 +221,7 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> None:
     from tinyllama.data.tokenizer import checkpoint_tokenizer
 
     tok = checkpoint_tokenizer(args.ckpt, args.tokenizer, cfg.vocab_size)
-    template, stops = chat_template(tok, args.chat_template) if args.chat else ("", set())
+    template, stops = chat_template(tok, args.chat_template) if args.chat else (None, set())
     backend = load_backend(name, args.ckpt, args.dtype, device)
     seed = args.seed
     if seed is None and not params.greedy:

@@ -124,6 +124,15 @@ CASES = [
         "ok.txt",
     ),
     ("chat-template", "train_cuda.py", "{chat} --data.chat_template {s}/broken.jinja", "does not parse", "template"),
+    ("chat-template-loop", "train_cuda.py", "{chat} --data.chat_template {s}/loop.jinja", "did not finish", "loop"),
+    (
+        "chat-template-include",
+        "train_cuda.py",
+        "{chat} --data.chat_template {s}/include.jinja",
+        "includes another template",
+        "include.jinja",
+    ),
+    ("chat-template-empty", "train_cuda.py", "{chat} --data.chat_template {s}/empty.jinja", "is empty", "empty.jinja"),
     ("ahead-chat", "train_cuda.py", "{chat} --data.prepare ahead", "conversations are prepared whole", "data.prepare"),
     ("chat-format-choice", "train.py", "--config {smoke} --data.format sharegpt", "must be one of", "data.format"),
     ("data-cache-file", "train_cuda.py", "{train} --data.cache_dir {s}/a-file", "data.cache_dir", "a-file"),
@@ -151,6 +160,27 @@ CASES = [
     ("infer-temperature", "infer.py", "--ckpt {good} --temperature -1", "temperature must be >= 0", "temperature"),
     ("infer-top-p", "infer.py", "--ckpt {good} --top-p 2", "top_p must be in (0, 1]", "top_p"),
     ("infer-max-new", "infer.py", "--ckpt {good} --max-new-tokens 0", "must be >= 1", "--max-new-tokens"),
+    (
+        "infer-chat-template-recursion",
+        "infer.py",
+        "--ckpt {good} --chat -p hi --chat-template {s}/recursion.jinja",
+        "calls nest deeper than",
+        "recursion.jinja",
+    ),
+    (
+        "infer-chat-template-binary",
+        "infer.py",
+        "--ckpt {good} --chat -p hi --chat-template {s}/image.txt",
+        "not UTF-8 text",
+        "image.txt",
+    ),
+    (
+        "infer-chat-own-template",
+        "infer.py",
+        "--ckpt {s}/zero-template.ckpt --chat -p hi",
+        "ZeroDivisionError",
+        "zero-template.ckpt/tokenizer_config.json",
+    ),
     ("infer-prompt-file", "infer.py", "--ckpt {good} --prompt-file {s}/gone.txt", "prompt file not found", "gone"),
     ("infer-prompt-binary", "infer.py", "--ckpt {good} --prompt-file {s}/image.txt", "not UTF-8 text", "image"),
     ("infer-dtype", "infer.py", "--ckpt {good} --dtype int8", "unknown dtype 'int8'", "--dtype"),
@@ -243,12 +273,16 @@ def damaged_copy(good: Path, path: Path, change) -> Path:
     return path
 
 
-def edit_config(**fields):
+def edit_json(name: str, **fields):
     def change(path: Path) -> None:
-        hf = json.loads((path / "config.json").read_text())
-        (path / "config.json").write_text(json.dumps({**hf, **fields}))
+        hf = json.loads((path / name).read_text())
+        (path / name).write_text(json.dumps({**hf, **fields}))
 
     return change
+
+
+def edit_config(**fields):
+    return edit_json("config.json", **fields)
 
 
 def shard_gone(path: Path) -> None:
@@ -282,6 +316,7 @@ def sandbox(tmp_path_factory, data_cache):
         "nan.ckpt": rewrite_weights(lambda w: {**w, "model.norm.weight": w["model.norm.weight"] * np.nan}),
         "extra.ckpt": rewrite_weights(lambda w: {**w, "extra.weight": np.zeros((64, 64), np.float32)}),
         "no-shard.ckpt": shard_gone,
+        "zero-template.ckpt": edit_json("tokenizer_config.json", chat_template="{{ 1 / 0 }}"),
     }
     for name, change in copies.items():
         damaged_copy(good, s / name, change)
@@ -311,6 +346,10 @@ def sandbox(tmp_path_factory, data_cache):
     (s / "no-answer.jsonl").write_text(json.dumps(talk) + "\n" + json.dumps({"messages": talk["messages"][:1]}) + "\n")
     (s / "chat.jsonl").write_text((json.dumps(talk) + "\n") * 20)
     (s / "broken.jinja").write_text("{% for message in messages %}{{ message['content'] }")
+    (s / "loop.jinja").write_text("{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}")
+    (s / "include.jinja").write_text("{% include '/etc/passwd' %}")
+    (s / "empty.jinja").write_text("")
+    (s / "recursion.jinja").write_text("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}")
     (s / "typo-cases.yaml").write_text("- {prompt: a, expct: b}\n")
     write_word_tokenizer(s / "big-tok", 600)
     placeholders = {

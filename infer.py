@@ -170,7 +170,8 @@ def chat(
     prompt: str | None,
 ) -> None:
     """--chat: one answer to `prompt`, or a conversation read line by line from stdin."""
-    from tinyllama.core.chat_repl import Conversation, run_chat  # jinja2: only --chat needs it
+    from tinyllama.core.chat_repl import Conversation, run_chat
+    from tinyllama.data.chat import prompt_ids as chat_ids  # jinja2: only --chat needs it
 
     max_seq_len = backend.config.max_seq_len
     reserve = min(args.max_new_tokens, max_seq_len // 2)  # kept for the answer; the rest is the conversation's
@@ -182,7 +183,10 @@ def chat(
         report(line)
         return tok.decode(new)
 
-    run_chat(Conversation(tok, template, args.system_prompt, max_seq_len - reserve), reply, prompt)
+    conversation = Conversation(
+        lambda messages: chat_ids(tok, messages, template), args.system_prompt, max_seq_len - reserve
+    )
+    run_chat(conversation, reply, prompt)
 
 
 def run_batch(backend: Backend, tok, texts: list[str], opts: dict, max_new: int) -> str:

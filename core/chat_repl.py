@@ -1,19 +1,21 @@
 """`infer.py --chat`: a conversation rendered through the tokenizer's chat template, one answer at a time.
 
-Each turn renders and encodes the whole conversation again (data.chat.prompt_ids) and generates from a
-fresh KV cache: nothing is cached across turns. When the conversation outgrows the context, its oldest
-turns are dropped (the system message stays), with one note on stderr.
+Each turn renders and encodes the whole conversation again (`Encode`: infer.py hands in data.chat.prompt_ids
+with its tokenizer and template, as core/ never imports data/) and generates from a fresh KV cache: nothing is
+cached across turns. When the conversation outgrows the context, its oldest turns are dropped (the system
+message stays), with one note on stderr.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TextIO
 
 from tinyllama.core.cli import UserError
-from tinyllama.data import chat
 
+Messages = list[dict[str, str]]
+Encode = Callable[[Messages], list[int]]  # the conversation -> the ids of it + the generation prompt
 Reply = Callable[[list[int]], str]  # prompt ids -> the answer's text (streamed to stdout as it is generated)
 EXIT = ("/exit", "/quit")
 RESET = "/reset"
@@ -22,8 +24,8 @@ RESET = "/reset"
 class Conversation:
     """The messages so far, and the ids to feed for the next answer kept within `room` tokens."""
 
-    def __init__(self, tok: Any, template: str, system: str | None, room: int):
-        self.tok, self.template, self.room = tok, template, room
+    def __init__(self, encode: Encode, system: str | None, room: int):
+        self.encode, self.room = encode, room
         self.system = [{"role": "system", "content": system}] if system else []
         self.messages = list(self.system)
         self.trimmed = False
@@ -35,7 +37,7 @@ class Conversation:
         """Add a user turn; returns the ids of the conversation + the generation prompt, dropping the oldest
         turns (never the system message or this turn) while they are more than `room` tokens."""
         self.messages.append({"role": "user", "content": text})
-        ids = chat.prompt_ids(self.tok, self.messages, self.template)
+        ids = self.encode(self.messages)
         first = len(self.system)
         while len(ids) > self.room and len(self.messages) > first + 1:
             if not self.trimmed:
@@ -49,7 +51,7 @@ class Conversation:
             while self.messages[end]["role"] != "user":  # the oldest user turn and the answers after it
                 end += 1
             del self.messages[first:end]
-            ids = chat.prompt_ids(self.tok, self.messages, self.template)
+            ids = self.encode(self.messages)
         return ids
 
     def answer(self, text: str) -> None:

@@ -21,7 +21,6 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tinyllama.convert.model_source import resolve_model
@@ -29,6 +28,7 @@ from tinyllama.core.backend import BACKENDS, Backend, load_backend, pick
 from tinyllama.core.cli import ArgumentParser, UserError, exit_without_teardown, human_bytes, human_count, run_cli
 from tinyllama.core.model_files import is_mlx_quantized, read_eos_ids, read_model_config
 from tinyllama.core.sampling import SamplingParams, TextStream, fit_prompt
+from tinyllama.core.text import checked, read_text
 from tinyllama.core.weights import dtype_arg
 
 if TYPE_CHECKING:  # data.chat is imported when --chat asks for it
@@ -80,26 +80,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
-    prompts = list(args.prompt)
+    """--prompt (each, or the whole of stdin for `-`) and --prompt-file's lines, each checked to be UTF-8 text
+    (core/text.py: a binary argument or stream is one line, not a tokenizer's TypeError)."""
+    prompts = [checked(p, f"--prompt {i}") for i, p in enumerate(args.prompt, 1)]
     if "-" in prompts:  # `--prompt -`: the whole of standard input is one prompt
         try:
-            stdin = sys.stdin.read()
+            stdin = checked(sys.stdin.read(), "standard input")
         except UnicodeDecodeError as exc:
             raise UserError(f"standard input is not UTF-8 text (byte offset {exc.start})") from None
         if not stdin.strip():
             raise UserError("--prompt - read an empty standard input; pipe the prompt in (echo 'text' | ...)")
         prompts = [stdin.rstrip("\n") if p == "-" else p for p in prompts]
     if args.prompt_file:
-        file = Path(args.prompt_file)
-        if not file.is_file():
-            raise UserError(f"prompt file not found: {file}")
-        try:
-            text = file.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise UserError(f"prompt file {file} is not UTF-8 text (byte offset {exc.start}); convert it") from None
+        text = read_text(args.prompt_file, "prompt file")
         prompts += [line for line in text.splitlines() if line.strip()]
         if not prompts:
-            raise UserError(f"prompt file {file} has no prompts (one per line)")
+            raise UserError(f"prompt file {args.prompt_file} has no prompts (one per line)")
+    if args.system_prompt is not None:
+        checked(args.system_prompt, "--system-prompt")
     return prompts
 
 
@@ -249,7 +247,7 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> None:
             if interactive:
                 print("prompt (empty line or Ctrl-D to quit)> ", end="", file=sys.stderr, flush=True)
             try:
-                line = sys.stdin.readline()
+                line = checked(sys.stdin.readline(), "standard input")
             except UnicodeDecodeError as exc:
                 raise UserError(f"standard input is not UTF-8 text (byte offset {exc.start})") from None
             if not line.strip():

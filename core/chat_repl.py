@@ -8,11 +8,13 @@ message stays), with one note on stderr.
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Callable
 from typing import TextIO
 
 from tinyllama.core.cli import UserError
+from tinyllama.core.text import checked
 
 Messages = list[dict[str, str]]
 Encode = Callable[[Messages], list[int]]  # the conversation -> the ids of it + the generation prompt
@@ -58,11 +60,13 @@ class Conversation:
         self.messages.append({"role": "assistant", "content": text})
 
 
-def read_line(stdin: TextIO) -> str:
+def read_line(stdin: TextIO, number: int) -> str:
+    """Line `number` of the conversation; bytes that are not UTF-8 are one line naming it (core/text.py)."""
+    where = f"standard input line {number}"
     try:
-        return stdin.readline()
-    except UnicodeDecodeError as exc:
-        raise UserError(f"standard input is not UTF-8 text (byte offset {exc.start})") from None
+        return checked(stdin.readline(), where)
+    except UnicodeDecodeError as exc:  # a strict stream (not surrogateescape) fails here instead
+        raise UserError(f"{where} is not UTF-8 text (byte offset {exc.start}); convert it to UTF-8") from None
 
 
 def run_chat(conv: Conversation, reply: Reply, prompt: str | None = None, stdin: TextIO | None = None) -> None:
@@ -75,10 +79,10 @@ def run_chat(conv: Conversation, reply: Reply, prompt: str | None = None, stdin:
     stdin = stdin or sys.stdin
     interactive = stdin.isatty()
     try:
-        while True:
+        for number in itertools.count(1):
             if interactive:
                 print(">>> ", end="", file=sys.stderr, flush=True)
-            line = read_line(stdin)
+            line = read_line(stdin, number)
             text = line.strip()
             if not line or text in EXIT:
                 break

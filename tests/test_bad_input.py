@@ -57,6 +57,7 @@ CASES = [
     ("config-missing", "train.py", "--config {s}/nothing.yaml", "config file not found", "nothing.yaml"),
     ("config-not-yaml", "train.py", "--config {s}/broken.yaml", "not valid YAML at line", "broken.yaml"),
     ("config-a-list", "train.py", "--config {s}/list.yaml", "expected a mapping of sections", "list.yaml"),
+    ("config-binary", "train.py", "--config {s}/image.txt", "is not UTF-8 text", "image.txt"),
     ("config-type", "train.py", "--config {smoke} --training.lr fast", "expected float", "training.lr"),
     ("config-inf-lr", "train.py", "--config {smoke} --training.lr inf", "must be a finite number", "training.lr"),
     ("config-section-typo", "train.py", "--config {smoke} --trainig.lr 1", "did you mean 'training'", "trainig"),
@@ -106,6 +107,7 @@ CASES = [
     ("init-from-int8", "train_cuda.py", "{train} --training.init_from {s}/int8.ckpt", "not floating point", "int8"),
     ("data-missing", "train_cuda.py", "{train} --data.dataset {s}/gone.txt", "file not found", "gone.txt"),
     ("data-binary", "train_cuda.py", "{train} --data.dataset {s}/image.txt", "image.txt", "image.txt"),
+    ("data-parquet-utf8", "train_cuda.py", "{train} --data.dataset {s}/latin1.parquet", "not valid UTF-8", "latin1"),
     ("data-gz", "train_mlx.py", "{train} --data.dataset {s}/cut.jsonl.gz", "cut.jsonl.gz", "cut.jsonl.gz"),
     ("data-tokenizer", "train_cuda.py", "{train} --data.tokenizer bpe:abc", "expected bpe:<vocab size>", "bpe:abc"),
     (
@@ -196,6 +198,13 @@ CASES = [
         "gone.yaml",
     ),  # noqa: E501
     (
+        "eval-cases-binary",
+        "evaluate_checkpoints.py",
+        "--checkpoints {good} --cases {s}/image.txt",
+        "is not UTF-8 text",
+        "image.txt",
+    ),
+    (
         "eval-cases-field",
         "evaluate_checkpoints.py",
         "--checkpoints {good} --cases {s}/typo-cases.yaml",
@@ -265,6 +274,17 @@ CASES = [
         "encoding_errors",
     ),  # noqa: E501
 ]
+
+
+def write_latin1_parquet(path: Path, texts: list[str]) -> None:
+    """A parquet string column holding Latin-1 bytes (pyarrow, like other writers, does not check them)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    values = [t.encode("latin-1") for t in texts]
+    offsets = np.cumsum([0] + [len(v) for v in values]).astype(np.int32)
+    buffers = [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"".join(values))]
+    pq.write_table(pa.table({"text": pa.Array.from_buffers(pa.string(), len(values), buffers)}), path)
 
 
 def damaged_copy(good: Path, path: Path, change) -> Path:
@@ -339,6 +359,7 @@ def sandbox(tmp_path_factory, data_cache):
     (s / "list.yaml").write_text("- model\n- training\n")
     (s / "a-file").write_text("a file, not a directory\n")
     (s / "image.txt").write_bytes(PNG)
+    write_latin1_parquet(s / "latin1.parquet", ["Plain text. " * 50, "naïve café " * 50])
     (s / "ok.txt").write_text("Plain text. " * 100)
     (s / "cut.jsonl.gz").write_bytes(b'{"text": "not compressed at all"}\n' * 50)  # named .gz, plain inside
     (s / "model.gguf").write_bytes(b"GGUF" + bytes(60))

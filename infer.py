@@ -27,7 +27,7 @@ from tinyllama.convert.model_source import resolve_model
 from tinyllama.core.backend import BACKENDS, Backend, load_backend, pick
 from tinyllama.core.cli import ArgumentParser, UserError, exit_without_teardown, human_bytes, human_count, run_cli
 from tinyllama.core.model_files import is_mlx_quantized, read_eos_ids, read_model_config
-from tinyllama.core.sampling import SamplingParams, TextStream, fit_prompt
+from tinyllama.core.sampling import TextStream, fit_prompt, sampling_params
 from tinyllama.core.text import checked, read_text
 from tinyllama.core.weights import dtype_arg
 
@@ -215,8 +215,9 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> None:
         ensure_fast_blas()  # Linux: re-exec with OpenBLAS preloaded (this process never runs torch)
     args.ckpt = resolve_model(args.ckpt)  # a .gguf file or a Hub id becomes a local directory
     cfg = read_model_config(args.ckpt)  # fails early, in one line, on a missing or broken checkpoint
+    names = ("temperature", "top_k", "top_p", "repetition_penalty", "min_p")
     try:
-        params = SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.min_p)
+        params = sampling_params({name: getattr(args, name) for name in names})
     except ValueError as exc:
         raise UserError(str(exc)) from None
     prompts = read_prompts(args)

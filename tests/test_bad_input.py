@@ -161,6 +161,14 @@ CASES = [
     ("infer-tokenizer-file", "infer.py", "--ckpt {good} --tokenizer {s}/gone.json", "not found", "gone.json"),
     ("infer-temperature", "infer.py", "--ckpt {good} --temperature -1", "temperature must be >= 0", "temperature"),
     ("infer-top-p", "infer.py", "--ckpt {good} --top-p 2", "top_p must be in (0, 1]", "top_p"),
+    ("infer-temperature-nan", "infer.py", "--ckpt {good} --temperature nan", "must be a finite number", "temperature"),
+    (
+        "infer-penalty-inf",
+        "infer.py",
+        "--ckpt {good} --repetition-penalty inf",
+        "must be a finite number",
+        "repetition_penalty",
+    ),
     ("infer-max-new", "infer.py", "--ckpt {good} --max-new-tokens 0", "must be >= 1", "--max-new-tokens"),
     (
         "infer-chat-template-recursion",

@@ -96,6 +96,13 @@ CASES = [
         "optimizer.safetensors",
     ),
     (
+        "resume-damaged-log",
+        "train_cuda.py",
+        "{run_of:damaged-log} --resume auto --training.max_steps 3",
+        "is not a metrics record",
+        "logs/smoke/metrics.jsonl",
+    ),
+    (
         "resume-no-moments",
         "train_cuda.py",
         "{run_of:no-moments} --resume auto",
@@ -295,6 +302,13 @@ def write_latin1_parquet(path: Path, texts: list[str]) -> None:
     pq.write_table(pa.table({"text": pa.Array.from_buffers(pa.string(), len(values), buffers)}), path)
 
 
+def damage_second_line(ckpt: Path) -> None:
+    """A metrics.jsonl damaged in its middle (not what a kill leaves: that is a torn last line, dropped)."""
+    metrics = ckpt.parent / "logs" / "smoke" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([lines[0], "{not a record", *lines[1:]]) + "\n")
+
+
 def damaged_copy(good: Path, path: Path, change) -> Path:
     shutil.copytree(good, path)
     change(path)
@@ -355,6 +369,7 @@ def sandbox(tmp_path_factory, data_cache):
             p / "final.ckpt/optimizer.safetensors",
         ),
         "no-moments": lambda p: (p / "final.ckpt/optimizer.safetensors").unlink(),
+        "damaged-log": damage_second_line,
     }.items():
         shutil.copytree(s / "run", s / name)
         change(s / name / "ckpt")
@@ -390,7 +405,7 @@ def sandbox(tmp_path_factory, data_cache):
         "escape": " ".join(smoke_argv(s / "escape", data_cache)),
         "chat": " ".join(smoke_argv(s / "fresh", data_cache, "--data.dataset", str(s / "chat.jsonl"))),
     }
-    for name in ("bad-state", "bad-moments", "no-moments"):
+    for name in ("bad-state", "bad-moments", "no-moments", "damaged-log"):
         placeholders[f"run_of:{name}"] = " ".join(smoke_argv(s / name, data_cache))
     return s, placeholders
 
@@ -414,9 +429,11 @@ def fill(template: str, placeholders: dict[str, str]) -> list[str]:
 
 
 def message_lines(err: str) -> list[str]:
-    """stderr without progress bars (tqdm redraws with \\r) and blank lines."""
+    """stderr without progress bars (tqdm redraws with \\r), blank lines, and what a resume says before it checks
+    the checkpoint (`resuming ... with its own settings`, and the note on settings not applied)."""
     lines = [line.split("\r")[-1] for line in err.splitlines()]
-    return [line for line in lines if line.strip() and not line.lstrip().startswith(("tokenizing", "read "))]
+    chatter = ("tokenizing", "read ", "resuming ", "note: ")
+    return [line for line in lines if line.strip() and not line.lstrip().startswith(chatter)]
 
 
 @pytest.mark.slow

@@ -130,7 +130,7 @@ def render(
             documents=None,
         )
     except TemplateProblem as exc:
-        raise DataError(f"{template.source} {exc} (on {where}); {FIX}") from None
+        raise DataError(f"{template.source} on {where}: {exc}; {FIX}") from None
 
 
 def conversation(record: Any, fmt: str, where: str) -> list[dict[str, str]]:

@@ -286,8 +286,8 @@ class Bounded(NodeTransformer):
     def refuse(self, node: nodes.Stmt) -> None:
         name = node.template.value if isinstance(node.template, nodes.Const) else "a template"
         raise TemplateProblem(
-            f"{INCLUDES[type(node).__name__]} another template ({name!r}, line {node.lineno}); a chat template "
-            f"must be self-contained: none is ever read from a file"
+            f"{INCLUDES[type(node).__name__]} another template ({name!r}, line {node.lineno}), and no template "
+            f"may read a file"
         )
 
     visit_Include = visit_Import = visit_FromImport = visit_Extends = refuse

@@ -74,7 +74,7 @@ def test_a_hostile_template_is_one_line_naming_it_within_seconds(name, gpt2):
     assert line.startswith("data.chat_template t.jinja ") and says in line and "\n" not in line, line
     assert time.perf_counter() - start < bounds.SECONDS + 5
     if name not in ("syntax", "include", "import", "extends"):  # refused when compiled: no conversation yet
-        assert "(on row 7)" in line, line
+        assert line.startswith("data.chat_template t.jinja on row 7: "), line
 
 
 def test_bounds_reset_for_each_render_and_leave_real_templates_alone(gpt2):
@@ -134,7 +134,7 @@ def test_data_preparation_names_the_template_file_and_the_row_and_keeps_nothing(
     line = str(caught.value)
     assert line.startswith(f"data.chat_template {file} ") and HOSTILE[name][1] in line, line
     if name != "include":
-        assert f"(on {tmp_path / 'chat.jsonl'} row 1)" in line, line
+        assert f" on {tmp_path / 'chat.jsonl'} row 1: " in line, line
     prepared = tmp_path / "cache" / "prepared"
     assert not [p for p in prepared.iterdir() if not p.name.endswith(".lock")]  # no partial, no half-made cache
 
@@ -157,7 +157,7 @@ def test_the_tokenizers_own_template_is_named_by_its_file(tmp_path, gpt2):
     from tinyllama.data.chat import prompt_ids
 
     tok = load_tokenizer(str(tmp_path / "tok"))
-    with pytest.raises(DataError, match=f"^the chat template in {tmp_path / 'tok' / 'tokenizer_config.json'} did"):
+    with pytest.raises(DataError, match=f"^the chat template in {tmp_path / 'tok' / 'tokenizer_config.json'} on a"):
         prompt_ids(tok, TALK)
     (tmp_path / "tok" / "chat_template.jinja").write_bytes(b"\xff\xfe{")
     del config["chat_template"]

@@ -21,14 +21,18 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tinyllama.convert.model_source import resolve_model
 from tinyllama.core.backend import BACKENDS, Backend, load_backend, pick
 from tinyllama.core.cli import ArgumentParser, UserError, exit_without_teardown, human_bytes, human_count, run_cli
 from tinyllama.core.dtypes import dtype_arg
 from tinyllama.core.model_files import is_mlx_quantized, read_eos_ids, read_model_config
-from tinyllama.core.sampling import SamplingParams, TextStream, fit_prompt
+from tinyllama.core.sampling import TextStream, fit_prompt, sampling_params
+from tinyllama.core.text import checked, read_text
+
+if TYPE_CHECKING:  # data.chat is imported when --chat asks for it
+    from tinyllama.data.chat import ChatTemplate
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -76,26 +80,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
-    prompts = list(args.prompt)
+    """--prompt (each, or the whole of stdin for `-`) and --prompt-file's lines, each checked to be UTF-8 text
+    (core/text.py: a binary argument or stream is one line, not a tokenizer's TypeError)."""
+    prompts = [checked(p, f"--prompt {i}") for i, p in enumerate(args.prompt, 1)]
     if "-" in prompts:  # `--prompt -`: the whole of standard input is one prompt
         try:
-            stdin = sys.stdin.read()
+            stdin = checked(sys.stdin.read(), "standard input")
         except UnicodeDecodeError as exc:
             raise UserError(f"standard input is not UTF-8 text (byte offset {exc.start})") from None
         if not stdin.strip():
             raise UserError("--prompt - read an empty standard input; pipe the prompt in (echo 'text' | ...)")
         prompts = [stdin.rstrip("\n") if p == "-" else p for p in prompts]
     if args.prompt_file:
-        file = Path(args.prompt_file)
-        if not file.is_file():
-            raise UserError(f"prompt file not found: {file}")
-        try:
-            text = file.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise UserError(f"prompt file {file} is not UTF-8 text (byte offset {exc.start}); convert it") from None
+        text = read_text(args.prompt_file, "prompt file")
         prompts += [line for line in text.splitlines() if line.strip()]
         if not prompts:
-            raise UserError(f"prompt file {file} has no prompts (one per line)")
+            raise UserError(f"prompt file {args.prompt_file} has no prompts (one per line)")
+    if args.system_prompt is not None:
+        checked(args.system_prompt, "--system-prompt")
     return prompts
 
 
@@ -139,41 +141,35 @@ def stream_one(backend: Backend, tok, text: str, opts: dict, max_new: int) -> st
     return stream_ids(backend, TextStream(tok.decode, ids), ids, opts, max_new)[1]
 
 
-def chat_template(tok, file: str | None) -> tuple[str, set[int]]:
+def chat_template(tok, file: str | None) -> tuple[ChatTemplate, set[int]]:
     """The template for --chat (--chat-template's file, else the tokenizer's, else data.chat's default, with
     a note) and the ids that end an answer (rendering a probe conversation: a broken template fails here)."""
-    from tinyllama.data.chat import DEFAULT_TEMPLATE, end_of_turn_ids
+    from tinyllama.data.chat import end_of_turn_ids, read_template, template_of, tokenizer_template
 
     if file is None:
-        template = tok.chat_template or DEFAULT_TEMPLATE
-        if tok.chat_template is None:
+        template = template_of(tok)
+        if tokenizer_template(tok) is None:
             print(
                 "note: the tokenizer has no chat template; using the default (<|user|> ... <|assistant|>)",
                 file=sys.stderr,
             )
     else:
-        try:
-            template = Path(file).read_bytes().decode("utf-8")
-        except OSError as exc:
-            raise UserError(f"cannot read --chat-template {file}: {exc.strerror or exc}") from None
-        except UnicodeDecodeError as exc:
-            raise UserError(f"--chat-template {file} is not UTF-8 text (byte offset {exc.start})") from None
-        if not template.strip():
-            raise UserError(f"--chat-template {file} is empty; write a jinja2 chat template in it")
+        template = read_template(file, "--chat-template")
     return template, end_of_turn_ids(tok, template)
 
 
 def chat(
     backend: Backend,
     tok,
-    template: str,
+    template: ChatTemplate,
     args: argparse.Namespace,
     opts: dict,
     report: Callable[[str], None],
     prompt: str | None,
 ) -> None:
     """--chat: one answer to `prompt`, or a conversation read line by line from stdin."""
-    from tinyllama.core.chat_repl import Conversation, run_chat  # jinja2: only --chat needs it
+    from tinyllama.core.chat_repl import Conversation, run_chat
+    from tinyllama.data.chat import prompt_ids as chat_ids  # jinja2: only --chat needs it
 
     max_seq_len = backend.config.max_seq_len
     reserve = min(args.max_new_tokens, max_seq_len // 2)  # kept for the answer; the rest is the conversation's
@@ -185,7 +181,10 @@ def chat(
         report(line)
         return tok.decode(new)
 
-    run_chat(Conversation(tok, template, args.system_prompt, max_seq_len - reserve), reply, prompt)
+    conversation = Conversation(
+        lambda messages: chat_ids(tok, messages, template), args.system_prompt, max_seq_len - reserve
+    )
+    run_chat(conversation, reply, prompt)
 
 
 def run_batch(backend: Backend, tok, texts: list[str], opts: dict, max_new: int) -> str:
@@ -216,15 +215,16 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> None:
         ensure_fast_blas()  # Linux: re-exec with OpenBLAS preloaded (this process never runs torch)
     args.ckpt = resolve_model(args.ckpt)  # a .gguf file or a Hub id becomes a local directory
     cfg = read_model_config(args.ckpt)  # fails early, in one line, on a missing or broken checkpoint
+    names = ("temperature", "top_k", "top_p", "repetition_penalty", "min_p")
     try:
-        params = SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.min_p)
+        params = sampling_params({name: getattr(args, name) for name in names})
     except ValueError as exc:
         raise UserError(str(exc)) from None
     prompts = read_prompts(args)
     from tinyllama.data.tokenizer import checkpoint_tokenizer
 
     tok = checkpoint_tokenizer(args.ckpt, args.tokenizer, cfg.vocab_size)
-    template, stops = chat_template(tok, args.chat_template) if args.chat else ("", set())
+    template, stops = chat_template(tok, args.chat_template) if args.chat else (None, set())
     backend = load_backend(name, args.ckpt, args.dtype, device)
     seed = args.seed
     if seed is None and not params.greedy:
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> None:
             if interactive:
                 print("prompt (empty line or Ctrl-D to quit)> ", end="", file=sys.stderr, flush=True)
             try:
-                line = sys.stdin.readline()
+                line = checked(sys.stdin.readline(), "standard input")
             except UnicodeDecodeError as exc:
                 raise UserError(f"standard input is not UTF-8 text (byte offset {exc.start})") from None
             if not line.strip():

@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 
 from tinyllama.core.cli import UserError
+from tinyllama.core.text import read_text
 
 FIELDS = ("prompt", "expect", "name", "tags", "source")
 NO_SPACE_BEFORE = tuple(".,;:!?)]}'\"%")
@@ -58,8 +59,9 @@ def load_cases(path: str | Path) -> list[Case]:
     path = Path(path)
     if not path.is_file():
         raise CaseError(f"case file not found: {path}")
+    text = read_text(path, "case file")
     try:
-        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

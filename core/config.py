@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from tinyllama.core.cli import UserError
+from tinyllama.core.text import read_text
 
 
 class ConfigError(UserError):
@@ -313,7 +314,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
                 f"config file not found: {path} (pass an existing YAML file, config.yaml, or a bundled name: {bundled})"
             )
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(read_text(path, "config file")) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""

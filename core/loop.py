@@ -287,6 +287,8 @@ class Run:
         if self.is_main:
             self.log.close()
             release_lock(Path(self.cfg.output.dir) / ".lock")
+        if hasattr(self.data, "close"):  # data.prepare: ahead: its background prepare ends with the run
+            self.data.close()
 
     def _save(self, name: str) -> Path | None:
         if not (self.is_main or self.capture_on_every_rank):

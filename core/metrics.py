@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
-from tinyllama.core.cli import human_bytes, human_count, human_duration
-from tinyllama.core.fs import atomic_path
+from tinyllama.core.cli import UserError, human_bytes, human_count, human_duration
+from tinyllama.core.fs import atomic_path, write_text
 
 
 def format_train_line(
@@ -39,7 +40,8 @@ class MetricsLog:
     `reporter` (core/report.py: TensorBoard, W&B) when one is set.
 
     Only rank 0 creates one. On resume the existing file is kept and records past the resume step
-    are dropped (`rewound` says whether any were), so the file always describes one consistent run."""
+    are dropped (`rewound` says whether any were), so the file always describes one consistent run; it is
+    rewritten whole (core.fs.write_text), so a kill then leaves the old file or the new one."""
 
     reporter = None
 
@@ -50,13 +52,12 @@ class MetricsLog:
         self.records: list[dict[str, Any]] = []
         self.rewound = False
         if self.path.is_file() and resume_step > 0:
-            for line in self.path.read_text().splitlines():
-                record = json.loads(line)
+            for record in read_records(self.path):
                 if record.get("step", 0) <= resume_step:
                     self.records.append(record)
                 else:
                     self.rewound = True
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def log(self, record: dict[str, Any]) -> None:
         self.records.append(record)
@@ -116,6 +117,33 @@ class MetricsLog:
     def close(self) -> None:
         if self.reporter is not None:
             self.reporter.close()
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl. A kill while a line is appended leaves it torn (`{"step": 3, "spl`): a
+    torn last line is dropped with one note, and the run goes on. A damaged line elsewhere was not left by a
+    kill: one error line naming it, before anything is written."""
+    lines = path.read_bytes().split(b"\n")
+    if lines[-1] == b"":  # the file ends with a newline
+        lines.pop()
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            whole = isinstance(record, dict) and isinstance(record.get("step", 0), int)
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError
+            whole = False
+        if whole:
+            records.append(record)
+        elif number == len(lines):
+            shown = line[:40].decode("utf-8", "replace") + ("..." if len(line) > 40 else "")
+            print(f"note: {path}: dropped its last line, cut short by a kill mid-write: {shown}", file=sys.stderr)
+        else:
+            raise UserError(
+                f"{path} line {number} is not a metrics record (a JSON object with an integer 'step'); delete that "
+                f"line or the file (it is the run's log: checkpoints do not need it)"
+            )
+    return records
 
 
 def token_unit(most: float) -> tuple[float, str]:

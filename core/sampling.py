@@ -11,14 +11,18 @@ draw. Temperature 0 means greedy (argmax after the penalty).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """How to pick each next token; construction refuses what sampling cannot use (a ValueError naming it)."""
+
     temperature: float = 0.0  # 0: greedy
     top_k: int = 0  # 0: no limit
     top_p: float = 1.0  # 1: no nucleus cut
@@ -26,6 +30,9 @@ class SamplingParams:
     min_p: float = 0.0  # 0: off; else drop tokens less likely than min_p x the most likely one
 
     def __post_init__(self):
+        for name in ("temperature", "top_p", "repetition_penalty", "min_p"):  # NaN passes every comparison below
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if self.top_k < 0:
@@ -41,6 +48,33 @@ class SamplingParams:
     def greedy(self) -> bool:
         """Plain argmax: the backends then never copy logits to the host."""
         return self.temperature == 0 and self.repetition_penalty == 1.0
+
+
+def sampling_params(values: Mapping[str, Any]) -> SamplingParams:
+    """SamplingParams from raw values: command-line numbers, a request's JSON, a query string's text. Each must
+    be a known name with a number (top_k a whole one; text that reads as one is taken) that is finite and in
+    range; else a ValueError naming it. The one parser infer.py and a server share."""
+    kinds = {f.name: int if f.type in (int, "int") else float for f in fields(SamplingParams)}
+    parsed: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in kinds:
+            raise ValueError(f"unknown sampling parameter '{name}'; known: {', '.join(kinds)}")
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                raise ValueError(f"{name} must be a number, got {value!r}") from None
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(number):
+            raise ValueError(f"{name} must be a finite number, got {value}")
+        if kinds[name] is int:
+            if number != int(number):
+                raise ValueError(f"{name} must be a whole number, got {value}")
+            number = int(number)
+        parsed[name] = float(number) if kinds[name] is float else number
+    return SamplingParams(**parsed)
 
 
 def apply_repetition_penalty(logits: np.ndarray, seen: Sequence[int] | np.ndarray, penalty: float) -> np.ndarray:

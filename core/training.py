@@ -209,7 +209,7 @@ def claim_output(cfg: Config, resume: str) -> None:
         except OSError as exc:
             raise UserError(f"{key} {path} is not writable ({exc.strerror}); set --{key} elsewhere") from None
     if not hold_lock(out / ".lock"):
-        holder = (out / ".lock").read_text().strip() or "?"
+        holder = (out / ".lock").read_text(errors="replace").strip() or "?"
         raise UserError(
             f"another training run (pid {holder}) is writing to {out}; wait for it or set --output.dir elsewhere"
         )

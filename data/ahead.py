@@ -20,6 +20,13 @@ token stream (the same bytes however it is sharded) cut into blocks of B = data.
 So a run started while shards are being written, a run on the finished directory, a resume and a resume
 on the other backend all see the same batches at the same steps. The order differs from `data.prepare:
 full`'s (a permutation of the whole split), so switching between them is a different run (resume refuses).
+
+The background prepare is watched at every batch (`Background.check`: one waitpid): killed (a signal: the
+OOM killer, a stray kill) it is started again and resumes after its last finished shard, at most RESTARTS
+times; failed (its one `error:` line: a full disk, a bad document) the run ends with that line, exit 2,
+whether or not it still had data to train on. A run that ends first stops it with a note: its `.partial`
+directory keeps the finished shards, and the next run (or prepare) with this data resumes there. A
+prepare that fails removes its `.partial` itself, as a foreground one does.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,6 +52,7 @@ from tinyllama.data.tokenizer import Tokenizer
 from tinyllama.data.util import DataError
 
 POLL_SECONDS = 0.5
+RESTARTS = 2  # times a killed background prepare is started again before the run gives up
 
 
 def _overrides(cfg: Any) -> list[str]:
@@ -55,12 +64,76 @@ def _overrides(cfg: Any) -> list[str]:
     return out
 
 
+class Background:
+    """The background `python -m data.prepare` of an ahead run: started, watched, restarted when killed, and
+    stopped with a note when the run ends before it (module docstring)."""
+
+    def __init__(self, argv: list[str], log: Path, work: Path) -> None:
+        self.argv, self.log, self.work = argv, log, work
+        self.restarts, self.stopped = 0, False
+        self.process = self._start()
+        atexit.register(self.stop)
+
+    def _start(self) -> subprocess.Popen:
+        with open(self.log, "wb") as err:
+            return subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=err)
+
+    def check(self) -> int | None:
+        """Its exit code once it ended well (0), None while it runs; a DataError once it failed, and a restart
+        (with a note) when it was killed."""
+        code = self.process.poll()
+        if code is None or code == 0:
+            return code
+        line = self.error_line()
+        if code > 0 or line:  # its own error line (exit 2), or a crash (a traceback's last line)
+            self.stopped = True  # said here: nothing to say at exit
+            raise DataError(f"the background data.prepare failed: {line or f'exit status {code}'}")
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        if self.restarts >= RESTARTS:
+            self.stopped = True
+            raise DataError(
+                f"the background data.prepare was killed ({name}) {self.restarts + 1} times; find what stops it "
+                f"(memory: dmesg), or prepare first with python -m data.prepare and train with data.prepare full"
+            )
+        self.restarts += 1
+        print(
+            f"note: the background data.prepare was killed ({name}); starting it again, it resumes after its "
+            f"last finished shard in {self.work}",
+            file=sys.stderr,
+        )
+        self.process = self._start()
+        return None
+
+    def error_line(self) -> str:
+        lines = self.log.read_text(errors="replace").strip().splitlines() if self.log.is_file() else []
+        return lines[-1].removeprefix("error: ") if lines else ""
+
+    def stop(self) -> None:
+        """When the run ends: a prepare still at work is stopped (its finished shards stay for the next run), one
+        that failed unnoticed is reported; both in a note."""
+        if self.stopped:
+            return
+        self.stopped = True
+        code = self.process.poll()
+        if code is None:
+            self.process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=10)
+            print(
+                f"note: stopped the background data.prepare; {self.work} keeps its finished shards, and the next "
+                f"run (or python -m data.prepare) with this data resumes there",
+                file=sys.stderr,
+            )
+        elif code != 0:
+            print(f"note: the background data.prepare failed: {self.error_line() or f'exit {code}'}", file=sys.stderr)
+
+
 class TrainStream:
     """The train split's finished shards, from the finished directory or the one being built (`work`),
     grown as more appear. `tokens` spans them all; `complete` once meta.json is written."""
 
-    def __init__(self, target: Path, work: Path, dtype: np.dtype, process: subprocess.Popen | None, log: Path | None):
-        self.target, self.work, self.dtype, self.process, self.log = target, work, np.dtype(dtype), process, log
+    def __init__(self, target: Path, work: Path, dtype: np.dtype, background: Background | None = None) -> None:
+        self.target, self.work, self.dtype, self.background = target, work, np.dtype(dtype), background
         self.parts: list[np.ndarray] = []
         self.complete = False
         self.tokens: Any = np.empty(0, self.dtype)
@@ -86,22 +159,24 @@ class TrainStream:
         if self.parts:
             self.tokens = self.parts[0] if len(self.parts) == 1 else ConcatTokens(self.parts)
 
+    def check(self) -> None:
+        """Fail (or restart the prepare) as soon as the background prepare did, even while the run has data."""
+        if self.background is not None and not self.complete:
+            self.background.check()
+
     def wait_for(self, count: int) -> None:
         """Block until `count` tokens are prepared or the corpus is complete (fewer); fail if the background
         prepare failed."""
         self._refresh()
         while len(self.tokens) < count and not self.complete:
-            code = self.process.poll() if self.process is not None else None
-            if code not in (None, 0):
-                raise DataError(f"the background data.prepare failed: {self._error_line()}")
-            if self.process is not None and code == 0 and not (self.target / "meta.json").is_file():
-                raise DataError(f"the background data.prepare ended without finishing {self.target}")
+            code = self.background.check() if self.background is not None else None
+            if code == 0:
+                self._refresh()
+                if not self.complete:
+                    raise DataError(f"the background data.prepare ended without finishing {self.target}")
+                break
             time.sleep(POLL_SECONDS)
             self._refresh()
-
-    def _error_line(self) -> str:
-        lines = self.log.read_text(errors="replace").strip().splitlines() if self.log else []
-        return (lines[-1] if lines else "no message").removeprefix("error: ")
 
 
 class AheadLoader:
@@ -166,6 +241,7 @@ class AheadLoader:
         return k * self.block + int(self._permutation(epoch, k)[index]) * self.seq_len
 
     def batch(self, step: int, micro_step: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        self.stream.check()
         first = ((step * self.grad_accum + micro_step) * self.world_size + self.rank) * self.batch_size
         starts = [self.window_start(first + b) for b in range(self.batch_size)]
         buf = np.stack([np.asarray(self.stream.tokens[s : s + self.seq_len + 1], np.int32) for s in starts])
@@ -186,16 +262,13 @@ class AheadData:
         self._dir = Path(tempfile.mkdtemp(prefix="tinyllama-tokenizer-"))
         tokenizer.save(self._dir)
         atexit.register(shutil.rmtree, self._dir, True)
-        process, log = None, None
+        self.background = None
         if launch and not (target / "meta.json").is_file():
-            log = self._dir / "prepare.log"
             argv = [sys.executable, "-m", "tinyllama.data.prepare", "--quiet", *_overrides(cfg)]
             if shutil.which("nice"):  # the trainer's steps first: tokenizing takes the cores they leave
                 argv = ["nice", "-n", "10", *argv]
-            with open(log, "wb") as err:
-                process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
-            atexit.register(_stop, process)
-        self.stream = TrainStream(target, work, token_dtype(tokenizer.vocab_size), process, log)
+            self.background = Background(argv, self._dir / "prepare.log", work)
+        self.stream = TrainStream(target, work, token_dtype(tokenizer.vocab_size), self.background)
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -220,6 +293,11 @@ class AheadData:
 
     def prompt_ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
+
+    def close(self) -> None:
+        """The run is over: stop the background prepare if it still works (core.loop.Run.finish)."""
+        if self.background is not None:
+            self.background.stop()
 
     def status(self) -> str:
         """The start-up line: how much is ready, and whether the background prepare goes on."""
@@ -252,16 +330,6 @@ def ahead_val(stream: TrainStream, block: int, val_fraction: float, seq_len: int
     return val_windows(np.asarray(stream.tokens[start:end]), seq_len, count)
 
 
-def _stop(process: subprocess.Popen) -> None:
-    """At exit, a background prepare still running is stopped; its partial directory resumes next time."""
-    if process.poll() is None:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=10)
-
-
 def finished_val(data: Any, cfg: Any, seq_len: int, count: int) -> np.ndarray:
     """An ahead run's validation windows from its finished prepared directory (evaluate_checkpoints.py)."""
-    return ahead_val(
-        TrainStream(data.path, data.path, data.dtype, None, None), cfg.shard_tokens, cfg.val_fraction, seq_len, count
-    )
+    return ahead_val(TrainStream(data.path, data.path, data.dtype), cfg.shard_tokens, cfg.val_fraction, seq_len, count)

@@ -2,7 +2,8 @@
 
 A chat row `{"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}, ...]}` is rendered
 with the tokenizer's chat template (tokenizer_config.json's `chat_template`, rendered as transformers'
-`apply_chat_template` does: jinja2, sandboxed, trim_blocks + lstrip_blocks). A completions row
+`apply_chat_template` does: jinja2, sandboxed, trim_blocks + lstrip_blocks; and bounded in time and size, as
+a template is code from strangers: data/template.py). A completions row
 `{"prompt", "completion"}` is the conversation [user: prompt, assistant: completion]. A tokenizer without a
 template (GPT-2, a trained BPE: our from-scratch models) gets DEFAULT_TEMPLATE, which prepare saves into the
 prepared tokenizer and so into every checkpoint trained on it: transformers, mlx_lm, llama.cpp (the GGUF
@@ -17,9 +18,9 @@ feeds it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from functools import lru_cache
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tinyllama.data.loader import STARTS, TRAIN
@@ -35,6 +36,19 @@ DEFAULT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
+FIX = "fix it or use another (data.chat_template; infer.py --chat-template)"
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A chat template's jinja2 text and where it came from, which every error it causes names: a file, a
+    checkpoint's or a Hub tokenizer's tokenizer_config.json, data.chat_template."""
+
+    text: str
+    source: str
+
+
+DEFAULT = ChatTemplate(DEFAULT_TEMPLATE, "the default chat template")
 
 
 def detect_format(record: Any) -> str:
@@ -47,31 +61,66 @@ def detect_format(record: Any) -> str:
     return "text"
 
 
-@lru_cache(maxsize=8)
-def _compiled(template: str) -> Any:
-    from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+def read_template(path: str | Path, what: str) -> ChatTemplate:
+    """A template file (`what`: the option that named it), or one line: missing, unreadable, not UTF-8 text,
+    binary, or empty."""
+    from tinyllama.core.text import decode
 
-    def raise_exception(message: str) -> None:
-        raise TemplateError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
-    env.globals["raise_exception"] = raise_exception
+    path = Path(path).expanduser()
+    source = f"{what} {path}"
     try:
-        return env.from_string(template)
-    except TemplateError as exc:
-        raise DataError(
-            f"the chat template does not parse ({exc}); fix it (data.chat_template, --chat-template or the tokenizer's)"
-        ) from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {source}: {exc.strerror or exc}; pass a jinja2 chat template file") from None
+    text = decode(data, source, DataError)
+    if "\0" in text:
+        raise DataError(f"{source} holds binary data (a NUL byte at offset {data.index(0)}), not a chat template")
+    if not text.strip():
+        raise DataError(f"{source} is empty; write a jinja2 chat template in it")
+    return ChatTemplate(text, source)
 
 
-def render(template: str, messages: Sequence[dict[str, str]], tokenizer: Any, add_generation_prompt: bool) -> str:
-    """The conversation as text, through `template` (a jinja2 chat template)."""
-    from jinja2 import TemplateError
+def tokenizer_template(tokenizer: Any) -> ChatTemplate | None:
+    """The tokenizer's own chat template (tokenizer_config.json's, or chat_template.jinja's), None without one."""
+    text = getattr(tokenizer, "chat_template", None)
+    if not text:
+        return None
+    source = getattr(tokenizer, "chat_template_source", "") or f"the chat template of tokenizer {tokenizer.name}"
+    if not text.strip():
+        raise DataError(f"{source} is empty; {FIX}")
+    return ChatTemplate(text, source)
+
+
+def template_of(tokenizer: Any, override: ChatTemplate | None = None) -> ChatTemplate:
+    """The template to use: `override` (data.chat_template, --chat-template), else the tokenizer's, else ours."""
+    return override or tokenizer_template(tokenizer) or DEFAULT
+
+
+def _compiled(template: ChatTemplate) -> Any:
+    from tinyllama.data.template import TemplateProblem, compile_template  # jinja2: only chat needs it
 
     try:
-        return _compiled(template).render(
+        return compile_template(template.text)
+    except TemplateProblem as exc:
+        raise DataError(f"{template.source} {exc}; {FIX}") from None
+
+
+def render(
+    template: ChatTemplate,
+    messages: Sequence[dict[str, str]],
+    tokenizer: Any,
+    add_generation_prompt: bool,
+    where: str = "a conversation",
+) -> str:
+    """The conversation as text, through `template` (jinja2, bounded: data/template.py); any failure is one line
+    naming the template and `where` (a data set's row)."""
+    from tinyllama.data.template import TemplateProblem
+    from tinyllama.data.template import render as bounded_render
+
+    compiled = _compiled(template)
+    try:
+        return bounded_render(
+            compiled,
             messages=list(messages),
             add_generation_prompt=add_generation_prompt,
             eos_token=tokenizer.eos_token,
@@ -80,13 +129,8 @@ def render(template: str, messages: Sequence[dict[str, str]], tokenizer: Any, ad
             tools=None,
             documents=None,
         )
-    except TemplateError as exc:
-        raise DataError(f"the chat template failed on a conversation: {exc}") from None
-
-
-def template_of(tokenizer: Any, override: str = "") -> str:
-    """The template to use: `override` (data.chat_template), else the tokenizer's, else DEFAULT_TEMPLATE."""
-    return override or getattr(tokenizer, "chat_template", None) or DEFAULT_TEMPLATE
+    except TemplateProblem as exc:
+        raise DataError(f"{template.source} on {where}: {exc}; {FIX}") from None
 
 
 def conversation(record: Any, fmt: str, where: str) -> list[dict[str, str]]:
@@ -115,19 +159,21 @@ def conversation(record: Any, fmt: str, where: str) -> list[dict[str, str]]:
     return out
 
 
-def pieces(template: str, messages: list[dict[str, str]], tokenizer: Any) -> list[tuple[str, bool]]:
+def pieces(
+    template: ChatTemplate, messages: list[dict[str, str]], tokenizer: Any, where: str = "a conversation"
+) -> list[tuple[str, bool]]:
     """The rendered conversation cut into (text, is_answer) pieces that join to the whole rendering."""
-    whole = render(template, messages, tokenizer, add_generation_prompt=False)
+    whole = render(template, messages, tokenizer, False, where)
     out, done = [], 0
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = render(template, messages[:i], tokenizer, add_generation_prompt=True)
-        through = render(template, messages[: i + 1], tokenizer, add_generation_prompt=False)
+        before = render(template, messages[:i], tokenizer, True, where)
+        through = render(template, messages[: i + 1], tokenizer, False, where)
         if not (through.startswith(before) and whole.startswith(through) and len(before) >= done):
             raise DataError(
-                "the chat template renders a conversation differently from its beginning (it is not "
-                "append-only), so the assistant turns cannot be found; use another data.chat_template"
+                f"{template.source} renders {where} differently from its beginning (it is not append-only), so "
+                f"the assistant turns cannot be found; use another (data.chat_template)"
             )
         out += [(before[done:], False), (through[len(before) :], True)]
         done = len(through)
@@ -156,18 +202,22 @@ def encode_conversations(
     return out
 
 
-def prompt_ids(tokenizer: Any, messages: list[dict[str, str]], template: str = "") -> list[int]:
+def prompt_ids(tokenizer: Any, messages: list[dict[str, str]], template: ChatTemplate | None = None) -> list[int]:
     """Ids to feed the model for its next assistant turn (the conversation + the generation prompt)."""
-    text = render(template_of(tokenizer, template), messages, tokenizer, add_generation_prompt=True)
-    return tokenizer.encode(text)
+    template = template_of(tokenizer, template)
+    ids = tokenizer.encode(render(template, messages, tokenizer, True))
+    if not ids:
+        raise DataError(f"{template.source} renders the conversation as no text at all; {FIX}")
+    return ids
 
 
-def end_of_turn_ids(tokenizer: Any, template: str = "") -> set[int]:
+def end_of_turn_ids(tokenizer: Any, template: ChatTemplate | None = None) -> set[int]:
     """Ids that end an assistant turn: EOS, and the first token the template writes after an answer
-    (SmolLM2's <|im_end|>) when that is a special token of its own."""
+    (SmolLM2's <|im_end|>) when that is a special token of its own. Renders a probe conversation, so a broken
+    template fails here, before a model is loaded."""
     template = template_of(tokenizer, template)
     probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
-    tail = next((text for text, answer in pieces(template, probe, tokenizer) if answer), "")
+    tail = next((text for text, answer in pieces(template, probe, tokenizer, "a probe conversation") if answer), "")
     after = tail[tail.find("ok") + 2 :] if "ok" in tail else ""
     ids = {tokenizer.eos_id}
     first = tokenizer.encode(after)[:1]

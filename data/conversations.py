@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 
 from tinyllama.data import corpus
-from tinyllama.data.chat import conversation, encode_conversations, pieces, template_of
+from tinyllama.data.chat import ChatTemplate, conversation, encode_conversations, pieces, read_template, template_of
 from tinyllama.data.encode import ValSplit
 from tinyllama.data.loader import TRAIN
 from tinyllama.data.shards import SPLITS, ShardWriter
 from tinyllama.data.sources import Source
 from tinyllama.data.store import token_dtype
-from tinyllama.data.util import DataError, os_reason, stable_hash
+from tinyllama.data.util import DataError, stable_hash
 
 BATCH = 512  # conversations per encode_batch call
 FIRST_QUESTIONS = ("What is {}?", "Tell me about {}.", "In one sentence, what is {}?", "What do you know about {}?")
@@ -42,16 +42,16 @@ PARAGRAPHS = 6  # conversations per article at most: one per paragraph
 SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 
-def chat_template_text(value: str) -> str:
-    """data.chat_template: a .jinja file's contents, or the template itself."""
-    if value.endswith((".jinja", ".j2", ".txt")) and "{" not in value:
-        try:
-            return Path(value).expanduser().read_text(encoding="utf-8")
-        except OSError as exc:
-            raise DataError(
-                f"data.chat_template {value}: cannot read it ({os_reason(exc)}); pass a .jinja file"
-            ) from None
-    return value
+def configured_template(value: str) -> ChatTemplate | None:
+    """data.chat_template: None when unset, the template when the value is jinja2 text, else the file it
+    names (a value without a `{` cannot be a template that uses its messages)."""
+    if not value:
+        return None
+    if "{" in value:
+        return ChatTemplate(value, "data.chat_template (inline)")
+    if not value.strip():
+        raise DataError("data.chat_template is blank; set it to a jinja2 template or a .jinja file, or leave it unset")
+    return read_template(value, "data.chat_template")
 
 
 def _sentences(paragraph: str) -> list[str]:
@@ -100,7 +100,8 @@ def builtin_chat_source(cache_dir: str, max_documents: int = 0) -> Source:
 def build(work: Path, docs: Iterator[str], where: str, tokenizer: Any, cfg: Any, fmt: str) -> dict[str, Any]:
     """Render, tokenize and write every row of `docs` (JSON records) into `work`; returns meta.json's extra
     keys. The tokenizer gets the template used, so that it is saved with the prepared tokenizer."""
-    tokenizer.chat_template = template_of(tokenizer, chat_template_text(cfg.chat_template))
+    template = template_of(tokenizer, configured_template(cfg.chat_template))
+    tokenizer.chat_template, tokenizer.chat_template_source = template.text, template.source
     dtype = token_dtype(tokenizer.vocab_size)
     tokens = {s: ShardWriter(work, s, dtype, cfg.shard_tokens) for s in SPLITS}
     masks = {s: ShardWriter(work, f"{s}-mask", np.dtype(np.uint8), cfg.shard_tokens) for s in SPLITS}
@@ -124,7 +125,8 @@ def build(work: Path, docs: Iterator[str], where: str, tokenizer: Any, cfg: Any,
                 raise DataError(
                     f"{where} row {n}: not a JSON record; data.format {fmt} needs jsonl, parquet or a dataset"
                 ) from None
-            batch.append(pieces(tokenizer.chat_template, conversation(record, fmt, f"{where} row {n}"), tokenizer))
+            row = f"{where} row {n}"
+            batch.append(pieces(template, conversation(record, fmt, row), tokenizer, row))
             if len(batch) >= BATCH:
                 flush()
         flush()

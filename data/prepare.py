@@ -40,7 +40,7 @@ from tinyllama.core.fs import MARKS, OLD_MARK, atomic_path, file_lock, fsync_dir
 from tinyllama.data import conversations
 from tinyllama.data.ahead import AheadData
 from tinyllama.data.chat import detect_format, template_of
-from tinyllama.data.conversations import builtin_chat_source, chat_template_text
+from tinyllama.data.conversations import builtin_chat_source, configured_template
 from tinyllama.data.encode import Encoder, ValSplit, batch_encoder
 from tinyllama.data.shards import PROGRESS, SPLITS, Progress, ShardWriter, resume_progress
 from tinyllama.data.sources import OPENERS, RECORD, TEXT_SUFFIXES, Source, resolve_source
@@ -324,9 +324,10 @@ def _plan(source: Source, cache: Path, data_cfg: DataConfig, fmt: str) -> tuple[
         "val_fraction": data_cfg.val_fraction,
     }
     if fmt != "text":  # conversations: how they are rendered and masked decides the tokens too
-        template = template_of(tokenizer, chat_template_text(data_cfg.chat_template))
-        inputs["rows"] = [fmt, data_cfg.mask_prompt, template]
-        tokenizer.chat_template = template  # PreparedData.open below may reuse this tokenizer
+        template = template_of(tokenizer, configured_template(data_cfg.chat_template))
+        inputs["rows"] = [fmt, data_cfg.mask_prompt, template.text]
+        tokenizer.chat_template = template.text  # PreparedData.open below may reuse this tokenizer
+        tokenizer.chat_template_source = template.source
     key = stable_hash(inputs)
     return tokenizer, key, cache / "prepared" / f"{_slug(data_cfg.dataset)}-{key}"
 

@@ -193,7 +193,63 @@ def _field(record: Any, field: str, where: str, errors: str = "strict") -> str:
     return value
 
 
-def _parquet_file(path: Path, field: str) -> Iterator[str]:
+def _strings(column: Any, where: str, row: int, errors: str) -> list[Any]:
+    """A parquet string column's values. pyarrow does not check that a file's strings are UTF-8 (to_pylist then
+    raises UnicodeDecodeError); here a bad value is one line naming its row, or U+FFFD under data.encoding_errors:
+    replace."""
+    import pyarrow as pa
+
+    try:
+        return column.to_pylist()
+    except UnicodeDecodeError:
+        pass
+    raw = column.cast(pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary()).to_pylist()
+    out = []
+    for i, value in enumerate(raw):
+        try:
+            out.append(value if value is None else value.decode("utf-8", errors=errors))
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{where} row {row + i}: not valid UTF-8 at byte offset {exc.start} of the value (byte "
+                f"0x{value[exc.start]:02x}); re-create the file with UTF-8 text{ERRORS_HINT}"
+            ) from None
+    return out
+
+
+def _rows(batch: Any, where: str, row: int, errors: str) -> list[dict[str, Any]]:
+    """A parquet batch's rows as dicts; string columns as _strings reads them, a value that is not UTF-8 inside a
+    nested column (a list of messages, say) one line naming its row."""
+    import pyarrow as pa
+
+    try:
+        return batch.to_pylist()
+    except UnicodeDecodeError:
+        pass
+    columns = {}
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            columns[name] = _strings(column, f"{where}: column '{name}'", row, errors)
+            continue
+        try:
+            columns[name] = column.to_pylist()
+        except UnicodeDecodeError:
+            bad = next(i for i in range(len(column)) if not _decodes(column.slice(i, 1)))
+            raise DataError(
+                f"{where}: column '{name}' row {row + bad}: a value inside it is not valid UTF-8; re-create the "
+                f"file with UTF-8 text"
+            ) from None
+    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
+def _decodes(column: Any) -> bool:
+    try:
+        column.to_pylist()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _parquet_file(path: Path, field: str, errors: str = "strict") -> Iterator[str]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -206,20 +262,32 @@ def _parquet_file(path: Path, field: str) -> Iterator[str]:
             raise DataError(f"{path}: not a readable parquet file ({_one_line(exc)}); check or re-create it") from None
         names = table.schema_arrow.names
         if field == RECORD:  # whole rows, as JSON
-            batches = table.iter_batches(batch_size=1024)
-            texts = (json.dumps(row, ensure_ascii=False, default=str) for b in batches for row in b.to_pylist())
+            texts = (
+                json.dumps(row, ensure_ascii=False, default=str)
+                for start, b in _numbered(table.iter_batches(batch_size=1024))
+                for row in _rows(b, str(path), start, errors)
+            )
         else:
             if field not in names:
                 raise DataError(f"{path}: no '{field}' column (found: {', '.join(names)}); set data.text_field")
             column_type = table.schema_arrow.field(field).type
             if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
                 raise DataError(f"{path}: column '{field}' is {column_type}, not text; set data.text_field")
-            batches = table.iter_batches(batch_size=4096, columns=[field])
-            texts = (value or "" for b in batches for value in b.column(0).to_pylist())
+            batches = _numbered(table.iter_batches(batch_size=4096, columns=[field]))
+            where = f"{path}: column '{field}'"
+            texts = (value or "" for start, b in batches for value in _strings(b.column(0), where, start, errors))
         try:
             yield from texts
         except (pa.ArrowException, *READ_ERRORS) as exc:
             raise DataError(f"{path}: damaged parquet data ({_one_line(exc)}); re-create or re-download it") from None
+
+
+def _numbered(batches: Iterator[Any]) -> Iterator[tuple[int, Any]]:
+    """(number of the batch's first row, from 1; the batch)."""
+    start = 1
+    for batch in batches:
+        yield start, batch
+        start += batch.num_rows
 
 
 def _expand(spec: str) -> list[Path]:
@@ -263,7 +331,7 @@ def _local_files(spec: str, field: str, errors: str, paths: list[Path] | None = 
                 if kind in JSONL:
                     yield from _jsonl_file(path, field, errors)
                 elif kind == ".parquet":
-                    yield from _parquet_file(path, field)
+                    yield from _parquet_file(path, field, errors)
                 else:
                     yield from _text_file(path, errors)
 

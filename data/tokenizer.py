@@ -49,6 +49,16 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return value
 
 
+def _read_template(path: Path) -> str:
+    """chat_template.jinja beside a tokenizer (transformers 5 writes it there), or a DataError naming it."""
+    from tinyllama.core.text import decode
+
+    try:
+        return decode(path.read_bytes(), str(path), DataError)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({os_reason(exc)}); check the file") from None
+
+
 def _backend_from_file(path: Path) -> Backend:
     """`tokenizers` raises a bare Exception for anything that is not a tokenizer.json (binary, other JSON)."""
     try:
@@ -88,6 +98,7 @@ class Tokenizer:
         self.name = name
         self.model_max_length = model_max_length
         self.chat_template = chat_template  # jinja2, as in tokenizer_config.json (data/chat.py renders it)
+        self.chat_template_source = ""  # where it was read, for its errors (data.chat.tokenizer_template)
         self.eos_token, self.bos_token, self.unk_token = eos_token, bos_token, unk_token
         eos_id = backend.token_to_id(eos_token)
         if eos_id is None:
@@ -185,14 +196,17 @@ class Tokenizer:
                 f"or add one of {', '.join(EOS_CANDIDATES[:3])}"
             )
         bos = _token_str(config.get("bos_token")) or next((t for t in BOS_CANDIDATES if t in vocab), None)
-        template = config.get("chat_template")
+        template, source = config.get("chat_template"), "tokenizer_config.json"
         if template is None and directory is not None and (directory / "chat_template.jinja").is_file():
-            template = (directory / "chat_template.jinja").read_text(encoding="utf-8", errors="replace")
+            template, source = _read_template(directory / "chat_template.jinja"), "chat_template.jinja"
         max_length = config.get("model_max_length")
         max_length = int(max_length) if isinstance(max_length, (int, float)) and max_length < 1e9 else None
         unk = _token_str(config.get("unk_token"))
         template = template if isinstance(template, str) else None  # a list of named templates: not supported
-        return cls(backend, eos, bos, unk, name, max_length or DEFAULT_MAX_LENGTH, template)
+        tok = cls(backend, eos, bos, unk, name, max_length or DEFAULT_MAX_LENGTH, template)
+        if directory is not None:
+            tok.chat_template_source = f"the chat template in {directory / source}"
+        return tok
 
 
 # --- backends: GPT-2-style files in a directory (the rest is data/bpe.py) ------------------------------
@@ -244,7 +258,9 @@ def _from_hub(name: str) -> Tokenizer | None:
                 hf_hub_download(name, extra, local_files_only=local_only)
             except (EntryNotFoundError, HfHubHTTPError, OSError):
                 pass
-        return Tokenizer._with_config(_backend_from_file(main), main.parent, name)
+        tok = Tokenizer._with_config(_backend_from_file(main), main.parent, name)
+        tok.chat_template_source = f"the chat template of Hub tokenizer {name}"
+        return tok
     return None
 
 

@@ -57,6 +57,7 @@ CASES = [
     ("config-missing", "train.py", "--config {s}/nothing.yaml", "config file not found", "nothing.yaml"),
     ("config-not-yaml", "train.py", "--config {s}/broken.yaml", "not valid YAML at line", "broken.yaml"),
     ("config-a-list", "train.py", "--config {s}/list.yaml", "expected a mapping of sections", "list.yaml"),
+    ("config-binary", "train.py", "--config {s}/image.txt", "is not UTF-8 text", "image.txt"),
     ("config-type", "train.py", "--config {smoke} --training.lr fast", "expected float", "training.lr"),
     ("config-inf-lr", "train.py", "--config {smoke} --training.lr inf", "must be a finite number", "training.lr"),
     ("config-section-typo", "train.py", "--config {smoke} --trainig.lr 1", "did you mean 'training'", "trainig"),
@@ -95,6 +96,13 @@ CASES = [
         "optimizer.safetensors",
     ),
     (
+        "resume-damaged-log",
+        "train_cuda.py",
+        "{run_of:damaged-log} --resume auto --training.max_steps 3",
+        "is not a metrics record",
+        "logs/smoke/metrics.jsonl",
+    ),
+    (
         "resume-no-moments",
         "train_cuda.py",
         "{run_of:no-moments} --resume auto",
@@ -106,6 +114,7 @@ CASES = [
     ("init-from-int8", "train_cuda.py", "{train} --training.init_from {s}/int8.ckpt", "not floating point", "int8"),
     ("data-missing", "train_cuda.py", "{train} --data.dataset {s}/gone.txt", "file not found", "gone.txt"),
     ("data-binary", "train_cuda.py", "{train} --data.dataset {s}/image.txt", "image.txt", "image.txt"),
+    ("data-parquet-utf8", "train_cuda.py", "{train} --data.dataset {s}/latin1.parquet", "not valid UTF-8", "latin1"),
     ("data-gz", "train_mlx.py", "{train} --data.dataset {s}/cut.jsonl.gz", "cut.jsonl.gz", "cut.jsonl.gz"),
     ("data-tokenizer", "train_cuda.py", "{train} --data.tokenizer bpe:abc", "expected bpe:<vocab size>", "bpe:abc"),
     (
@@ -124,6 +133,15 @@ CASES = [
         "ok.txt",
     ),
     ("chat-template", "train_cuda.py", "{chat} --data.chat_template {s}/broken.jinja", "does not parse", "template"),
+    ("chat-template-loop", "train_cuda.py", "{chat} --data.chat_template {s}/loop.jinja", "did not finish", "loop"),
+    (
+        "chat-template-include",
+        "train_cuda.py",
+        "{chat} --data.chat_template {s}/include.jinja",
+        "includes another template",
+        "include.jinja",
+    ),
+    ("chat-template-empty", "train_cuda.py", "{chat} --data.chat_template {s}/empty.jinja", "is empty", "empty.jinja"),
     ("ahead-chat", "train_cuda.py", "{chat} --data.prepare ahead", "conversations are prepared whole", "data.prepare"),
     ("chat-format-choice", "train.py", "--config {smoke} --data.format sharegpt", "must be one of", "data.format"),
     ("data-cache-file", "train_cuda.py", "{train} --data.cache_dir {s}/a-file", "data.cache_dir", "a-file"),
@@ -150,7 +168,36 @@ CASES = [
     ("infer-tokenizer-file", "infer.py", "--ckpt {good} --tokenizer {s}/gone.json", "not found", "gone.json"),
     ("infer-temperature", "infer.py", "--ckpt {good} --temperature -1", "temperature must be >= 0", "temperature"),
     ("infer-top-p", "infer.py", "--ckpt {good} --top-p 2", "top_p must be in (0, 1]", "top_p"),
+    ("infer-temperature-nan", "infer.py", "--ckpt {good} --temperature nan", "must be a finite number", "temperature"),
+    (
+        "infer-penalty-inf",
+        "infer.py",
+        "--ckpt {good} --repetition-penalty inf",
+        "must be a finite number",
+        "repetition_penalty",
+    ),
     ("infer-max-new", "infer.py", "--ckpt {good} --max-new-tokens 0", "must be >= 1", "--max-new-tokens"),
+    (
+        "infer-chat-template-recursion",
+        "infer.py",
+        "--ckpt {good} --chat -p hi --chat-template {s}/recursion.jinja",
+        "calls nest deeper than",
+        "recursion.jinja",
+    ),
+    (
+        "infer-chat-template-binary",
+        "infer.py",
+        "--ckpt {good} --chat -p hi --chat-template {s}/image.txt",
+        "not UTF-8 text",
+        "image.txt",
+    ),
+    (
+        "infer-chat-own-template",
+        "infer.py",
+        "--ckpt {s}/zero-template.ckpt --chat -p hi",
+        "ZeroDivisionError",
+        "zero-template.ckpt/tokenizer_config.json",
+    ),
     ("infer-prompt-file", "infer.py", "--ckpt {good} --prompt-file {s}/gone.txt", "prompt file not found", "gone"),
     ("infer-prompt-binary", "infer.py", "--ckpt {good} --prompt-file {s}/image.txt", "not UTF-8 text", "image"),
     ("infer-dtype", "infer.py", "--ckpt {good} --dtype int8", "unknown dtype 'int8'", "--dtype"),
@@ -165,6 +212,13 @@ CASES = [
         "case file not found",
         "gone.yaml",
     ),  # noqa: E501
+    (
+        "eval-cases-binary",
+        "evaluate_checkpoints.py",
+        "--checkpoints {good} --cases {s}/image.txt",
+        "is not UTF-8 text",
+        "image.txt",
+    ),
     (
         "eval-cases-field",
         "evaluate_checkpoints.py",
@@ -237,18 +291,40 @@ CASES = [
 ]
 
 
+def write_latin1_parquet(path: Path, texts: list[str]) -> None:
+    """A parquet string column holding Latin-1 bytes (pyarrow, like other writers, does not check them)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    values = [t.encode("latin-1") for t in texts]
+    offsets = np.cumsum([0] + [len(v) for v in values]).astype(np.int32)
+    buffers = [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"".join(values))]
+    pq.write_table(pa.table({"text": pa.Array.from_buffers(pa.string(), len(values), buffers)}), path)
+
+
+def damage_second_line(ckpt: Path) -> None:
+    """A metrics.jsonl damaged in its middle (not what a kill leaves: that is a torn last line, dropped)."""
+    metrics = ckpt.parent / "logs" / "smoke" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([lines[0], "{not a record", *lines[1:]]) + "\n")
+
+
 def damaged_copy(good: Path, path: Path, change) -> Path:
     shutil.copytree(good, path)
     change(path)
     return path
 
 
-def edit_config(**fields):
+def edit_json(name: str, **fields):
     def change(path: Path) -> None:
-        hf = json.loads((path / "config.json").read_text())
-        (path / "config.json").write_text(json.dumps({**hf, **fields}))
+        hf = json.loads((path / name).read_text())
+        (path / name).write_text(json.dumps({**hf, **fields}))
 
     return change
+
+
+def edit_config(**fields):
+    return edit_json("config.json", **fields)
 
 
 def shard_gone(path: Path) -> None:
@@ -282,6 +358,7 @@ def sandbox(tmp_path_factory, data_cache):
         "nan.ckpt": rewrite_weights(lambda w: {**w, "model.norm.weight": w["model.norm.weight"] * np.nan}),
         "extra.ckpt": rewrite_weights(lambda w: {**w, "extra.weight": np.zeros((64, 64), np.float32)}),
         "no-shard.ckpt": shard_gone,
+        "zero-template.ckpt": edit_json("tokenizer_config.json", chat_template="{{ 1 / 0 }}"),
     }
     for name, change in copies.items():
         damaged_copy(good, s / name, change)
@@ -292,6 +369,7 @@ def sandbox(tmp_path_factory, data_cache):
             p / "final.ckpt/optimizer.safetensors",
         ),
         "no-moments": lambda p: (p / "final.ckpt/optimizer.safetensors").unlink(),
+        "damaged-log": damage_second_line,
     }.items():
         shutil.copytree(s / "run", s / name)
         change(s / name / "ckpt")
@@ -304,6 +382,7 @@ def sandbox(tmp_path_factory, data_cache):
     (s / "list.yaml").write_text("- model\n- training\n")
     (s / "a-file").write_text("a file, not a directory\n")
     (s / "image.txt").write_bytes(PNG)
+    write_latin1_parquet(s / "latin1.parquet", ["Plain text. " * 50, "naïve café " * 50])
     (s / "ok.txt").write_text("Plain text. " * 100)
     (s / "cut.jsonl.gz").write_bytes(b'{"text": "not compressed at all"}\n' * 50)  # named .gz, plain inside
     (s / "model.gguf").write_bytes(b"GGUF" + bytes(60))
@@ -311,6 +390,10 @@ def sandbox(tmp_path_factory, data_cache):
     (s / "no-answer.jsonl").write_text(json.dumps(talk) + "\n" + json.dumps({"messages": talk["messages"][:1]}) + "\n")
     (s / "chat.jsonl").write_text((json.dumps(talk) + "\n") * 20)
     (s / "broken.jinja").write_text("{% for message in messages %}{{ message['content'] }")
+    (s / "loop.jinja").write_text("{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}")
+    (s / "include.jinja").write_text("{% include '/etc/passwd' %}")
+    (s / "empty.jinja").write_text("")
+    (s / "recursion.jinja").write_text("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}")
     (s / "typo-cases.yaml").write_text("- {prompt: a, expct: b}\n")
     write_word_tokenizer(s / "big-tok", 600)
     placeholders = {
@@ -322,7 +405,7 @@ def sandbox(tmp_path_factory, data_cache):
         "escape": " ".join(smoke_argv(s / "escape", data_cache)),
         "chat": " ".join(smoke_argv(s / "fresh", data_cache, "--data.dataset", str(s / "chat.jsonl"))),
     }
-    for name in ("bad-state", "bad-moments", "no-moments"):
+    for name in ("bad-state", "bad-moments", "no-moments", "damaged-log"):
         placeholders[f"run_of:{name}"] = " ".join(smoke_argv(s / name, data_cache))
     return s, placeholders
 
@@ -346,9 +429,11 @@ def fill(template: str, placeholders: dict[str, str]) -> list[str]:
 
 
 def message_lines(err: str) -> list[str]:
-    """stderr without progress bars (tqdm redraws with \\r) and blank lines."""
+    """stderr without progress bars (tqdm redraws with \\r), blank lines, and what a resume says before it checks
+    the checkpoint (`resuming ... with its own settings`, and the note on settings not applied)."""
     lines = [line.split("\r")[-1] for line in err.splitlines()]
-    return [line for line in lines if line.strip() and not line.lstrip().startswith(("tokenizing", "read "))]
+    chatter = ("tokenizing", "read ", "resuming ", "note: ")
+    return [line for line in lines if line.strip() and not line.lstrip().startswith(chatter)]
 
 
 @pytest.mark.slow

@@ -174,6 +174,14 @@ def test_the_fused_projections_bench_times_the_same_work_both_ways():
     assert "q/kv 64/32, d_ff 172, 64 tokens" in out and "separate / fused: " in out and "median of 3 turns" in out
 
 
+@pytest.mark.slow
+def test_the_chat_template_bench_renders_the_same_text_both_ways():
+    """bench/chat_template.py asserts that the bounded environment writes what jinja2's plain sandbox writes."""
+    cmd = [sys.executable, "bench/chat_template.py", "--conversations", "20", "--turns", "1"]
+    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True, timeout=120).stdout
+    assert out.startswith("20 builtin-chat conversations, ") and out.count(" per conversation (+") == 2, out
+
+
 # --- the Mac path, on a mocked Mac ---
 
 

@@ -13,7 +13,16 @@ import torch.nn.functional as F
 from helpers import TINY_MODELS, random_weights
 
 from tinyllama.core.config import load_config
-from tinyllama.data.chat import DEFAULT_TEMPLATE, conversation, detect_format, end_of_turn_ids, pieces, render
+from tinyllama.data.chat import (
+    DEFAULT,
+    DEFAULT_TEMPLATE,
+    ChatTemplate,
+    conversation,
+    detect_format,
+    end_of_turn_ids,
+    pieces,
+    render,
+)
 from tinyllama.data.loader import STARTS, TRAIN, PackedLoader, pack, packed_rows
 from tinyllama.data.prepare import prepare_data
 from tinyllama.data.tokenizer import load_tokenizer
@@ -28,6 +37,7 @@ CHATML = (
     "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+SMOL = ChatTemplate(CHATML, "SmolLM2's template")
 TALK = [
     {"role": "user", "content": "What is Alabama?"},
     {"role": "assistant", "content": "A state in the United States."},
@@ -54,13 +64,13 @@ def chatml_tokenizer(gpt2):
 
 
 def test_pieces_rebuild_the_rendering_and_mark_each_answer_with_its_end_marker(gpt2, chatml_tokenizer):
-    for tok, template, end in ((gpt2, DEFAULT_TEMPLATE, "<|endoftext|>\n"), (chatml_tokenizer, CHATML, "<|im_end|>\n")):
+    for tok, template, end in ((gpt2, DEFAULT, "<|endoftext|>\n"), (chatml_tokenizer, SMOL, "<|im_end|>\n")):
         parts = pieces(template, TALK, tok)
         assert "".join(text for text, _ in parts) == render(template, TALK, tok, add_generation_prompt=False)
         answers = [text for text, answer in parts if answer]
         assert answers == ["A state in the United States." + end, "Its capital is Montgomery." + end]
     # ChatML's automatic system prompt is prompt, never answer
-    assert "You are a helpful" in [t for t, a in pieces(CHATML, TALK, chatml_tokenizer) if not a][0]
+    assert "You are a helpful" in [t for t, a in pieces(SMOL, TALK, chatml_tokenizer) if not a][0]
 
 
 def test_end_of_turn_ids(gpt2, chatml_tokenizer):
@@ -247,7 +257,7 @@ def test_transformers_renders_the_saved_template_as_we_do(template, chatml_token
     tok.save(tmp_path)
     theirs = AutoTokenizer.from_pretrained(tmp_path)
     for messages, generation in ((TALK, False), (TALK[:3], True)):
-        ours = render(template, messages, tok, add_generation_prompt=generation)
+        ours = render(ChatTemplate(template, "a test"), messages, tok, add_generation_prompt=generation)
         assert theirs.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation) == ours
 
 

@@ -166,5 +166,33 @@ def test_config_dataclasses_have_no_framework_imports():
     assert out.stdout.split() == ["False", "False"]
 
 
+def test_core_imports_nothing_from_data():
+    """Dependencies point one way (docs/ARCHITECTURE.md): data/ uses core/, never the reverse, at module level
+    or inside a function. Imports under `if TYPE_CHECKING:` only name types and never run."""
+    import ast
+
+    def type_checking(node: ast.AST) -> bool:
+        return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+    def imports(node: ast.AST, guarded: bool = False):
+        for child in ast.iter_child_nodes(node):
+            inside = guarded or type_checking(child)
+            if isinstance(child, ast.Import) and not inside:
+                yield from (alias.name for alias in child.names)
+            elif isinstance(child, ast.ImportFrom) and not inside:
+                yield from ((child.module or "") + "." + alias.name for alias in child.names)
+            elif isinstance(child, ast.Call) and ast.unparse(child.func).endswith(("import_module", "__import__")):
+                yield from (arg.value for arg in child.args if isinstance(arg, ast.Constant))
+            yield from imports(child, inside)
+
+    found = {
+        f"core/{path.name}: {name}"
+        for path in sorted((ROOT / "core").glob("*.py"))
+        for name in imports(ast.parse(path.read_text()))
+        if str(name).removeprefix("tinyllama.").split(".")[0] == "data"
+    }
+    assert not found, found
+
+
 def test_dataclass_field_sections_match_design():
     assert [f.name for f in dataclasses.fields(Config)] == ["model", "training", "data", "hardware", "output"]

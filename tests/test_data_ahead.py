@@ -4,7 +4,9 @@ finished data, whatever the physical shard size; a real run trains while the bac
 from __future__ import annotations
 
 import json
+import resource
 import shutil
+import sys
 import threading
 import time
 
@@ -14,7 +16,7 @@ from helpers import smoke_argv, train_losses, write_bpe_tokenizer
 
 from tinyllama import evaluate_checkpoints, train_cuda, train_mlx
 from tinyllama.core.config import load_config
-from tinyllama.data.ahead import AheadLoader, TrainStream, ahead_val, held_out
+from tinyllama.data.ahead import AheadLoader, Background, TrainStream, ahead_val, held_out
 from tinyllama.data.prepare import prepare_data
 from tinyllama.data.util import DataError
 
@@ -56,7 +58,7 @@ def test_batches_while_shards_appear_equal_the_finished_datas(finished, tmp_path
     root, dirs = finished
     target = dirs[700]
     dtype = np.dtype(json.loads((target / "meta.json").read_text())["dtype"])
-    reference = _batches(_loader(TrainStream(target, target, dtype, None, None), grad_accum=2), 800)
+    reference = _batches(_loader(TrainStream(target, target, dtype), grad_accum=2), 800)
     # the same data written shard by shard into a directory being built, meta.json last into its final place
     work, growing = tmp_path / ".partial", tmp_path / "final"
     work.mkdir()
@@ -71,7 +73,7 @@ def test_batches_while_shards_appear_equal_the_finished_datas(finished, tmp_path
         shutil.copytree(target, growing)  # the finished directory renamed into place, with its last shard
 
     writer = threading.Thread(target=write)
-    stream = TrainStream(growing, work, dtype, None, None)
+    stream = TrainStream(growing, work, dtype)
     writer.start()
     got = _batches(_loader(stream, grad_accum=2), 800)
     writer.join()
@@ -85,7 +87,7 @@ def test_the_order_does_not_depend_on_the_physical_shard_size(finished):
     loaders = []
     for shard in (700, 2500):
         dtype = np.dtype(json.loads((dirs[shard] / "meta.json").read_text())["dtype"])
-        loaders.append(_loader(TrainStream(dirs[shard], dirs[shard], dtype, None, None), world_size=2, rank=1))
+        loaders.append(_loader(TrainStream(dirs[shard], dirs[shard], dtype), world_size=2, rank=1))
     for (x, y), (x2, y2) in zip(_batches(loaders[0], 30), _batches(loaders[1], 30), strict=True):
         assert (x == x2).all() and (y == y2).all()
 
@@ -93,7 +95,7 @@ def test_the_order_does_not_depend_on_the_physical_shard_size(finished):
 def test_epoch_zero_walks_the_blocks_in_order_and_never_trains_on_the_held_out_tokens(finished):
     _, dirs = finished
     dtype = np.dtype(json.loads((dirs[700] / "meta.json").read_text())["dtype"])
-    stream = TrainStream(dirs[700], dirs[700], dtype, None, None)
+    stream = TrainStream(dirs[700], dirs[700], dtype)
     loader = _loader(stream, block=3000, hold=held_out(3000, 0.02))
     loader._extend(10**9)  # learn every block
     total = sum(loader.counts)
@@ -110,7 +112,7 @@ def test_epoch_zero_walks_the_blocks_in_order_and_never_trains_on_the_held_out_t
 
 def test_a_block_too_small_for_the_held_out_tokens_is_one_line(finished):
     _, dirs = finished
-    stream = TrainStream(dirs[700], dirs[700], np.dtype("<u2"), None, None)
+    stream = TrainStream(dirs[700], dirs[700], np.dtype("<u2"))
     with pytest.raises(DataError, match="raise data.shard_tokens"):
         AheadLoader(stream, 40, 30, 16, 4, 0)
 
@@ -149,3 +151,96 @@ def test_a_run_trains_while_the_background_prepare_writes_and_matches_one_on_the
     resumed = train_losses(tmp_path / "mlx")
     assert sorted(resumed) == list(range(7, 13))
     assert all(abs(resumed[s] - after[s]) <= 1e-4 * after[s] for s in resumed), (resumed, after)
+
+
+def _ahead_config(corpus, tokenizer, cache, shard_tokens: int):
+    return load_config(
+        None,
+        {
+            "data.dataset": str(corpus), "data.tokenizer": str(tokenizer), "data.cache_dir": str(cache),
+            "data.prepare": "ahead", "data.shard_tokens": shard_tokens, "data.max_documents": 0,
+        },
+    ).data  # fmt: skip
+
+
+def test_a_failed_background_prepare_ends_the_run_even_while_it_has_data(finished, tmp_path):
+    """Its one error line (a full disk, a bad document) ends the run at the next batch, not when the run would
+    have needed its next block: a run never exits 0 on a prepare that died."""
+    _, dirs = finished
+    work = tmp_path / ".c.partial"
+    work.mkdir()
+    for shard in sorted(dirs[700].glob("train-*.bin"))[:3]:
+        shutil.copy(shard, work / shard.name)
+    line = "data.cache_dir /c: no space left on its disk writing /c/train-00003.bin.part; free some space"
+    code = f"import sys; print('error: {line}', file=sys.stderr); sys.exit(2)"
+    background = Background([sys.executable, "-c", code], tmp_path / "prepare.log", work)
+    background.process.wait(timeout=60)
+    loader = _loader(TrainStream(tmp_path / "c", work, np.dtype("<u2"), background), block=1400, hold=60)
+    with pytest.raises(DataError, match=f"^the background data.prepare failed: {line}$"):
+        loader.batch(0)  # block 0 is there: before, this trained on, and the run exited 0
+    background.stop()
+
+
+@pytest.mark.slow
+def test_a_killed_background_prepare_is_started_again_and_resumes(tmp_path, capsys):
+    corpus = _corpus(tmp_path / "c.jsonl", 10000, seed=2)  # ~6M tokens: seconds of tokenizing
+    tokenizer = write_bpe_tokenizer(tmp_path / "tok", 300)
+    cfg = _ahead_config(corpus, tokenizer, tmp_path / "cache", 100_000)
+    data = prepare_data(cfg, progress=False, log=lambda *_: None)
+    work, process = data.stream.work, data.background.process
+    while not (work / "progress.json").is_file() and process.poll() is None:  # a finished shard on record
+        time.sleep(0.01)
+    assert process.poll() is None, "the prepare finished before it could be killed: make the corpus larger"
+    process.kill()
+    process.wait()
+    loader = data.train_batches(seq_len=16, batch_size=4, seed=7)
+    loader.window_start(10**9)  # every block of epoch 0: waits for the whole corpus
+    assert data.stream.complete and data.background.restarts == 1
+    assert "note: the background data.prepare was killed (SIGKILL); starting it again" in capsys.readouterr().err
+    meta = json.loads((data.target / "meta.json").read_text())
+    assert meta["resumed_tokens"] > 0  # the second one went on from the first one's shards
+    full = load_config(None, {**{f"data.{k}": getattr(cfg, k) for k in ("dataset", "tokenizer", "cache_dir")}})
+    reference = prepare_data(full.data, progress=False, shard_tokens=100_000, log=lambda *_: None)
+    assert np.array_equal(np.asarray(reference.tokens("train")), np.asarray(data.stream.tokens))
+    data.close()
+    assert capsys.readouterr().err == ""  # finished: nothing to stop
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="Linux: a full disk is simulated with prlimit")
+def test_a_run_whose_background_prepare_fails_exits_2_with_its_line(tmp_path, monkeypatch):
+    """At step 3 the background prepare's files may no longer grow (RLIMIT_FSIZE, as on a full disk: Python
+    ignores SIGXFSZ, so its next write fails with EFBIG and it ends with its error line). The run has block 0
+    and needs nothing more; before, it trained on and exited 0, the cache left with a lock file."""
+    corpus = _corpus(tmp_path / "c.jsonl", 10000, seed=3)  # ~6M tokens: seconds of tokenizing
+    tokenizer = write_bpe_tokenizer(tmp_path / "tok", 300)
+    batch = AheadLoader.batch
+
+    def batch_then_fill_the_disk(loader, step, micro_step=0):
+        if step == 3 and micro_step == 0:
+            process = loader.stream.background.process
+            assert process.poll() is None, "the prepare finished before step 3: make the corpus larger"
+            resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (4096, 4096))  # room for its error line
+        return batch(loader, step, micro_step)
+
+    monkeypatch.setattr(AheadLoader, "batch", batch_then_fill_the_disk)
+    args = ("--data.dataset", str(corpus), "--data.tokenizer", str(tokenizer), "--data.prepare", "ahead",
+            "--data.shard_tokens", "200000", "--data.max_documents", "0", "--training.max_steps", "300",
+            "--training.eval_every", "0", "--training.save_every", "0", "--hardware.accelerator", "cpu")  # fmt: skip
+    with pytest.raises(DataError, match=r"^the background data.prepare failed: data.cache_dir .*File too large"):
+        train_cuda.main(smoke_argv(tmp_path / "run", tmp_path / "cache", *args))
+    assert not (tmp_path / "run" / "ckpt" / "final.ckpt").exists()
+    prepared = tmp_path / "cache" / "prepared"
+    assert [p.name for p in prepared.iterdir() if not p.name.endswith(".lock")] == []  # it removed its partial
+
+
+@pytest.mark.slow
+def test_a_run_that_ends_first_stops_the_background_prepare_and_says_so(tmp_path, capsys):
+    corpus = _corpus(tmp_path / "c.jsonl", 3000, seed=4)
+    tokenizer = write_bpe_tokenizer(tmp_path / "tok", 300)
+    data = prepare_data(_ahead_config(corpus, tokenizer, tmp_path / "cache", 100_000), progress=False)
+    running = data.background.process
+    data.close()
+    assert running.poll() is not None
+    err = capsys.readouterr().err
+    assert err.startswith("note: stopped the background data.prepare; ") and "resumes there" in err

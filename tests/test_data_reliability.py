@@ -120,7 +120,25 @@ BAD_SOURCES: dict[str, tuple[Callable[[Path], None], str]] = {
     "junk.parquet": (lambda p: p.write_bytes(random.Random(2).randbytes(3000)), r"not a readable parquet file"),
     "pages.parquet": (lambda p: _parquet(p, damage=True), r"damaged parquet data"),
     "empty.txt": (lambda p: p.write_bytes(b""), r"the corpus is empty: 1 file \("),
+    "latin1.parquet": (
+        lambda p: _latin1_parquet(p),
+        r"'text' row 3: not valid UTF-8 at byte offset 2 of the value \(byte 0xef\)",
+    ),
 }
+
+
+def _latin1_parquet(path: Path) -> None:
+    """A parquet string column holding Latin-1 bytes: pyarrow writes it without checking, as other tools do."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    values = [text(40, 0).encode(), text(40, 1).encode(), "naïve café".encode("latin-1")]
+    offsets = np.cumsum([0] + [len(v) for v in values]).astype(np.int32)
+    column = pa.Array.from_buffers(
+        pa.string(), 3, [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"".join(values))]
+    )
+    pq.write_table(pa.table({"text": column}), path)
 
 
 @pytest.mark.parametrize("name", sorted(BAD_SOURCES))
@@ -140,7 +158,7 @@ def test_bad_source_is_one_line_naming_the_file(tmp_path, name):
 
 
 def test_replace_reads_what_strict_refuses(tmp_path):
-    for name in ("random.txt", "latin1.txt", "utf8.jsonl", "escape.jsonl"):
+    for name in ("random.txt", "latin1.txt", "utf8.jsonl", "escape.jsonl", "latin1.parquet"):
         path = tmp_path / name
         BAD_SOURCES[name][0](path)
         docs = list(resolve_source(str(path), errors="replace").documents())

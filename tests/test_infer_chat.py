@@ -20,7 +20,7 @@ from tinyllama.core.architecture import parameter_shapes
 from tinyllama.core.backend import Backend
 from tinyllama.core.checkpoint import save_checkpoint
 from tinyllama.core.config import ModelConfig
-from tinyllama.data.chat import DEFAULT_TEMPLATE, prompt_ids
+from tinyllama.data.chat import DEFAULT, prompt_ids
 from tinyllama.data.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -124,7 +124,7 @@ def test_one_shot_feeds_the_template_and_stops_at_end_of_turn(ckpt, tok, fed, ba
     argv = chat_argv(ckpt, "--system-prompt", "w7 w8", "-p", "w6 w16", backend=backend)
     code, out, err = run_infer(argv, capsys, monkeypatch)
     assert code == 0, err
-    assert fed == [prompt_ids(tok, [SYS, user("w6 w16")], TEMPLATE)]
+    assert fed == [prompt_ids(tok, [SYS, user("w6 w16")])]
     assert fed[0] == [SYSTEM, 7, 8, EOT, USER, 6, 16, EOT, ASSISTANT]  # the template as written, system first
     assert out == "w10 w11\n"  # stopped at <eot> (id 2), not EOS (id 1); --max-tokens is 20
     assert "generated 2 tokens" in err and "chat template" not in err and ">>>" not in err
@@ -134,7 +134,7 @@ def test_one_shot_reads_stdin_and_max_tokens_cuts_the_answer(ckpt, tok, fed, cap
     argv = [*chat_argv(ckpt, "-p", "-"), "--max-tokens", "1"]
     code, out, err = run_infer(argv, capsys, monkeypatch, stdin="w6 w16\n")
     assert code == 0, err
-    assert fed == [prompt_ids(tok, [user("w6 w16")], TEMPLATE)]
+    assert fed == [prompt_ids(tok, [user("w6 w16")])]
     assert out == "w10\n"
 
 
@@ -145,9 +145,9 @@ def test_repl_keeps_the_conversation_until_reset_and_exit(ckpt, tok, fed, backen
     assert code == 0, err
     first = [SYS, user("w6 w16")]
     assert fed == [
-        prompt_ids(tok, first, TEMPLATE),
-        prompt_ids(tok, [*first, assistant("w10 w11"), user("w9")], TEMPLATE),  # the first answer is in it
-        prompt_ids(tok, [SYS, user("w13")], TEMPLATE),  # /reset keeps the system prompt only; w14 after /exit
+        prompt_ids(tok, first),
+        prompt_ids(tok, [*first, assistant("w10 w11"), user("w9")]),  # the first answer is in it
+        prompt_ids(tok, [SYS, user("w13")]),  # /reset keeps the system prompt only; w14 after /exit
     ]
     assert fed[1][len(fed[0]) :] == [10, 11, EOT, USER, 9, EOT, ASSISTANT]
     assert out == "w10 w11\n" * 3
@@ -161,8 +161,8 @@ def test_repl_ends_at_eof_and_drops_the_oldest_turns_when_too_long(ckpt, tok, fe
     assert out == "w10 w11\n" * 4
     # 64 tokens of context - 20 new = 44 for the prompt; each turn costs 12 + 4 tokens, the system message 4
     assert [len(ids) for ids in fed] == [17, 33, 33, 33]  # the third would be 49: turn 1 goes
-    assert fed[2] == prompt_ids(tok, [SYS, user(turns[1]), assistant("w10 w11"), user(turns[2])], TEMPLATE)
-    assert fed[3] == prompt_ids(tok, [SYS, user(turns[2]), assistant("w10 w11"), user(turns[3])], TEMPLATE)
+    assert fed[2] == prompt_ids(tok, [SYS, user(turns[1]), assistant("w10 w11"), user(turns[2])])
+    assert fed[3] == prompt_ids(tok, [SYS, user(turns[2]), assistant("w10 w11"), user(turns[3])])
     assert err.count("dropping its oldest turns") == 1
 
 
@@ -170,7 +170,7 @@ def test_max_tokens_beyond_the_context_leaves_the_conversation_whole(ckpt, tok, 
     argv = [*chat_argv(ckpt), "--max-tokens", "100"]  # max_seq_len is 64: half of it stays for the conversation
     code, out, err = run_infer(argv, capsys, monkeypatch, "w6 w16\nw9\n")
     assert code == 0, err
-    assert fed[1] == prompt_ids(tok, [user("w6 w16"), assistant("w10 w11"), user("w9")], TEMPLATE)
+    assert fed[1] == prompt_ids(tok, [user("w6 w16"), assistant("w10 w11"), user("w9")])
     assert out == "w10 w11\n" * 2 and "warning" not in err and "dropping" not in err
 
 
@@ -197,7 +197,7 @@ def test_without_a_template_the_default_is_used_with_a_note(ckpt, tok, tmp_path,
     (plain / "tokenizer_config.json").write_text(json.dumps(config))
     code, out, err = run_infer([*chat_argv(plain, "-p", "w16"), "--max-tokens", "4"], capsys, monkeypatch)
     assert code == 0, err
-    assert fed == [prompt_ids(tok, [user("w16")], DEFAULT_TEMPLATE)] == [[USER, 16, EOS, ASSISTANT]]
+    assert fed == [prompt_ids(tok, [user("w16")], DEFAULT)] == [[USER, 16, EOS, ASSISTANT]]
     assert err.count("note: the tokenizer has no chat template") == 1
     assert out == "w10 w11 <eot> w12\n"  # the default template's turns end at EOS: <eot> is an ordinary token
 
@@ -235,6 +235,37 @@ def test_bad_input_is_one_line_and_exit_2(ckpt, tmp_path, fed, capsys, monkeypat
     broken = tmp_path / "broken.jinja"
     broken.write_text("{% for m in messages %}")
     result = run_infer([*base, "--chat-template", str(broken)], capsys, monkeypatch)
-    one_error_line(result, "chat template does not parse")
+    one_error_line(result, f"--chat-template {broken} does not parse")
     one_error_line(run_infer([*base, "-p", "-"], capsys, monkeypatch, stdin=""), "empty standard input")
+    assert fed == []
+
+
+@pytest.mark.parametrize(
+    "template, says",
+    [
+        ("{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}", "did not finish"),
+        ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "calls nest deeper than 50"),
+        ("{% include 'secrets.txt' %}", "includes another template ('secrets.txt'"),
+        ("{{ 1 / 0 }}", "ZeroDivisionError"),
+        ("", "is empty"),
+        ("{% if messages is string %}x{% endif %}", "renders the conversation as no text at all"),
+    ],
+    ids=["loop", "recursion", "include", "zero-division", "empty", "no-text"],
+)
+def test_a_hostile_template_is_one_line_naming_it_before_anything_is_generated(
+    ckpt, tmp_path, fed, capsys, monkeypatch, template, says
+):
+    file = tmp_path / "t.jinja"
+    file.write_text(template)
+    one_error_line(
+        run_infer(chat_argv(ckpt, "-p", "w6", "--chat-template", str(file)), capsys, monkeypatch), str(file), says
+    )
+    own = tmp_path / "own.ckpt"  # the same template as the checkpoint's own: the line names its file
+    own.mkdir()
+    for path in ckpt.iterdir():
+        (own / path.name).write_bytes(path.read_bytes())
+    config = json.loads((own / "tokenizer_config.json").read_text())
+    (own / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template or " "}))
+    result = run_infer(chat_argv(own, "-p", "w6"), capsys, monkeypatch)
+    one_error_line(result, f"the chat template in {own / 'tokenizer_config.json'} ", says)
     assert fed == []

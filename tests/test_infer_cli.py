@@ -126,6 +126,9 @@ def our_ckpt(tmp_path):
     return save_checkpoint(tmp_path / "m.ckpt", random_weights(cfg), cfg, tokenizer_dir=tok, eos_token_id=1)
 
 
+NO_TEMPLATE = "note: the tokenizer has no chat template; using the default (<|user|> ... <|assistant|>)\n"
+
+
 def one_error_line(code, err, *fragments):
     assert code == 2
     lines = err.strip().splitlines()
@@ -155,6 +158,38 @@ def test_bad_input_is_one_line_and_exit_2(our_ckpt, tmp_path, capsys):
 
     (our_ckpt / "config.json").write_text("{not json")
     one_error_line(*run(["--ckpt", str(our_ckpt), *base], capsys)[::2], "config.json is not valid JSON")
+
+
+def test_text_that_is_not_utf8_is_one_line_wherever_it_comes_from(our_ckpt, tmp_path, capsys, monkeypatch):
+    """Under a C locale (and always for arguments) Python decodes stdin and argv with surrogateescape: bytes that
+    are not UTF-8 arrive as lone surrogates, which the tokenizer refused with a TypeError traceback."""
+    base = ["--ckpt", str(our_ckpt), "--backend", "torch", "--max-new-tokens", "2"]
+    binary = "\udc89PNG\udcff"  # b"\x89PNG\xff" as surrogateescape decodes it
+    code, _, err = run([*base, "--prompt", "w5", "--prompt", binary], capsys)
+    one_error_line(code, err, "--prompt 2 is not UTF-8 text (byte offset 0)")
+    for argv, where in ((["--prompt", "-"], "standard input"), ([], "standard input"), (["--chat"], "line 1")):
+        monkeypatch.setattr(sys, "stdin", io.StringIO(binary + "\n"))
+        code, _, err = run([*base, *argv], capsys)
+        one_error_line(code, err.replace(NO_TEMPLATE, ""), where, "is not UTF-8 text")
+    code, _, err = run([*base, "--chat", "-p", "w5", "--system-prompt", "w5 " + binary], capsys)
+    one_error_line(code, err, "--system-prompt is not UTF-8 text (byte offset 3)")
+    (tmp_path / "prompts.txt").write_bytes(b"w5\n\x89PNG\n")
+    code, _, err = run([*base, "--prompt-file", str(tmp_path / "prompts.txt")], capsys)
+    one_error_line(code, err, f"prompt file {tmp_path / 'prompts.txt'} is not UTF-8 text (byte offset 3: 0x89)")
+
+
+@pytest.mark.slow
+def test_binary_bytes_piped_into_chat_are_one_line(our_ckpt):
+    """The reviewer's case, for real: `printf '\\x89PNG\\xff' | infer.py --chat` in a C locale."""
+    cmd = [sys.executable, str(ROOT / "infer.py"), "--ckpt", str(our_ckpt), "--chat", "--backend", "torch"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", LC_ALL="C", PYTHONIOENCODING="")
+    done = subprocess.run(cmd, input=b"\x89PNG\xff\n", capture_output=True, env=env, timeout=120)
+    err = done.stderr.decode()
+    assert done.returncode == 2 and "Traceback" not in err, err
+    assert (
+        err.strip().splitlines()[-1]
+        == "error: standard input line 1 is not UTF-8 text (byte offset 0); convert it to UTF-8"
+    )
 
 
 @pytest.mark.slow

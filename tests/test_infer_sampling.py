@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from tinyllama.core.sampling import (
     TextStream,
     apply_repetition_penalty,
     fit_prompt,
+    sampling_params,
     select_token,
     top_k_filter,
     top_p_filter,
@@ -80,6 +83,32 @@ def test_bad_sampling_params_are_refused():
     for kwargs in ({"temperature": -1}, {"top_k": -2}, {"top_p": 0.0}, {"top_p": 1.5}, {"repetition_penalty": 0}):
         with pytest.raises(ValueError):
             SamplingParams(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["temperature", "top_p", "repetition_penalty", "min_p"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_nan_and_infinities_are_refused_wherever_params_are_made(name, value):
+    """NaN passed every range check (NaN < 0 is False) and became NaN logits; inf temperature sampled uniformly."""
+    with pytest.raises(ValueError, match=f"^{name} must be a finite number, got {value}$"):
+        SamplingParams(**{name: value})
+    for raw in (value, str(value)):  # a command line's float, a query string's text
+        with pytest.raises(ValueError, match=f"^{name} must be a finite number"):
+            sampling_params({name: raw})
+
+
+def test_the_shared_parser_takes_numbers_and_names_what_it_refuses():
+    parsed = sampling_params({"temperature": "0.7", "top_k": 40.0, "top_p": 1, "repetition_penalty": 1.1, "min_p": 0})
+    assert parsed == SamplingParams(0.7, 40, 1.0, 1.1, 0.0) and isinstance(parsed.top_k, int)
+    for raw, says in (
+        ({"temperature": True}, "temperature must be a number, got bool True"),
+        ({"temperature": "hot"}, "temperature must be a number, got 'hot'"),
+        ({"top_k": None}, "top_k must be a number, got NoneType None"),
+        ({"top_k": 2.5}, "top_k must be a whole number, got 2.5"),
+        ({"temprature": 1}, "unknown sampling parameter 'temprature'"),
+        ({"top_p": 2}, "top_p must be in (0, 1], got 2.0"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            sampling_params(raw)
 
 
 def test_fit_prompt():

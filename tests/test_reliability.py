@@ -71,7 +71,8 @@ def test_a_diverging_run_never_writes_non_finite_weights(backend, tmp_path, data
     assert [p.name for p in saved] == ["step-000001.ckpt", "step-000002.ckpt", "final.ckpt"]  # cadence went on
     assert all(all_finite(p) for p in saved) and read_trainer_state(out / "final.ckpt")["updates"] == 0
     assert load_optimizer(out / "final.ckpt") is not None  # resumable even though no update ever applied
-    train(backend, tmp_path / "skip", data_cache, "--training.max_steps", "5", "--resume", "auto", *QUIET)
+    sane = ("--training.lr", "3e-3", "--training.min_lr", "3e-4")  # a resume keeps its run's lr (1e40) unless told
+    train(backend, tmp_path / "skip", data_cache, "--training.max_steps", "5", *sane, "--resume", "auto", *QUIET)
     assert read_trainer_state(out / "final.ckpt")["updates"] == 2 and all_finite(out / "final.ckpt")
 
 
@@ -90,6 +91,42 @@ def test_a_used_output_directory_is_refused_then_resumed_or_replaced(tmp_path, d
         "step"
     ] == 3
     assert sorted(train_losses(tmp_path)) == [1, 2, 3]  # a fresh metrics.jsonl, not the old one's tail
+
+
+@pytest.mark.parametrize(
+    "tail", [b'{"step": 3, "spl', b"\x00" * 40, b'{"step": 3, "note": "caf\xc3'], ids=["torn", "nul", "half-utf8"]
+)
+def test_a_torn_last_metrics_line_is_dropped_with_a_note(tmp_path, tail, capsys):
+    """What a kill mid-write leaves at the end of metrics.jsonl (a cut line; NUL bytes a crashed file system may
+    leave) is dropped with one note and the run goes on; a damaged line elsewhere is one line naming it."""
+    from tinyllama.core.metrics import MetricsLog
+
+    lines = [json.dumps({"step": step, "split": "train", "loss": 5.0}) for step in (1, 2, 3)]
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(("\n".join(lines) + "\n").encode() + tail)
+    log = MetricsLog(tmp_path, resume_step=2)
+    assert [r["step"] for r in log.records] == [1, 2] and log.rewound
+    assert path.read_text().splitlines() == lines[:2]  # rewritten without the torn line
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"note: {path}: dropped its last line, cut short by a kill")
+    path.write_bytes(("\n".join([lines[0], "{not json", lines[1]]) + "\n").encode())
+    before = path.read_bytes()
+    with pytest.raises(UserError, match=f"^{path} line 2 is not a metrics record .*delete that line or the file"):
+        MetricsLog(tmp_path, resume_step=2)
+    assert path.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_resume_after_a_kill_mid_metrics_line_continues(tmp_path, data_cache, capsys):
+    """The reviewer's case end to end: a finished run's log torn at its end, then --resume auto to more steps."""
+    train("torch", tmp_path, data_cache, "--training.max_steps", "4", "--training.save_every", "2", *QUIET[:2])
+    metrics = tmp_path / "logs/smoke/metrics.jsonl"
+    with metrics.open("ab") as f:
+        f.write(b'{"step": 5, "spl')
+    capsys.readouterr()
+    train("torch", tmp_path, data_cache, "--training.max_steps", "6", "--resume", "auto", *QUIET)
+    assert "dropped its last line, cut short by a kill mid-write" in capsys.readouterr().err
+    assert sorted(train_losses(tmp_path)) == [1, 2, 3, 4, 5, 6]
 
 
 @pytest.mark.slow

@@ -61,7 +61,7 @@ train: install
 	$(PYTHON) train.py --config config.yaml $(TRAIN_ARGS)
 
 # Both spread the tests over one worker per core (pytest-xdist): on 2 cores the suite takes ~12 minutes
-# instead of ~18. A single file or test runs serially with plain pytest (README, Tests).
+# instead of ~18. A single file or test runs serially with plain pytest (docs/testing.md).
 test: system install-dev
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PYTHON) -m pytest -q -n auto --durations=25
 

@@ -172,7 +172,7 @@ def test_a_second_trainer_on_the_same_directory_is_refused(tmp_path, data_cache)
 
 @pytest.mark.slow
 def test_overwrite_never_removes_what_the_run_did_not_write(tmp_path, data_cache, capsys):
-    """An imported model in output.dir (the README's convert import -> init_from) is neither refused as a run
+    """An imported model in output.dir (docs/convert.md's import -> init_from) is neither refused as a run
     nor pruned, and the refusal's own fix, output.overwrite, deletes only the earlier run's files: never the
     checkpoint this run starts from."""
     source = train("torch", tmp_path / "source", data_cache, "--training.max_steps", "1", *QUIET) / "final.ckpt"

@@ -38,7 +38,7 @@ from tinyllama.torch_model.wrap import memory_traits, wrap_model
 
 def runtime_rss() -> int:
     """What this process holds before the model exists, as training will: torch's optimizers import
-    torch._dynamo (~70 MB) at their first step, so --dry-run imports it before measuring too."""
+    torch._dynamo (tens of MB) at their first step, so --dry-run imports it before measuring too."""
     import torch._dynamo  # noqa: F401
 
     return rss_bytes()
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     run = Run(cfg, "torch", device_info, rank, world, any_rank)
     if t.optimizer == "muon" and t.muon_precision == "bfloat16" and slow_bf16_matmul(device):
         run.say(f"warning: this CPU ({name}) has no bf16 matmul instructions (AMX, AVX512-BF16): Newton-Schulz in "
-                "bf16 runs ~20x slower than in fp32 here; set training.muon_precision float32")  # fmt: skip
+                "bf16 runs many times slower than in fp32 here; set training.muon_precision float32")  # fmt: skip
     if args.dry_run:
         return run.dry_run()
 

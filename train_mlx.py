@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     run = Run(cfg, "mlx", device, group.rank(), world, any_rank)
     if t.optimizer == "muon" and t.muon_precision == "bfloat16" and mx.default_device().type == mx.cpu:
-        run.say("warning: MLX's CPU backend has no fast bf16 matmul: Newton-Schulz in bf16 runs ~14x slower than "
+        run.say("warning: MLX's CPU backend has no fast bf16 matmul: Newton-Schulz in bf16 runs many times slower than "
                 "in fp32 there; set training.muon_precision float32 (bf16 pays on Apple's GPU)")  # fmt: skip
     if args.dry_run:
         return run.dry_run()

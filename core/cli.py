@@ -69,8 +69,8 @@ def exit_on_interrupt() -> None:
 
 def exit_without_teardown() -> NoReturn:
     """End a finished inference-side command (infer, evaluate, convert) at once, exit 0: the interpreter's
-    teardown of torch's modules alone costs ~0.6 s of start-to-prompt time (`python -c 'import torch'`:
-    2.15 -> 1.51 s on the dev VM) and frees nothing the OS does not. atexit handlers (a converted .gguf's
+    teardown of torch's modules takes a noticeable share of start-to-prompt time (docs/benchmarks.md) and
+    frees nothing the OS does not. atexit handlers (a converted .gguf's
     temporary directory) run and the output streams are flushed first. Not for the trainers: a process
     group or a writer thread must close properly."""
     atexit._run_exitfuncs()

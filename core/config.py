@@ -83,8 +83,8 @@ class TrainingConfig:
     muon_precision: str = opt(
         "float32",
         "muon: dtype of the Newton-Schulz matmuls: float32 (the same update on MLX and torch to 1e-5) | bfloat16 "
-        "(as torch.optim.Muon; several times faster where bf16 matmuls are: GPUs, AMX CPUs; ~20x slower on a CPU "
-        "without them, which the trainers warn about)",
+        "(as torch.optim.Muon; faster where bf16 matmuls are: GPUs, AMX CPUs; far slower on a CPU without them, "
+        "which the trainers warn about)",
     )
     betas: tuple[float, float] = opt((0.9, 0.95), "AdamW betas, as `0.9,0.95` on the command line")
     eps: float = opt(1e-8, "AdamW epsilon")
@@ -125,7 +125,7 @@ class DataConfig:
     cache_dir: str = opt("data_cache", "where prepared token files are cached")
     num_workers: int = opt(0, "tokenizer threads; 0 = one per CPU core")
     shard_tokens: int = opt(100_000_000, "tokens per prepared shard file (a killed prepare resumes at the next shard)")
-    fast_gpt2: bool = opt(True, "encode GPT-2 with tiktoken (the same ids, ~5x faster per core) when it is installed")
+    fast_gpt2: bool = opt(True, "encode GPT-2 with tiktoken (the same ids, faster per core) when it is installed")
     encoding_errors: str = opt("strict", "undecodable bytes in text files: strict (refuse, naming the file) | replace")
     prepare: str = opt(
         "full",

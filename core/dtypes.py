@@ -37,7 +37,7 @@ def dtype_arg(allowed: tuple[str, ...] = DTYPES, extra: tuple[str, ...] = ()) ->
 
 def numpy_dtype(name: str) -> np.dtype:
     """A weight dtype name as a numpy dtype. numpy has no bf16: it is ml_dtypes' (what safetensors' numpy API
-    reads and writes), imported here on first need only, since the import alone takes ~1.2 s."""
+    reads and writes), imported here on first need only, since the import alone is slow."""
     if name == "bfloat16":
         import ml_dtypes
 

@@ -81,7 +81,7 @@ def measured_peak_flops(matmul: Callable[[], object], n: int, seconds: float = 1
 
 # Matrix sizes the probe tries. A plain BLAS is fastest at the sizes that fit its caches, a tuned one at the
 # largest. A GPU needs far larger products: at 1024 a launch and a sync outweigh the work (MLX's 1024 probe
-# read 41 TFLOP/s on an H200 whose bf16 matmuls reach 800), and 8192 is ~1 ms even there.
+# read a small fraction of an H200's bf16 rate; docs/benchmarks.md), and 8192 is still brief there.
 CPU_GEMM_SIZES = (256, 512, 1024)
 ACCELERATOR_GEMM_SIZES = (2048, 4096, 8192)
 
@@ -104,8 +104,8 @@ def remembered_gemm_flops(
     key: str, matmul_of_size: Callable[[int], Callable[[], object]], accelerator: bool = False
 ) -> float:
     """best_gemm_flops, remembered per machine and `key` (backend, device, dtype, threads) in the user cache's
-    gemm-peaks.json: the first run measures for ~1 s, later ones for ~0.15 s and keep the best figure seen.
-    Start-up is ~0.85 s shorter, and a figure measured while the machine was busy (which made MFU read over
+    gemm-peaks.json: the first run measures for about a second, later ones briefly and keep the best figure
+    seen, so start-up is shorter, and a figure measured while the machine was busy (which made MFU read over
     100%) is replaced by the next better one."""
     from tinyllama.core.fs import write_json
 

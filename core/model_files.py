@@ -122,7 +122,7 @@ def _header(file: Path, fix: str) -> dict[str, tuple[str, tuple[int, ...]]]:
 def _read_tensors(file: Path, names: list[str], fix: str) -> dict[str, np.ndarray]:
     try:
         with safe_open(file, framework="numpy") as f:
-            if len(names) >= 100:  # a large sharded model: a progress bar (small ones skip tqdm's 0.05 s import)
+            if len(names) >= 100:  # a large sharded model: a progress bar (small ones skip importing tqdm)
                 from tqdm import tqdm
 
                 names = tqdm(names, desc=f"read {file.name}", unit="tensor", leave=False)

@@ -99,7 +99,7 @@ def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
 
 def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
     """Nucleus: keep the smallest set of most likely tokens whose probability reaches `p` (at least one;
-    ties at the cut kept). Sorts values, not indices: ~0.5 ms for a 50k vocabulary (a stable argsort: 14 ms)."""
+    ties at the cut kept). Sorts values, not indices: far cheaper than a stable argsort over the vocabulary."""
     if p >= 1.0:
         return logits
     probs = _softmax(logits)

@@ -69,7 +69,7 @@ def byte_level_bpe(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Back
 
 @functools.lru_cache(maxsize=1)
 def packaged_gpt2() -> Backend:
-    """Built once per process (~0.5 s); `tokenizers` objects are safe to share for encoding."""
+    """Built once per process; `tokenizers` objects are safe to share for encoding."""
     vocab_file, merges_file = packaged_files()
     backend = byte_level_bpe(json.loads(vocab_file.read_text(encoding="utf-8")), read_merges(merges_file))
     backend.add_special_tokens([AddedToken(EOS, special=True, normalized=False)])

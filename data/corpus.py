@@ -10,7 +10,7 @@ under data.cache_dir; after that the corpus works offline.
 Markup stripping: mwparserfromhell parses each article; we render only what a reader sees as
 running text: links become their label, templates/tables/references/files/categories disappear,
 and trailing appendix sections (References, External links, ...) are cut. mwparserfromhell is
-imported only when an extraction runs (~0.1 s), so every other source skips it.
+imported only when an extraction runs, so every other source skips its import.
 """
 
 from __future__ import annotations
@@ -236,7 +236,7 @@ def _article(item: tuple[str, str]) -> str:
 
 
 def _extract(limit: int) -> Iterator[str]:
-    # One process: ~5 s for the whole dump here; a process pool was slower on 2 busy cores.
+    # One process: a process pool was slower on 2 busy cores (the dump is small).
     docs = (doc for doc in map(_article, raw_articles(dump_path())) if doc)
     return itertools.islice(docs, limit) if limit else docs
 

@@ -1,7 +1,7 @@
 """Documents -> token ids, in parallel, appended to the train/val shard writers in document order.
 
 Two encoders, the same ids: the `tokenizers` tokenizer's `encode_batch` (Rust threads), and for the
-GPT-2 a `tiktoken` Encoding built offline (data/fast_gpt2.py), ~5-8x faster per core, run in a thread
+GPT-2 a `tiktoken` Encoding built offline (data/fast_gpt2.py), several times faster per core, run in a thread
 pool (tiktoken releases the GIL while it encodes; why not processes: `tiktoken_encode`). Both hand back
 flat arrays, so Python never touches single ids.
 

@@ -1,4 +1,5 @@
-"""GPT-2 through `tiktoken`: the same ids as the `tokenizers` GPT-2, ~5-7x faster per core.
+"""GPT-2 through `tiktoken`: the same ids as the `tokenizers` GPT-2, several times faster per core
+(docs/benchmarks.md).
 
 tiktoken would download its GPT-2 files on first use, which this project cannot count on (offline
 machines, air-gapped clusters). So the Encoding is built here from the packaged `encoder.json` the
@@ -41,7 +42,7 @@ def byte_decoder() -> dict[str, int]:
 
 @functools.lru_cache(maxsize=1)
 def tiktoken_gpt2() -> Any:
-    """The tiktoken Encoding of the packaged GPT-2, or None without tiktoken >= 0.9 (~0.3 s, once)."""
+    """The tiktoken Encoding of the packaged GPT-2, or None without tiktoken >= 0.9 (built once)."""
     try:
         import tiktoken
     except ImportError:
@@ -68,7 +69,7 @@ def _packaged_fingerprint() -> str:
 
 @functools.lru_cache(maxsize=1)
 def _packaged_json() -> dict[str, Any]:
-    """The packaged GPT-2's tokenizer.json, parsed (~40 MB of Python objects: only built when needed)."""
+    """The packaged GPT-2's tokenizer.json, parsed (tens of MB of Python objects: only built when needed)."""
     return json.loads(packaged_gpt2().to_str())
 
 
@@ -98,7 +99,7 @@ def _same_ids_as(found: dict[str, Any], packaged: dict[str, Any]) -> bool:
 def is_gpt2(tokenizer: Tokenizer) -> bool:
     """Does `tokenizer` give exactly GPT-2's ids? The packaged copy (and its saved copies) by fingerprint;
     another serialization of the same tokenizer, such as the hub's openai-community/gpt2 tokenizer.json,
-    by comparing what decides the ids (~0.2 s, only for a 50257-id vocab with EOS 50256)."""
+    by comparing what decides the ids (only for a 50257-id vocab with EOS 50256)."""
     if tokenizer.vocab_size != GPT2_VOCAB or tokenizer.eos_id != GPT2_VOCAB - 1:
         return False
     try:

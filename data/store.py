@@ -182,7 +182,7 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 def check_tokenizer_dir(path: Path) -> None:
     """The tokenizer copy of a prepared directory is there and readable (it goes into every checkpoint); a
-    cheap parse instead of a full load, which costs ~0.3 s for GPT-2."""
+    cheap parse instead of a full load, which is slow for a large vocabulary."""
     for name in ("tokenizer.json", "tokenizer_config.json"):
         file = path / "tokenizer" / name
         try:

@@ -1,12 +1,11 @@
-"""MLX's Linux CPU wheel ships a reference BLAS (~4 GFLOP/s matmul). Debian's OpenBLAS, preloaded into
-the MLX process only, is 15-60x faster. Never preload it into a process that runs torch: it would
+"""MLX's Linux CPU wheel ships a reference BLAS. Debian's OpenBLAS, preloaded into the MLX process only, is
+an order of magnitude faster (docs/benchmarks.md). Never preload it into a process that runs torch: it would
 replace torch's MKL GEMM and slow torch down several times.
 
 The same re-exec tells glibc's malloc to keep freed memory for reuse (MALLOC_MMAP_MAX_=0,
 MALLOC_TRIM_THRESHOLD_ 64 GiB). MLX's CPU backend takes every array from malloc, and glibc serves
-blocks over 32 MB with fresh mmaps, so each vocabulary-sized array of every step (the 512 x 50257
-logits are 103 MB) paid ~25k first-touch page faults: one multiply over them took 56 ms instead of 16,
-and the default model's MLX training step ran 1.19x faster without them (docs/benchmarks.md). The
+blocks over 32 MB with fresh mmaps, so each vocabulary-sized array of every step paid tens of thousands
+of first-touch page faults, a large share of a step's time (docs/benchmarks.md). The
 process's resident memory then stays at its peak instead of shrinking between steps."""
 
 from __future__ import annotations
@@ -52,6 +51,6 @@ def ensure_fast_blas() -> None:
     env.setdefault("MALLOC_MMAP_MAX_", "0")  # large blocks from the heap, reused without page faults
     env.setdefault("MALLOC_TRIM_THRESHOLD_", str(64 << 30))  # and never handed back between steps
     if {"amx_tile", "avx512_bf16"} & _cpu_flags():
-        # Debian's OpenBLAS 0.3.21 picks its generic kernel on AMX-class Xeons; this one is 6x faster there.
+        # Debian's OpenBLAS 0.3.21 picks its generic kernel on AMX-class Xeons; this one is far faster there.
         env.setdefault("OPENBLAS_CORETYPE", "SapphireRapids")
     os.execve(sys.executable, [sys.executable, *sys.argv], env)

@@ -76,10 +76,9 @@ def as_backend(model: Model) -> Backend:
 def transpose_storage(model: Model) -> Model:
     """On MLX's CPU, store the fp32 LM head transposed in memory: same shape and values, a (V, d) view of
     (d, V) storage. At one row the head is most of a decode step, and MLX's CPU matmul streams the (d, V)
-    layout about 2x faster (50257 x 384, one thread: 25 -> 13 ms per token on the 2-core EPYC VM; greedy
-    decode 1.10x -> 1.47x mlx_lm's). Every matrix transposed, as torch_model.generate does, measured 1.57x
-    here but slower than plain on the dev Xeon, so only the head, faster on both. Inference only: the
-    trainers' models keep the usual layout; on a GPU nothing changes."""
+    layout faster. Every matrix transposed, as torch_model.generate does, was faster on one CPU tried and
+    slower on another, so only the head, faster on both (docs/benchmarks.md). Inference only: the trainers'
+    models keep the usual layout; on a GPU nothing changes."""
     head = model.head_layer
     if mx.default_device() == mx.cpu and type(head) in (nn.Embedding, nn.Linear) and head.weight.dtype == mx.float32:
         head.weight = mx.contiguous(head.weight.T).T  # (V, d) over (d, V) storage

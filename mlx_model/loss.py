@@ -1,13 +1,13 @@
 """Next-token loss fused with the output projection, a chunk of rows at a time (twin of torch_model/loss.py).
 
-The plain path, `cross_entropy(h @ W.T, targets)`, exponentiates the (tokens x vocab) logits twice:
-once for the log-sum-exp of the loss and again for the softmax of its gradient. Here one `exp`
-per logit serves both, since the gradient (softmax - one_hot) / N is computed in the forward pass
-and pushed through the projection; the vjp only scales it. MLX's CPU `exp` is slow, so on the
-CPU this is most of the saving, and there the one exp is `cpu_exp`, ~2x faster than MLX's.
-Chunks cap the size of each vocabulary-sized array, but MLX's lazy graph may hold several at
-once (measured on CPU: peak 1.8 -> 1.4 GB for 2048 tokens, bench/loss.py).
-Lazy evaluation also means an eval-only call never computes the gradients it returns.
+The loss of a chunk is `chunk_loss`, a plain function of its logits; its gradient w.r.t. the logits is
+computed in the forward pass, chunk by chunk, and pushed through the projection, so the vjp only scales
+it. For plain cross-entropy that gradient is softmax - one_hot from the one `exp` per logit the loss
+needs (the plain path, `cross_entropy(h @ W.T, targets)`, exponentiates the logits twice; MLX's CPU `exp`
+is slow, and there the one exp is `cpu_exp`); any other loss (a logit transform, an extra term) gets it
+from mx.value_and_grad of chunk_loss. Chunks cap the size of each vocabulary-sized array, but MLX's lazy
+graph may hold several at once. Lazy evaluation also means an eval-only call never computes the gradients
+it returns. Figures: docs/benchmarks.md (bench/loss.py).
 """
 
 from __future__ import annotations
@@ -41,10 +41,9 @@ def _scaled_poly(r: mx.array, two_to_k: mx.array) -> mx.array:
 
 
 def cpu_exp(x: mx.array, top: mx.array) -> mx.array:
-    """exp(x - top) for finite fp32 x - top <= 88, on MLX's CPU. MLX's own CPU `exp` is a scalar routine there
-    (~18 ns a value on x86, 3.8e-6 relative error at worst); this is two compiled, vectorised kernels (the
-    float 2^k is built from its bits, which MLX cannot fuse across): 2.1x faster on 512 x 50257 logits
-    (docs/benchmarks.md) with 1e-7 relative error at worst (tests/test_loss.py). Its cost: two more
+    """exp(x - top) for finite fp32 x - top <= 88, on MLX's CPU. MLX's own CPU `exp` is a scalar routine there;
+    this is two compiled, vectorised kernels (the float 2^k is built from its bits, which MLX cannot fuse
+    across), faster (docs/benchmarks.md) and within a few fp32 ulps (tests/test_loss.py). Its cost: two more
     arrays of x's size alive during the step (counted by the --dry-run estimate). Below -87 it returns
     ~1e-38 instead of underflowing, which a softmax sum never sees."""
     r, bits = _reduce(x, top)
@@ -52,8 +51,8 @@ def cpu_exp(x: mx.array, top: mx.array) -> mx.array:
 
 
 # fp32 logits per chunk. On the CPU one big chunk measured fastest (MLX's lazy graph does not free a
-# chunk before the next starts, so smaller chunks saved little memory); bounds the 124M config's
-# 3.3 GB of logits per micro-batch to 1 GiB pieces.
+# chunk before the next starts, so smaller chunks saved little memory); bounds a large model's logits per
+# micro-batch to 1 GiB pieces.
 CHUNK_BYTES = 2**30
 
 
@@ -64,7 +63,7 @@ def _on_cpu() -> bool:
 
 def logit_copies() -> int:
     """fp32 arrays of the logits' size a training step holds at once, for the --dry-run estimate: the logits
-    and their gradient, and on the CPU `cpu_exp`'s two (measured: config.yaml's MLX peak 4.1 -> 5.7 GB)."""
+    and their gradient, and on the CPU `cpu_exp`'s two (bench/memory.py checks the estimate)."""
     return 4 if _on_cpu() else 2
 
 

@@ -44,7 +44,7 @@ class Decoder:
         logits = last_logits(self.model, tokens, self.cache)  # (B, V)
         if not self.greedy:
             return logits.float()
-        if logits.device.type == "cpu":  # numpy's argmax (same first-max rule) is ~15x faster than torch's on CPU
+        if logits.device.type == "cpu":  # numpy's argmax (same first-max rule) is faster than torch's on CPU
             return torch.from_numpy(logits.float().numpy().argmax(axis=-1))  # (B,) int64
         return logits.argmax(dim=-1)
 
@@ -92,9 +92,9 @@ def as_backend(model: torch.nn.Module) -> Backend:
 def transpose_storage(model: Model) -> Model:
     """On the CPU with MKL, store each fp32 weight matrix transposed in memory: same shapes and values,
     strides (1, out). A decode step multiplies one row (1, d) by every matrix, and MKL's GEMV streams an
-    (in, out) row-major matrix up to ~2x faster than the (out, in) one nn.Linear keeps (tied head, 50257 x
-    384: 9.5 -> 5 ms per token on the dev Xeon). Prefill, scoring and loss (many rows) are as fast either
-    way; decoding 2-4 rows at once is slower. Inference only: the trainers' models keep the usual layout."""
+    (in, out) row-major matrix faster than the (out, in) one nn.Linear keeps (docs/benchmarks.md). Prefill,
+    scoring and loss (many rows) are as fast either way; decoding 2-4 rows at once is slower. Inference only:
+    the trainers' models keep the usual layout."""
     if not torch.backends.mkl.is_available():
         return model
     with torch.no_grad():

@@ -1,13 +1,13 @@
 """Next-token loss fused with the output projection, a chunk of rows at a time.
 
 `F.cross_entropy(h @ W.T, targets)` materialises four vocab-wide tensors per step: the logits,
-their log-softmax, a zero-filled gradient and the log-softmax backward (412 MB each in fp32 for
-2048 tokens x the GPT-2 vocabulary; 3.3 GB each for a 124M batch of 16 x 1024). Here a chunk's
-logits live in one reused buffer: the forward pass computes the loss *and* the logits' gradient,
-softmax - one_hot, and pushes that straight through the projection, so backward only scales two
-saved gradients. Same math as the plain path (tests compare losses and gradients). Measured on
-CPU for config.yaml at 8 x 256 tokens: the step's peak memory growth 1.6 GB -> 0.6 GB (bench/loss.py), and the
-training step went from 0.96x to 1.16x transformers' (docs/benchmarks.md).
+their log-softmax, a zero-filled gradient and the log-softmax backward (each tokens x vocab). Here a
+chunk's logits live in one reused buffer: the forward pass computes the loss *and* the logits' gradient
+and pushes that straight through the projection, so backward only scales two saved gradients. The loss
+of a chunk is `chunk_loss`, a plain function of its logits; its gradient comes from autograd, or, for
+plain cross-entropy (the common case), from softmax - one_hot computed in place in the reused buffers.
+Same math as the plain path (tests compare losses and gradients); the memory and speed it saves:
+docs/benchmarks.md (bench/loss.py).
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from __future__ import annotations
 import torch
 
 # fp32 logits per chunk. CPU: 128 MiB measured fastest of 8-512 MiB (smaller chunks re-read the
-# (vocab, d) weight gradient too often, larger ones fall out of cache). Elsewhere 1 GiB: fewer,
-# larger GEMMs, still a fraction of the 4 full-size tensors it replaces (on an H200, 124M at 16 x 1024:
-# 4 chunks; other sizes not measured on a GPU).
+# (vocab, d) weight gradient too often, larger ones fall out of cache). Elsewhere 1 GiB: fewer, larger
+# GEMMs, still a fraction of the 4 full-size tensors it replaces (docs/benchmarks.md).
 CHUNK_BYTES = {"cpu": 128 * 2**20}
 DEFAULT_CHUNK_BYTES = 2**30
 
@@ -108,7 +107,7 @@ def keep_eager_under_compile() -> None:
     """Make torch.compile graph the model around the chunked loss, which runs eagerly with its reused
     buffers; on a GPU each chunk's loss and its gradient then run as compiled kernels (_compiled_chunk_loss).
     Called before compiling (torch_model/wrap.py), not at import: `torch.compiler.disable` imports
-    torch._dynamo, 1.7 s that every eager process (infer, evaluate, CPU training) would pay for nothing."""
+    torch._dynamo, a slow import every eager process (infer, evaluate, CPU training) would pay for nothing."""
     global _chunked, _compiled_chunk_loss
     if not getattr(_chunked, "_eager_under_compile", False):
         _chunked = torch.compiler.disable(_chunked)
@@ -121,8 +120,8 @@ def _transformed_loss(logits, targets, kept, transform, training) -> torch.Tenso
 
 
 # Set by keep_eager_under_compile; used on these devices: compiled, a chunk's loss and its autograd backward
-# become a few fused kernels that read the bf16 logits without an fp32 copy (H200, 124M at 16 x 1024 in bf16:
-# the eager loss's fp32 copy, log_softmax and softmax were a quarter of the step; docs/benchmarks.md).
+# become a few fused kernels that read the bf16 logits without an fp32 copy (on a GPU the eager loss's fp32
+# copy, log_softmax and softmax were a large share of the step; docs/benchmarks.md).
 _compiled_chunk_loss = None
 COMPILED_LOSS_DEVICES = {"cuda"}
 

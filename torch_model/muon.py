@@ -34,7 +34,7 @@ def orthogonalize(updates: torch.Tensor, dtype: torch.dtype = torch.float32) -> 
 def slow_bf16_matmul(device: torch.device) -> bool:
     """Whether bf16 matmuls run slower than fp32 ones here: an x86 CPU without AMX or AVX512-BF16 has no bf16
     matmul instructions, so each product is converted and computed the slow way (the Newton-Schulz iterations
-    of a Muon step in bf16: ~20x fp32's time on a 2-core AVX2 AMD EPYC, docs/benchmarks.md)."""
+    of a Muon step in bf16 take many times fp32's, docs/benchmarks.md)."""
     if device.type != "cpu" or platform.machine().lower() not in ("x86_64", "amd64"):
         return False
     capabilities = getattr(torch.cpu, "get_capabilities", dict)()  # torch >= 2.8; older: unknown, say nothing

@@ -63,7 +63,7 @@ def model_state(model: torch.nn.Module) -> dict[str, np.ndarray]:
 def load_state(model: torch.nn.Module, weights: dict[str, np.ndarray], own: bool = False) -> None:
     """Copy numpy weights into the model (cast to its parameter dtype); names must match exactly. `own`: the
     arrays are the caller's to give away; the parameters take their memory instead of a copy (a model
-    read from disk: ~120 MB less peak for the default model). Otherwise load_state_dict's copy is the only one.
+    read from disk: one copy of the weights less at the peak). Otherwise load_state_dict's copy is the only one.
     A read-only array (a GGUF file's memory map) is copied first: torch refuses to promise anything for a tensor
     over memory it may not write (and warns), and a given one would become a parameter."""
     tensors = {k: to_torch(v, copy=not v.flags.writeable) for k, v in weights.items()}  # views where we may

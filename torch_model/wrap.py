@@ -12,9 +12,8 @@ from tinyllama.torch_model.loss import held_bytes, keep_eager_under_compile, pla
 from tinyllama.torch_model.model import Model
 
 # What a compiled step keeps for its backward against an eager one (inductor recomputes norms, SwiGLU's gate
-# and RoPE instead of saving them): bench/compile_memory.py measures 0.77-0.79 on the CPU at d_model 256-768;
-# the 124M config on an H200 (bf16) peaked at 10.9 GB compiled against 12.6 GB eager. --dry-run scales its
-# activation estimate by it for compiled runs.
+# and RoPE instead of saving them), as bench/compile_memory.py measures it (docs/benchmarks.md). --dry-run
+# scales its activation estimate by it for compiled runs.
 COMPILED_ACTIVATIONS = 0.78
 
 

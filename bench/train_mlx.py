@@ -45,7 +45,7 @@ def mlx_lm_model(cfg):
     from mlx_lm.models.llama import Model, ModelArgs
 
     class WithLoss(Model):  # the trainer's call convention, model(x, targets=y, denominator=N) -> loss sum / N
-        def __call__(self, inputs, cache=None, targets=None, segments=None, denominator=None):
+        def __call__(self, inputs, cache=None, targets=None, segments=None, denominator=None, training=None):
             logits = super().__call__(inputs, cache=cache)
             if targets is None:
                 return logits

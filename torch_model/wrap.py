@@ -4,6 +4,8 @@ model keeps HF parameter names (state.unwrap)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.distributed as dist
 
@@ -27,8 +29,8 @@ def memory_traits(cfg, device: torch.device, runtime_bytes: int) -> MemoryTraits
     """What --dry-run's estimate needs to know of a torch step on `device` (core.training.estimate_memory)."""
     t, m = cfg.training, cfg.model
     compiled = compiles(cfg, device)
-    with torch.device("meta"):  # the model as the run builds it, without memory: does it transform its logits?
-        plain = plain_cross_entropy(Model(m).logit_transform, t)
+    with torch.device("meta"):  # one block of the model as the run builds it, no memory: does it transform logits?
+        plain = plain_cross_entropy(Model(dataclasses.replace(m, n_layers=1)).logit_transform, t)
     tokens = t.batch_size * t.seq_len
     return MemoryTraits(
         loss_bytes=held_bytes(tokens, m.vocab_size, m.d_model, device.type, t.dtype, compiled, plain),

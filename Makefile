@@ -10,7 +10,7 @@ TRAIN_STAMP := $(VENV)/.installed-$(HASH)
 DEV_STAMP := $(VENV)/.installed-dev-$(HASH)
 UNAME := $(shell uname -s)
 
-.PHONY: install install-dev system train test test-fast lint bench constraints clean
+.PHONY: install install-dev system train test test-fast fuzz lint bench constraints clean
 
 install: $(TRAIN_STAMP)
 install-dev: $(DEV_STAMP)
@@ -68,6 +68,13 @@ test: system install-dev
 # The development loop: everything but the end-to-end runs marked slow (under a minute on 2 cores).
 test-fast: system install-dev
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PYTHON) -m pytest -q -n auto -m "not slow"
+
+# The fuzz tier deeper than `make test` runs it: many more hypothesis examples per target, from FUZZ_SEED
+# (a failure found with a seed is found again with it).
+FUZZ_SEED ?= 0
+fuzz: system install-dev
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TINYLLAMA_FUZZ=deep $(PYTHON) -m pytest -q tests/test_fuzz.py \
+		--hypothesis-seed=$(FUZZ_SEED) --hypothesis-show-statistics
 
 # Every benchmark, side by side with its reference, then the tables in docs/benchmarks.md rewritten
 # (minutes on a laptop, ~30 minutes on 2 CPU cores; BENCH_ARGS=--quick for a smoke pass).

@@ -32,6 +32,8 @@ from tinyllama.core.cli import ArgumentParser, UserError, exit_without_teardown,
 from tinyllama.core.config import Config, config_from_dict
 from tinyllama.core.dtypes import dtype_arg
 from tinyllama.core.fs import atomic_path, check_writable, write_text
+from tinyllama.core.generate import target_bytes
+from tinyllama.core.metrics import bits_per_byte
 from tinyllama.core.model_files import read_model_config
 
 DEFAULT_CASES = Path(__file__).resolve().parent / "cases" / "wiki_basics.yaml"
@@ -157,11 +159,18 @@ def evaluate(path: Path, args: argparse.Namespace, cases, memo: dict) -> dict[st
     if val is not None and val[0].max() >= backend.config.vocab_size:
         val, note = None, f"validation tokens exceed the model's vocab_size {backend.config.vocab_size}"
     state = read_trainer_state(path)
+    val_loss = val_bpb = None
+    if val is not None:
+        from tinyllama.data.token_bytes import token_bytes
+
+        val_loss = backend.mean_loss(*val)
+        val_bpb = bits_per_byte(val_loss, *target_bytes(val[0], token_bytes(tok, backend.config.vocab_size)))
     return {
         "checkpoint": str(path),
         "step": state.get("step"),
         "tokens": state.get("tokens_seen"),
-        "val_loss": backend.mean_loss(*val) if val is not None else None,
+        "val_loss": val_loss,
+        "val_bpb": val_bpb,
         "top1": sum(r["rank"] == 1 for r in scored) / len(scored),  # over the cases that could be scored
         "topk": sum(r["hit"] for r in scored) / len(scored),
         "k": args.hit_k,
@@ -176,7 +185,7 @@ def mean_logprob(record: dict[str, Any]) -> float:
 
 
 def table(records: list[dict[str, Any]], k: int) -> str:
-    head = ("checkpoint", "step", "tokens", "val_loss", "val_ppl", "top1", f"top{k}", "mean_logprob")
+    head = ("checkpoint", "step", "tokens", "val_loss", "val_bpb", "val_ppl", "top1", f"top{k}", "mean_logprob")
     rows = [head]
     for r in records:
         loss = r["val_loss"]
@@ -185,6 +194,7 @@ def table(records: list[dict[str, Any]], k: int) -> str:
             "-" if r["step"] is None else str(r["step"]),
             "-" if r["tokens"] is None else human_count(r["tokens"]),
             "-" if loss is None else f"{loss:.4f}",
+            "-" if r["val_bpb"] is None else f"{r['val_bpb']:.4f}",
             "-" if loss is None else f"{math.exp(min(loss, 700)):.2f}",
             f"{r['top1']:.3f}",
             f"{r['topk']:.3f}",
@@ -205,7 +215,7 @@ def write_out(records: list[dict[str, Any]], path: Path) -> None:
     if path.suffix.lower() == ".json":
         write_text(path, json.dumps(records, indent=2) + "\n")
         return
-    summary = ("checkpoint", "step", "tokens", "val_loss", "top1", "topk", "k")
+    summary = ("checkpoint", "step", "tokens", "val_loss", "val_bpb", "top1", "topk", "k")
     rows = io.StringIO(newline="")
     writer = csv.writer(rows)
     writer.writerow([*summary, *(f"case_{key}" for key in CASE_KEYS)])
@@ -244,6 +254,11 @@ def plot(records: list[dict[str, Any]], path: Path, k: int) -> None:
         pairs = [(x, r["val_loss"]) for x, r in zip(xs, records, strict=True) if r["val_loss"] is not None]
         axes[2].plot(*zip(*pairs, strict=True), "o-", color="tab:red")
         axes[2].set(title="validation loss", ylabel="loss (nats/token)")
+        scaled = [r for r in records if r.get("val_bpb") and r["val_loss"]]
+        if scaled:  # bits per byte: the loss times a constant of the val set, a second scale on the same axis
+            k_bpb = scaled[-1]["val_bpb"] / scaled[-1]["val_loss"]
+            right = axes[2].secondary_yaxis("right", functions=(lambda v: v * k_bpb, lambda b: b / k_bpb))
+            right.set_ylabel("bits per byte")
     for ax in axes:
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)

@@ -57,7 +57,7 @@ def transformers_model(cfg, device):
 
 def make_step(model, loss_of, cfg, device, bf16: bool, compile_model: bool):
     """One training step of `model` on a batch: forward, loss, backward, clipping, AdamW."""
-    optimizer = make_optimizer(model, cfg.training)
+    optimizer = make_optimizer(model, cfg.training, cfg.model)  # our rule for transformers' model too
     if compile_model:
         keep_eager_under_compile()  # what torch_model/wrap.py does before compiling
     run = torch.compile(model) if compile_model else model

@@ -151,3 +151,12 @@ def mean_loss(batch_loss: Callable[..., float], windows: Any, batch_size: int) -
             total += batch_loss(*arrays) * n
             count += n
     return total / count if count else float("nan")
+
+
+def target_bytes(windows: Any, token_bytes: np.ndarray) -> tuple[int, int]:
+    """(targets, bytes) of `windows` as mean_loss reads them: how many target tokens its mean is over (y >= 0),
+    and the UTF-8 bytes those targets decode to (`token_bytes[id]`, data.token_bytes): bits per byte's
+    denominator. Packed conversations count only the targets the loss learns."""
+    y = windows[:, 1:] if isinstance(windows, np.ndarray) else windows.y
+    learnt = np.asarray(y)[np.asarray(y) >= 0]
+    return int(learnt.size), int(token_bytes[learnt].sum())

@@ -29,7 +29,8 @@ from tinyllama.core.architecture import flops_per_token
 from tinyllama.core.cli import UserError, human_bytes, human_flops
 from tinyllama.core.config import Config
 from tinyllama.core.fs import release_lock
-from tinyllama.core.metrics import MetricsLog
+from tinyllama.core.generate import target_bytes
+from tinyllama.core.metrics import MetricsLog, bits_per_byte
 from tinyllama.core.report import check as check_reporter
 from tinyllama.core.report import open_reporter
 from tinyllama.core.schedule import lr_at, total_steps
@@ -61,6 +62,7 @@ class TrainingData(Protocol):
     def train_batches(self, seq_len: int, batch_size: int, seed: int, rank: int, world_size: int, grad_accum: int): ...
     def val_windows(self, seq_len: int, count: int) -> Any: ...  # windows (N, seq_len + 1), or packed rows
     def prompt_ids(self, text: str) -> list[int]: ...
+    def token_bytes(self, vocab_size: int) -> np.ndarray: ...  # UTF-8 bytes per id (data.token_bytes)
 
 
 @dataclass
@@ -154,6 +156,7 @@ class Run:
         self.start = resolve_start(self.cfg, resume, self.world, self.signature)
         self.loader = data.train_batches(t.seq_len, t.batch_size, t.seed, self.rank, self.world, t.grad_accum)
         self.val = data.val_windows(t.seq_len, t.eval_batches * t.batch_size)
+        self.val_targets, self.val_bytes = target_bytes(self.val, data.token_bytes(self.cfg.model.vocab_size))
         if hasattr(data, "status"):  # data.prepare: ahead (data/ahead.py)
             self.say(data.status())
         if data.conversations:
@@ -264,7 +267,8 @@ class Run:
             val = self.evaluate(self.val)
             text = self.sample_text()  # every rank: FSDP gathers weights for the forward
             if self.is_main:
-                self.say(self.log.val(done, val, self.tokens_seen, text))
+                bpb = bits_per_byte(val, self.val_targets, self.val_bytes)
+                self.say(self.log.val(done, val, self.tokens_seen, text, bpb))
         if t.save_every and done % t.save_every == 0 and done < self.total:
             self._save(step_name(done))
         self.meter.last_time += time.perf_counter() - paused  # tok/s and ETA count training steps only

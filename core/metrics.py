@@ -27,12 +27,19 @@ def format_train_line(
     return " | ".join(parts)
 
 
-def format_val_line(step: int, loss: float) -> str:
-    return f"step {step} | val loss {loss:.3f} | val ppl {perplexity(loss):.1f}"
+def format_val_line(step: int, loss: float, bpb: float | None = None) -> str:
+    shown = f" | val bpb {bpb:.3f}" if bpb is not None else ""
+    return f"step {step} | val loss {loss:.3f}{shown} | val ppl {perplexity(loss):.1f}"
 
 
 def perplexity(loss: float) -> float:
     return math.exp(min(loss, 50.0))
+
+
+def bits_per_byte(mean_nats: float, targets: int, nbytes: int) -> float:
+    """Bits per UTF-8 byte of text: the targets' summed nats (mean x count) / (ln 2 x the bytes they decode to).
+    Unlike a loss per token it compares runs across tokenizers."""
+    return mean_nats * targets / (math.log(2) * nbytes) if nbytes else float("nan")
 
 
 class MetricsLog:
@@ -97,11 +104,13 @@ class MetricsLog:
         )
         return format_train_line(step, total, loss, lr, tok_per_s, mfu, mem_bytes, eta_s)
 
-    def val(self, step: int, loss: float, tokens: int, sample: str) -> str:
-        """Record an evaluation and redraw loss.png; returns the lines to print."""
-        self.log({"step": step, "split": "val", "loss": loss, "ppl": perplexity(loss), "tokens": tokens})
+    def val(self, step: int, loss: float, tokens: int, sample: str, bpb: float | None = None) -> str:
+        """Record an evaluation (loss in nats per token, bits per byte) and redraw loss.png; returns the lines to
+        print."""
+        bits = {"bpb": bpb} if bpb is not None else {}
+        self.log({"step": step, "split": "val", "loss": loss, **bits, "ppl": perplexity(loss), "tokens": tokens})
         self.plot()
-        return format_val_line(step, loss) + "\nsample: " + sample.replace("\n", " ")
+        return format_val_line(step, loss, bpb) + "\nsample: " + sample.replace("\n", " ")
 
     def plot(self) -> Path:
         """loss.png: the loss and learning-rate panels of loss_figure, replaced whole."""
@@ -186,6 +195,10 @@ def loss_figure(records: list[dict[str, Any]], title: str):
         x, loss = [r["tokens"] / divisor for r in val], [r["loss"] for r in val]
         ax.plot(x, loss, "o-", color="tab:red", markersize=4, linewidth=1, label="val")
     ax.set(title=title, ylabel="loss (nats/token)")
+    scaled = [r for r in val if r.get("bpb") and r["loss"] > 0]
+    if scaled:  # bits per byte is the val loss times a constant of the val set: a second scale on the same axis
+        k = scaled[-1]["bpb"] / scaled[-1]["loss"]
+        ax.secondary_yaxis("right", functions=(lambda v: v * k, lambda b: b / k)).set_ylabel("val bits per byte")
     ax_lr.set(xlabel=xlabel, ylabel="learning rate")
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     for a in (ax, ax_lr):

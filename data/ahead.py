@@ -48,6 +48,7 @@ import numpy as np
 
 from tinyllama.data.loader import val_windows
 from tinyllama.data.store import ConcatTokens, check_model_vocab, read_meta, token_dtype
+from tinyllama.data.token_bytes import token_bytes
 from tinyllama.data.tokenizer import Tokenizer
 from tinyllama.data.util import DataError
 
@@ -290,6 +291,10 @@ class AheadData:
             "sample": self.key,
             "dataset": self.cfg.dataset,
         }
+
+    def token_bytes(self, vocab_size: int) -> np.ndarray:
+        """UTF-8 bytes per token id, bits per byte's denominator (data.token_bytes)."""
+        return token_bytes(self.tokenizer, vocab_size)
 
     def prompt_ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)

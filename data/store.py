@@ -26,6 +26,7 @@ import numpy as np
 
 from tinyllama.data.loader import BatchLoader, PackedLoader, Rows, val_rows, val_windows
 from tinyllama.data.shards import SHARD_TOKENS, SPLITS, ShardWriter  # noqa: F401 (re-exported)
+from tinyllama.data.token_bytes import token_bytes
 from tinyllama.data.tokenizer import Tokenizer
 from tinyllama.data.util import DataError, json_type, os_reason, stable_hash
 
@@ -244,6 +245,10 @@ class PreparedData:
     def masks(self, split: str = "train") -> np.ndarray | ConcatTokens:
         """The uint8 loss mask of a conversation split, one per token (data.loader.TRAIN / STARTS bits)."""
         return open_split(self.path, self.meta["masks"][split], np.dtype(np.uint8))
+
+    def token_bytes(self, vocab_size: int) -> np.ndarray:
+        """UTF-8 bytes per token id, bits per byte's denominator (data.token_bytes)."""
+        return token_bytes(self.tokenizer, vocab_size)
 
     def prompt_ids(self, text: str) -> list[int]:
         """What the trainers' samples start from: `text` as a user turn for conversations, else as is."""

@@ -61,19 +61,20 @@ def test_three_checkpoints_give_table_records_and_plot(smoke, capsys):
     code, out, err = run([*argv, "--backend", "torch", "--out", str(out_json), "--plot", str(png)], capsys)
     assert code == 0, err
     lines = out.strip().splitlines()
-    assert lines[0].split() == ["checkpoint", "step", "tokens", "val_loss", "val_ppl", "top1", "top5", "mean_logprob"]
+    head = ["checkpoint", "step", "tokens", "val_loss", "val_bpb", "val_ppl", "top1", "top5", "mean_logprob"]
+    assert lines[0].split() == head
     assert [line.split()[:2] for line in lines[2:]] == [["c.ckpt", "10"], ["a.ckpt", "20"], ["b.ckpt", "30"]]
     assert "no validation loss for 3 of 3 checkpoints" in err  # no train_config.yaml: skipped with a note
 
     records = json.loads(out_json.read_text())
     assert [r["step"] for r in records] == [10, 20, 30] and records[2]["tokens"] == 30 * 1024
-    assert set(records[0]) == {"checkpoint", "step", "tokens", "val_loss", "top1", "topk", "k", "cases"}
+    assert set(records[0]) == {"checkpoint", "step", "tokens", "val_loss", "val_bpb", "top1", "topk", "k", "cases"}
     case = records[0]["cases"][1]
     assert set(case) == {"name", "prompt", "expect", "rank", "hit", "logprob", "mean_logprob"}
     assert case["name"] == "case2" and case["expect"] == "w12 w13 w14"
     assert case["mean_logprob"] == pytest.approx(case["logprob"] / 3) and case["logprob"] < 0
     for r in records:
-        assert r["k"] == 5 and r["val_loss"] is None
+        assert r["k"] == 5 and r["val_loss"] is None and r["val_bpb"] is None
         assert r["top1"] == sum(c["rank"] == 1 for c in r["cases"]) / 3
         assert r["topk"] == sum(c["rank"] <= 5 for c in r["cases"]) / 3
         assert all(c["hit"] == (c["rank"] <= 5) for c in r["cases"])
@@ -198,7 +199,8 @@ def test_mean_loss_equals_numpy_cross_entropy(backend):
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
 def test_val_loss_is_the_trainers_own(tmp_path, data_cache, backend, capsys):
     """One definition of validation loss: evaluate_checkpoints reports, for the final checkpoint, the val
-    loss the trainer logged at its last step (same windows, same weighting), on either backend."""
+    loss and bits per byte the trainer logged at its last step (same windows, same weighting), on either
+    backend."""
     from helpers import smoke_argv
 
     from tinyllama import train_cuda
@@ -207,6 +209,7 @@ def test_val_loss_is_the_trainers_own(tmp_path, data_cache, backend, capsys):
     train_cuda.main(smoke_argv(tmp_path, data_cache, "--hardware.accelerator", "cpu", *args))
     logged = [json.loads(line) for line in (tmp_path / "logs/smoke/metrics.jsonl").read_text().splitlines()]
     trainer_val = [r["loss"] for r in logged if r["split"] == "val"]
+    trainer_bpb = [r["bpb"] for r in logged if r["split"] == "val"]
     capsys.readouterr()
     out = tmp_path / "r.json"
     code, _, err = run(
@@ -214,4 +217,6 @@ def test_val_loss_is_the_trainers_own(tmp_path, data_cache, backend, capsys):
     )
     assert code == 0, err
     assert len(trainer_val) == 1
-    assert json.loads(out.read_text())[0]["val_loss"] == pytest.approx(trainer_val[0], abs=2e-5)
+    record = json.loads(out.read_text())[0]
+    assert record["val_loss"] == pytest.approx(trainer_val[0], abs=2e-5)
+    assert record["val_bpb"] == pytest.approx(trainer_bpb[0], abs=2e-5) and 0 < record["val_bpb"] < trainer_val[0]

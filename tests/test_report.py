@@ -283,15 +283,18 @@ def test_eval_plot_uses_tokens_and_labels_its_axes(tmp_path, monkeypatch):
     monkeypatch.setattr(plt, "close", figures.append)
     case = {"mean_logprob": -2.0}
     recs = [
-        {"step": s, "tokens": s * 2048, "val_loss": 5.0 - s / 100, "top1": 0.5, "topk": 0.75, "cases": [case]}
+        {"step": s, "tokens": s * 2048, "val_loss": 5.0 - s / 100, "val_bpb": (5.0 - s / 100) / 3, "top1": 0.5,
+         "topk": 0.75, "cases": [case]}
         for s in (100, 200, 300)
-    ]
+    ]  # fmt: skip
     evaluate_checkpoints.plot(recs, tmp_path / "eval.png", 5)
     assert (tmp_path / "eval.png").read_bytes().startswith(b"\x89PNG")
     axes = figures[0].axes
     assert [a.get_xlabel() for a in axes] == ["tokens seen (k)"] * 3
     assert [a.get_ylabel() for a in axes] == ["fraction of cases", "log-prob (nats/token)", "loss (nats/token)"]
     assert np.allclose(axes[2].get_lines()[0].get_xdata(), [204.8, 409.6, 614.4])
+    (bits,) = axes[2].child_axes  # bits per byte: the loss's own scale times bpb / loss
+    assert bits.get_ylabel() == "bits per byte" and np.isclose(bits._functions[0](3.0), 1.0)
     for r in recs:
         r["tokens"] = None  # a checkpoint without trainer_state.json's tokens_seen: the step instead
     evaluate_checkpoints.plot(recs, tmp_path / "eval.png", 5)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from tinyllama.core.architecture import optimizer_roles
-from tinyllama.core.config import TrainingConfig
+from tinyllama.core.config import ModelConfig, TrainingConfig
 from tinyllama.torch_model.muon import Muon
 from tinyllama.torch_model.state import to_numpy, to_torch, unwrap
 
@@ -46,11 +46,14 @@ class MuonAdamW:
         self.muon.load_state_dict(state["muon"])
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.AdamW | MuonAdamW:
-    """AdamW with the fused kernel on CUDA and CPU (one pass per tensor; ~7x foreach on CPU, bench/loss.py);
-    for muon, the weights core.architecture.optimizer_roles gives Muon go to Muon instead."""
+def make_optimizer(
+    model: torch.nn.Module, cfg: TrainingConfig, model_cfg: ModelConfig | None = None
+) -> torch.optim.AdamW | MuonAdamW:
+    """AdamW with the fused kernel on CUDA and CPU (one pass per tensor; faster than foreach, bench/loss.py);
+    for muon, the weights core.architecture.optimizer_roles gives Muon go to Muon instead. `model_cfg`: the
+    architecture of a model with HF names that is not ours (the benches' transformers model); default its own."""
     plain = unwrap(model)
-    roles = optimizer_roles(plain.cfg, cfg.optimizer)
+    roles = optimizer_roles(model_cfg or plain.cfg, cfg.optimizer)
     named = list(plain.named_parameters())
     by_role = {role: [p for n, p in named if roles[n] == role] for role in ("muon", "decay", "plain")}
     groups = [

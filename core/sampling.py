@@ -85,7 +85,8 @@ def apply_repetition_penalty(logits: np.ndarray, seen: Sequence[int] | np.ndarra
         return out
     ids = np.unique(np.asarray(seen, dtype=np.int64))
     values = out[..., ids]
-    out[..., ids] = np.where(values > 0, values / penalty, values * penalty)
+    with np.errstate(over="ignore", divide="ignore"):  # a tiny or huge penalty: +-inf, select_token's limit
+        out[..., ids] = np.where(values > 0, values / penalty, values * penalty)
     return out
 
 
@@ -116,6 +117,13 @@ def min_p_filter(logits: np.ndarray, min_p: float) -> np.ndarray:
     return np.where(logits >= cut, logits, -np.inf)
 
 
+def _limits(logits: np.ndarray) -> np.ndarray:
+    """Logits a vanishing penalty or temperature pushed to +inf: those tokens alone, tied (the limit of the
+    softmax); `inf - inf` would otherwise make every probability NaN."""
+    top = np.isposinf(logits)
+    return np.where(top, np.float32(0), np.float32(-np.inf)) if top.any() else logits
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = np.exp(logits - logits.max())
     return z / z.sum()
@@ -125,10 +133,12 @@ def select_token(
     logits: np.ndarray, params: SamplingParams, rng: np.random.Generator | None, seen: Sequence[int] = ()
 ) -> int:
     """One next token from one position's logits (V,): penalty, then argmax or a seeded draw."""
-    logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    logits = _limits(apply_repetition_penalty(logits, seen, params.repetition_penalty))
     if params.temperature == 0:
         return int(np.argmax(logits))
-    logits = top_k_filter(logits / np.float32(params.temperature), params.top_k)
+    with np.errstate(over="ignore"):  # a tiny temperature (float64: it may be below float32's range) sends
+        scaled = (logits - logits.max()).astype(np.float64) / params.temperature  # the others' gaps to -inf
+        logits = top_k_filter(scaled.astype(np.float32), params.top_k)  # <= 0: the top token at 0
     logits = min_p_filter(top_p_filter(logits, params.top_p), params.min_p)
     filtered = params.top_k > 0 or params.top_p < 1.0 or params.min_p > 0
     candidates = np.flatnonzero(logits > -np.inf) if filtered else None  # draw among the kept tokens only

@@ -143,3 +143,21 @@ def test_text_stream_keeps_separators_of_word_tokenizers(tmp_path):
     tok = Tokenizer.from_dir(write_word_tokenizer(tmp_path / "tok", 20))
     stream = TextStream(tok.decode, tok.encode("w3 w4"))
     assert "".join(stream.push(i) for i in tok.encode("w5 w6 w7")) == " w5 w6 w7"
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 2.2e-309, 1e-30])
+@pytest.mark.parametrize("penalty", [1.0, 2.2e-309, 1e-40, 1e300])
+def test_vanishing_temperatures_and_extreme_penalties_take_the_limit(temperature, penalty):
+    """A finite but tiny temperature (or a penalty that overflows a logit) is the limit of the softmax: the top
+    token (ties among the tokens pushed to +inf broken by the draw), never NaN probabilities or a traceback.
+    Found by the fuzz tier: `infer.py --repetition-penalty 2.2e-309` ended in a ValueError traceback."""
+    logits = np.array([-3.0, 1.5, 2.5, -0.5, 2.4], np.float32)
+    rng = np.random.default_rng(0)
+    params = SamplingParams(temperature=temperature, top_p=0.9, repetition_penalty=penalty)
+    picks = {select_token(logits, params, rng, seen=[3, 4]) for _ in range(20)}
+    if penalty < 1e-30:  # the seen positive logit (2.4) is divided to +inf: it alone
+        assert picks == {4}
+    elif penalty > 1e200:  # the seen ones are pushed far down: the unseen top, 2.5
+        assert picks == {2}
+    else:
+        assert picks == {2}

@@ -66,6 +66,11 @@ class TrainingConfig:
     grad_accum: int = opt(1, "micro-batches per optimizer step")
     max_steps: int = opt(2000, "optimizer steps to train")
     max_tokens: int = opt(0, "> 0: train this many tokens instead (steps = ceil(max_tokens / tokens per step))")
+    time_budget: float = opt(
+        0.0,
+        "> 0: minutes from the first step to the final eval; the first steps time this machine, then max_steps is "
+        "fixed to fit and written to the run's config (a resume keeps it)",
+    )
     lr: float = opt(1e-3, "peak learning rate (after warmup)")
     min_lr: float = opt(1e-4, "learning rate at the end of the decay (cosine or wsd)")
     warmup_steps: int = opt(100, "steps of linear warmup from 0 to lr")
@@ -399,6 +404,14 @@ def validate(config: Config) -> None:
         f"lower seq_len or raise max_seq_len",
     )
     _require(t.max_steps > 0 or t.max_tokens > 0, "set training.max_steps or training.max_tokens to a positive number")
+    _require(t.time_budget >= 0, f"training.time_budget must be >= 0 minutes (0 = off), got {t.time_budget}")
+    if t.time_budget > 0:
+        _require(t.max_tokens == 0, "training.time_budget and training.max_tokens both set the length; keep one")
+        _require(
+            t.warmup_steps >= 2,
+            f"training.time_budget times the first steps inside the warm-up; set training.warmup_steps >= 2 (got "
+            f"{t.warmup_steps})",
+        )
     _require(t.lr > 0, f"training.lr must be > 0, got {t.lr}")
     _require(0 <= t.min_lr <= t.lr, f"training.min_lr ({t.min_lr}) must be between 0 and training.lr ({t.lr})")
     _require(all(0 <= b < 1 for b in t.betas), f"training.betas must each be in [0, 1), got {list(t.betas)}")

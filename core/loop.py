@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tinyllama.core.architecture import flops_per_token
+from tinyllama.core.budget import TimeBudget
 from tinyllama.core.cli import UserError, human_bytes, human_flops
 from tinyllama.core.config import Config
 from tinyllama.core.fs import release_lock
@@ -94,6 +95,10 @@ class Run:
             raise UserError(
                 f"hardware.devices is {devices} but {world} process(es) run; start it with python train.py "
                 f"(it launches {devices}), or set --hardware.devices 0 to train on as many as are launched"
+            )
+        if self.t.time_budget and world > 1:
+            raise UserError(
+                "training.time_budget times one process's steps; with several processes set training.max_steps"
             )
         self.is_main = rank == 0
         self.total = total_steps(self.t, world)
@@ -167,6 +172,14 @@ class Run:
                 f"{'answer' if data.meta['rows']['mask_prompt'] else 'all'} tokens"
             )
         self.step, self.updates, self.tokens_seen = self.start.step, self.start.updates, self.start.tokens_seen
+        self.budget = None
+        if t.time_budget:
+            if self.start.step:
+                raise UserError(
+                    "training.time_budget fixes max_steps when a run starts; a resumed run keeps the max_steps it "
+                    "fixed (pass --training.max_steps to change it)"
+                )
+            self.budget = TimeBudget(t.time_budget * 60, self.start.step, t.warmup_steps, t.eval_every)
         self.loss, self.lr_now = float("nan"), lr_at(self.start.step, t, self.total)
         return self.start
 
@@ -222,8 +235,12 @@ class Run:
         self.bar = tqdm(total=self.total, initial=self.start.step, disable=not shown, unit="step", dynamic_ncols=True)
         try:
             with StopSignal() as stop:
-                for step in range(self.start.step, self.total):
+                step = self.start.step
+                if self.budget is not None:
+                    self.budget.start()
+                while step < self.total:  # a time_budget fixes the total after its first steps
                     yield step
+                    step += 1
                     if self.any_rank(stop.requested):  # a signal seen by any rank stops every rank here
                         self.stopped = True
                         path = self._save(step_name(self.step))
@@ -259,10 +276,13 @@ class Run:
             self.say(
                 self.log.train(
                     done, self.total, loss, self.lr_now, self.tokens_seen, tok_s, mfu,
-                    self.peak_memory() or 0, grad_norm, elapsed, eta,
+                    self.peak_memory() or 0, grad_norm, elapsed, eta, self.epoch(done),
                 )
             )  # fmt: skip
         paused = time.perf_counter()
+        fixed = self.budget.max_steps(done, self._time_evaluation) if self.budget is not None else None
+        if fixed is not None:
+            self._fix_total(*fixed)
         if t.eval_every and (done % t.eval_every == 0 or done == self.total):
             val = self.evaluate(self.val)
             text = self.sample_text()  # every rank: FSDP gathers weights for the forward
@@ -272,6 +292,26 @@ class Run:
         if t.save_every and done % t.save_every == 0 and done < self.total:
             self._save(step_name(done))
         self.meter.last_time += time.perf_counter() - paused  # tok/s and ETA count training steps only
+
+    def epoch(self, done: int) -> float | None:
+        """Passes over the training windows after `done` steps (None while data.prepare: ahead still grows)."""
+        windows = getattr(self.loader, "n_windows", 0)
+        samples = done * self.t.batch_size * self.t.grad_accum * self.world
+        return samples / windows if windows else None
+
+    def _time_evaluation(self) -> float:
+        """Seconds of one evaluation with its sample (time_budget counts what each will cost)."""
+        began = time.perf_counter()
+        self.evaluate(self.val)
+        self.sample_text()
+        return time.perf_counter() - began
+
+    def _fix_total(self, total: int, line: str) -> None:
+        """time_budget's max_steps, from here the run's own (its config is saved with every checkpoint)."""
+        self.t.max_steps, self.t.max_tokens, self.t.time_budget = total, 0, 0.0
+        self.total = self.bar.total = self.meter.total = total
+        self.budget = None
+        self.say(line)
 
     def sample_text(self) -> str:
         tokenizer = self.data.tokenizer

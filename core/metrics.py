@@ -15,10 +15,21 @@ from tinyllama.core.fs import atomic_path, write_text
 
 
 def format_train_line(
-    step: int, total: int, loss: float, lr: float, tok_per_s: float, mfu: float | None, mem_bytes: float, eta_s: float
+    step: int,
+    total: int,
+    loss: float,
+    lr: float,
+    tok_per_s: float,
+    mfu: float | None,
+    mem_bytes: float,
+    eta_s: float,
+    epoch: float | None = None,
 ) -> str:
-    """`step 120/2000 | loss 3.412 | lr 2.9e-04 | 41.3k tok/s | mfu 38% | mem 1.2 GB | eta 4m10s`"""
-    parts = [f"step {step}/{total}", f"loss {loss:.3f}", f"lr {lr:.1e}", f"{human_count(tok_per_s)} tok/s"]
+    """`step 120/2000 | loss 3.412 | lr 2.9e-04 | epoch 1.32 | 41.3k tok/s | mfu 38% | mem 1.2 GB | eta 4m10s`"""
+    parts = [f"step {step}/{total}", f"loss {loss:.3f}", f"lr {lr:.1e}"]
+    if epoch is not None:
+        parts.append(f"epoch {epoch:.2f}")
+    parts.append(f"{human_count(tok_per_s)} tok/s")
     if mfu is not None:
         parts.append(f"mfu {100 * mfu:.0f}%")
     if mem_bytes:
@@ -40,6 +51,9 @@ def bits_per_byte(mean_nats: float, targets: int, nbytes: int) -> float:
     """Bits per UTF-8 byte of text: the targets' summed nats (mean x count) / (ln 2 x the bytes they decode to).
     Unlike a loss per token it compares runs across tokenizers."""
     return mean_nats * targets / (math.log(2) * nbytes) if nbytes else float("nan")
+
+
+RISING_EVALS = 2  # val bpb rising this many evaluations in a row is said in the val line
 
 
 class MetricsLog:
@@ -86,8 +100,9 @@ class MetricsLog:
         grad_norm: float,
         elapsed: float,
         eta_s: float,
+        epoch: float | None = None,
     ) -> str:
-        """Record a train step; returns the log line to print."""
+        """Record a train step; returns the log line to print. `epoch`: passes over the training data so far."""
         self.log(
             {
                 "step": step,
@@ -95,6 +110,7 @@ class MetricsLog:
                 "loss": loss,
                 "lr": lr,
                 "tokens": tokens,
+                **({"epoch": epoch} if epoch is not None else {}),
                 "tok_per_s": tok_per_s,
                 "mfu": mfu,
                 "mem_gb": mem_bytes / 1e9,
@@ -102,15 +118,22 @@ class MetricsLog:
                 "time": elapsed,
             }
         )
-        return format_train_line(step, total, loss, lr, tok_per_s, mfu, mem_bytes, eta_s)
+        return format_train_line(step, total, loss, lr, tok_per_s, mfu, mem_bytes, eta_s, epoch)
 
     def val(self, step: int, loss: float, tokens: int, sample: str, bpb: float | None = None) -> str:
         """Record an evaluation (loss in nats per token, bits per byte) and redraw loss.png; returns the lines to
-        print."""
+        print, with a warning when val bpb rose at each of the last RISING_EVALS evaluations."""
         bits = {"bpb": bpb} if bpb is not None else {}
         self.log({"step": step, "split": "val", "loss": loss, **bits, "ppl": perplexity(loss), "tokens": tokens})
         self.plot()
-        return format_val_line(step, loss, bpb) + "\nsample: " + sample.replace("\n", " ")
+        line = format_val_line(step, loss, bpb)
+        history = [r.get("bpb", r["loss"]) for r in self.records if r.get("split") == "val"][-RISING_EVALS - 1 :]
+        if len(history) > RISING_EVALS and all(b > a for a, b in zip(history, history[1:], strict=False)):
+            epoch = next((r["epoch"] for r in reversed(self.records) if "epoch" in r), None)
+            when = f" at epoch {epoch:.1f}" if epoch is not None else ""
+            line += f" | val {'bpb' if bpb is not None else 'loss'} rose {RISING_EVALS} evaluations in a row{when}: "
+            line += "overfitting? (more data, weight_decay, a smaller model or fewer epochs)"
+        return line + "\nsample: " + sample.replace("\n", " ")
 
     def plot(self) -> Path:
         """loss.png: the loss and learning-rate panels of loss_figure, replaced whole."""

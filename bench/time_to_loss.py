@@ -1,8 +1,9 @@
-"""Time and tokens to a validation loss: a plain transformers loop against our trainers' steps, AdamW vs Muon.
+"""Time and tokens to a validation bits per byte: a plain transformers loop against our trainers' steps,
+AdamW vs Muon.
 
-    python bench/time_to_loss.py [--target 4.75] [--max-steps 600] [--only torch-muon] [--json out.json]
-    python bench/time_to_loss.py --target 4.75 --only hf-adamw --max-steps 600 --seed 1   # the reference
-    python bench/time_to_loss.py --target 4.75 --only torch-muon --max-steps 300 --seed 1  # our best
+    python bench/time_to_loss.py [--target 2.38] [--max-steps 600] [--only torch-muon] [--json out.json]
+    python bench/time_to_loss.py --target 2.38 --only hf-adamw --max-steps 600 --seed 1   # the reference
+    python bench/time_to_loss.py --target 2.38 --only torch-muon --max-steps 300 --seed 1  # our best
 
 One fixed small model (d_model 256, 4 layers, seq 256) on the built-in corpus with a small trained BPE, the
 same initial weights (core.architecture.init_weights), the same batches in the same order (data.loader) and the
@@ -15,9 +16,10 @@ same validation windows for every variant:
     mlx-muon      ours (MLX): the compiled step with Muon + AdamW, wsd
 
 Each variant runs in its own process (MLX re-executes itself with OpenBLAS on Linux). Every `--eval-every`
-steps the validation loss is measured (not timed); a variant stops at the first one <= `--target`. Prints
-wall seconds of training and tokens to reach the target (or "not reached" with the best loss); --json PATH
-also writes them.
+steps the validation loss is measured (not timed) and turned into bits per byte (the val targets' nats over
+ln 2 x the UTF-8 bytes they decode to: comparable across tokenizers); a variant stops at the first one <=
+`--target`. Prints wall seconds of training and tokens to reach the target (or "not reached" with the best
+bpb); --json PATH also writes them, the history as (step, seconds, val loss, val bpb).
 """
 
 from __future__ import annotations
@@ -148,7 +150,8 @@ def mlx_loop(cfg):
 
 def run_variant(args) -> dict:
     """Train one variant to the target; its figures as a dict."""
-    from tinyllama.core.generate import mean_loss
+    from tinyllama.core.generate import mean_loss, target_bytes
+    from tinyllama.core.metrics import bits_per_byte
     from tinyllama.data.prepare import prepare_data
 
     cfg = config(args)
@@ -157,6 +160,7 @@ def run_variant(args) -> dict:
     t = cfg.training
     batches = data.train_batches(t.seq_len, t.batch_size, t.seed)
     windows = data.val_windows(t.seq_len, args.eval_windows)
+    targets, nbytes = target_bytes(windows, data.token_bytes(cfg.model.vocab_size))
     step, eval_batch = mlx_loop(cfg) if args.variant.startswith("mlx") else torch_loop(cfg, args.variant)
     trained, history, reached = 0.0, [], None
     for i in range(t.max_steps):
@@ -166,15 +170,17 @@ def run_variant(args) -> dict:
         trained += time.perf_counter() - start
         if (i + 1) % args.eval_every == 0 or i + 1 == t.max_steps:
             val = mean_loss(eval_batch, windows, t.batch_size)
-            history.append((i + 1, round(trained, 3), val))
-            if val <= args.target:
+            bpb = bits_per_byte(val, targets, nbytes)
+            history.append((i + 1, round(trained, 3), val, bpb))
+            if bpb <= args.target:
                 reached = i + 1
                 break
     tokens_per_step = t.batch_size * t.seq_len
     steps = reached or history[-1][0]
     return {
         "variant": args.variant, "target": args.target, "reached": reached is not None, "steps": steps,
-        "tokens": steps * tokens_per_step, "seconds": history[-1][1], "best_val_loss": min(v for *_, v in history),
+        "tokens": steps * tokens_per_step, "seconds": history[-1][1], "best_val_bpb": min(b for *_, b in history),
+        "best_val_loss": min(v for _, _, v, _ in history), "val_bytes_per_token": nbytes / targets,
         "vocab_size": cfg.model.vocab_size, "max_steps": t.max_steps, "lr": t.lr, "muon_lr": t.muon_lr, "seed": t.seed,
         "muon_precision": t.muon_precision,
         "history": history,
@@ -183,7 +189,7 @@ def run_variant(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", type=float, default=4.75, help="validation loss to reach")
+    parser.add_argument("--target", type=float, default=2.38, help="validation bits per byte to reach")
     parser.add_argument("--max-steps", type=int, help="the schedule's horizon and the give-up point (default: tuned)")
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--eval-windows", type=int, default=32)
@@ -220,8 +226,8 @@ def main() -> None:
         if "error" in r:
             print(f"{variant:<12} failed: {r['error']}")
         else:
-            what = "reached" if r["reached"] else f"not reached (best {r['best_val_loss']:.3f})"
-            print(f"{variant:<12} val loss {args.target}: {what} after {r['steps']} steps, "
+            what = "reached" if r["reached"] else f"not reached (best {r['best_val_bpb']:.3f})"
+            print(f"{variant:<12} val bpb {args.target}: {what} after {r['steps']} steps, "
                   f"{r['tokens']:,} tokens, {r['seconds']:.1f} s of training")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps({"target": args.target, "results": results}) + "\n")

@@ -4,6 +4,7 @@ docs/benchmarks.md, a failing bench reported in its row, the Mac decisions with 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -333,9 +334,10 @@ def test_time_to_loss_runs_the_transformers_loop_and_ours_on_the_same_weights_ba
     assert done.returncode == 0, done.stderr[-2000:]
     hf, ours = json.loads(out.read_text())["results"]
     assert (hf["variant"], ours["variant"]) == ("hf-adamw", "torch-adamw")
-    assert [step for step, _, _ in hf["history"]] == [step for step, _, _ in ours["history"]] == [2, 4]
-    for (_, _, a), (_, _, b) in zip(hf["history"], ours["history"], strict=True):
-        assert abs(a - b) < 1e-4 * a
+    assert [step for step, *_ in hf["history"]] == [step for step, *_ in ours["history"]] == [2, 4]
+    for (_, _, a, bpb_a), (_, _, b, bpb_b) in zip(hf["history"], ours["history"], strict=True):
+        assert abs(a - b) < 1e-4 * a and abs(bpb_a - bpb_b) < 1e-4 * bpb_a
+        assert bpb_a == pytest.approx(a / (math.log(2) * hf["val_bytes_per_token"]))  # bits per byte of that loss
     assert hf["history"][1][2] < hf["history"][0][2] < 6.3  # it learns (ln 512 = 6.24 at the start)
     assert not hf["reached"] and "not reached" in done.stdout
 

@@ -47,12 +47,13 @@ def block_parameters(cfg: ModelConfig) -> dict[str, Param]:
     """One transformer block's parameters, named below `model.layers.{i}.`, in the order the models create them."""
     d, q, kv = cfg.d_model, cfg.n_heads * cfg.resolved_head_dim, cfg.n_kv_heads * cfg.resolved_head_dim
     gated = cfg.mlp == "swiglu"  # relu2: up and down only
+    residual = "zeros" if cfg.zero_init_residual else "residual"  # the projections back into the stream
     return {
         "input_layernorm.weight": Param((d,), "ones", "attn_norm"),
         "self_attn.q_proj.weight": Param((q, d), "normal", "attn_q", matrix=True),
         "self_attn.k_proj.weight": Param((kv, d), "normal", "attn_k", matrix=True),
         "self_attn.v_proj.weight": Param((kv, d), "normal", "attn_v", matrix=True),
-        "self_attn.o_proj.weight": Param((d, q), "residual", "attn_output", matrix=True),
+        "self_attn.o_proj.weight": Param((d, q), residual, "attn_output", matrix=True),
         **(
             {
                 "self_attn.q_norm.weight": Param((cfg.resolved_head_dim,), "ones", "attn_q_norm"),
@@ -64,7 +65,7 @@ def block_parameters(cfg: ModelConfig) -> dict[str, Param]:
         "post_attention_layernorm.weight": Param((d,), "ones", "ffn_norm"),
         **({"mlp.gate_proj.weight": Param((cfg.d_ff, d), "normal", "ffn_gate", matrix=True)} if gated else {}),
         "mlp.up_proj.weight": Param((cfg.d_ff, d), "normal", "ffn_up", matrix=True),
-        "mlp.down_proj.weight": Param((d, cfg.d_ff), "residual", "ffn_down", matrix=True),
+        "mlp.down_proj.weight": Param((d, cfg.d_ff), residual, "ffn_down", matrix=True),
     }
 
 

@@ -44,6 +44,9 @@ class ModelConfig:
     max_seq_len: int = opt(1024, "longest context the model is built for (RoPE table, generation limit)")
     tie_embeddings: bool = opt(True, "share the token embedding with the output head")
     init_std: float = opt(0.02, "standard deviation of the initial weights")
+    zero_init_residual: bool = opt(
+        False, "start the projections back into the residual stream (o_proj, down_proj) at zero (modded-nanogpt)"
+    )
     qk_norm: bool = opt(False, "RMSNorm of each head's queries and keys before RoPE (Qwen3, OLMo 2); exported as qwen3")
     mlp: str = opt(
         "swiglu",

@@ -32,6 +32,7 @@ def to_hf_config(
         "architectures": [FORMATS[arch].hf_class if arch else OWN_CLASS],
         "model_type": arch or OWN_MODEL_TYPE,
         **own,
+        **({"zero_init_residual": True} if model.zero_init_residual else {}),  # how it started: resume compares it
         "vocab_size": model.vocab_size,
         "hidden_size": model.d_model,
         "intermediate_size": model.d_ff,
@@ -124,6 +125,7 @@ def from_hf_config(hf: dict[str, Any]) -> ModelConfig:
         max_seq_len=_positive_int(hf, "max_position_embeddings", 2048),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),  # HF default
         init_std=_number(hf, "initializer_range", 0.02),
+        zero_init_residual=hf.get("zero_init_residual") is True,
     )
     for key, value in switches.items():
         setattr(cfg, key, coerce_model_key(key, value))

@@ -64,6 +64,7 @@ VARIANT_MODELS = {  # vocab 320: above the byte-level BPE tokenizer the GGUF tes
     "mha4-relu2-untied": dataclasses.replace(TINY_MODELS["mha4-untied"], vocab_size=320, mlp="relu2", d_ff=96),
     "gqa8x2-relu2-qk_norm": dataclasses.replace(TINY_MODELS["gqa8x2-tied"], vocab_size=320, mlp="relu2", qk_norm=True),
     "gqa6x3-softcap": dataclasses.replace(TINY_MODELS["gqa6x3-untied-eps"], vocab_size=320, logit_softcap=2.0),
+    "gqa8x2-zero-init": dataclasses.replace(TINY_MODELS["gqa8x2-tied"], vocab_size=320, zero_init_residual=True),
 }
 
 

@@ -376,3 +376,22 @@ def test_cuda_check_sweep_runs_each_batch_with_its_estimate_first(tmp_path):
         assert f"== sweep_{batch}: rc 0" in run.stdout and f"training batch{batch}:" in log, log[-2000:]
         assert "step 30/30" in log, log[-2000:]
     assert not (out / "train.log").exists()
+
+
+@pytest.mark.slow
+def test_ablate_runs_each_lever_within_its_budget_and_tables_the_val_bpb(tmp_path, data_cache):
+    """bench/ablate.py on the smoke config: each lever trains in its own process under training.time_budget and
+    is read back from its metrics.jsonl (final val bpb, steps, epochs) into one table."""
+    out, rows = tmp_path / "ablate.json", tmp_path / "rows.md"
+    args = ["--config", "configs/smoke.yaml", "--budget", "0.25", "--only", "baseline", "--only", "qk_norm",
+            "--json", str(out), "--markdown", str(rows), "--work", str(tmp_path / "runs"),
+            "--training.warmup_steps", "3", "--training.eval_every", "10", "--data.cache_dir", str(data_cache),
+            "--hardware.accelerator", "cpu"]  # fmt: skip
+    done = subprocess.run([sys.executable, "bench/ablate.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = {r["lever"]: r for r in json.loads(out.read_text())["results"]}
+    for name in ("baseline", "qk_norm"):
+        assert 0 < results[name]["val_bpb"] < 8 and results[name]["steps"] > 3 and results[name]["epochs"] > 0
+    table = rows.read_text()
+    assert "| qk_norm |" in table and "--model.qk_norm true" in table

@@ -1,0 +1,246 @@
+"""Beyond one machine, simulated on this host: two `torchrun` nodes (one launch each, a c10d rendezvous, each node
+on its own loopback address) and an `mlx.launch` hostfile of two hosts train like one process with the same global
+batch, resume exactly, and all stop at one step when one node's trainer gets SIGTERM. Each node is a separate
+launcher with LOCAL_RANK 0, as on separate machines; what two machines would not share (output.dir, the data
+cache) is given to one node at another path, which is what it looks like from that node."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, max_weight_diff, smoke_argv, train_losses
+
+from tinyllama import train_cuda, train_mlx
+from tinyllama.core.checkpoint import list_checkpoints, read_trainer_state
+
+# lr constant after warmup (min_lr = lr): the schedule does not depend on max_steps, so a run stopped by a signal
+# (max_steps far away) and resumed to STEPS follows the same learning rates as a straight STEPS-step run
+QUIET = ("--training.eval_every", "0", "--training.save_every", "0", "--training.min_lr", "3e-3")
+TORCH_STEPS, MLX_STEPS = 30, 10
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+TIMEOUT = 180  # a hang fails here instead of blocking the suite
+
+
+def free_ports(count: int = 1) -> int:
+    """The first of `count` consecutive TCP ports free on loopback now (mlx.launch takes one per host)."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = probe.getsockname()[1]
+        try:
+            for port in range(first + 1, first + count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise RuntimeError("no free ports")
+
+
+def node_address(node: int) -> str:
+    """127.0.0.<node + 1>: Linux routes all of 127/8 to loopback, so each simulated machine has its own address;
+    where only 127.0.0.1 exists (macOS), every node uses it."""
+    address = f"127.0.0.{node + 1}"
+    try:
+        with socket.socket() as probe:
+            probe.bind((address, 0))
+    except OSError:
+        return "127.0.0.1"
+    return address
+
+
+def start_torch_nodes(log_dir: Path, *node_argv: list[str]) -> list[subprocess.Popen]:
+    """One `torchrun --nnodes N --nproc-per-node 1` per node, as a user starts one on each machine (docs/training.md):
+    the rendezvous on node 0's address. c10d ranks the nodes by their address, so node i holds global rank i."""
+    port = free_ports()
+    nodes = []
+    for i, argv in enumerate(node_argv):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(len(node_argv)), "--nproc-per-node", "1",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"test-{port}",
+               "--local-addr", node_address(i), "--rdzv-conf", f"is_host={int(i == 0)}",
+               "train_cuda.py", *argv, "--hardware.accelerator", "cpu"]  # fmt: skip
+        with open(log_dir / f"node{i}.log", "w") as log:
+            nodes.append(subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True))  # fmt: skip
+    return nodes
+
+
+def start_mlx_hosts(log_dir: Path, argv: list[str], hosts: int = 2) -> list[subprocess.Popen]:
+    """mlx.launch over a hostfile, as for several Macs (docs/training.md). "ssh": "127.0.0.1" is the one host
+    mlx.launch starts without ssh; each host's ring address is its own loopback address."""
+    hostfile = log_dir / "hosts.json"
+    hostfile.write_text(json.dumps([{"ssh": "127.0.0.1", "ips": [node_address(i)]} for i in range(hosts)]))
+    launcher = Path(sys.executable).parent / "mlx.launch"
+    cmd = [str(launcher), "--hostfile", str(hostfile), "--backend", "ring", "--starting-port", str(free_ports(hosts)),
+           "--cwd", str(ROOT), "--python", sys.executable, "train_mlx.py", *argv]  # fmt: skip
+    with open(log_dir / "node0.log", "w") as log:
+        return [subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)]
+
+
+def finish(nodes: list[subprocess.Popen], log_dir: Path, timeout: float = TIMEOUT) -> list[int]:
+    """Every launcher's exit code; past the timeout (a hang) every process they started is killed and the test fails."""
+    deadline = time.time() + timeout
+    try:
+        for node in nodes:
+            node.wait(timeout=max(0.1, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running after {timeout} s (a hang):\n{logs(log_dir)}")
+    finally:
+        for node in nodes:
+            if node.poll() is None:  # torchrun starts each worker in a session of its own: kill the whole tree
+                for pid in [*descendants(node.pid), node.pid]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                node.wait()
+    return [node.returncode for node in nodes]
+
+
+def descendants(pid: int) -> list[int]:
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [p for child in map(int, children) for p in (child, *descendants(child))]
+
+
+def logs(log_dir: Path) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(log_dir.glob("node*.log")))
+
+
+def run_nodes(run_dir: Path, start, *args, timeout: float = TIMEOUT) -> str:
+    """Start nodes (start_torch_nodes or start_mlx_hosts, args after run_dir), wait, require exit 0; their logs."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    codes = finish(start(run_dir, *args), run_dir, timeout)
+    assert codes == [0] * len(codes), logs(run_dir)
+    return logs(run_dir)
+
+
+def trainer_of_rank(launcher: subprocess.Popen, rank: int) -> int:
+    """The pid of the trainer process of `rank` among the launcher's children (its environment says its rank)."""
+    children = descendants(launcher.pid)
+    for pid in children:
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env or f"MLX_RANK={rank}".encode() in env:
+            return pid
+    raise AssertionError(f"no trainer of rank {rank} among {children}")
+
+
+def wait_for_steps(run_dir: Path, steps: int, nodes: list[subprocess.Popen]) -> None:
+    metrics = run_dir / "logs/smoke/metrics.jsonl"
+    deadline = time.time() + TIMEOUT
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= steps):
+        if time.time() > deadline or any(node.poll() is not None for node in nodes):
+            finish(nodes, run_dir, timeout=1)
+            pytest.fail(f"no step {steps} logged:\n{logs(run_dir)}")
+        time.sleep(0.05)
+
+
+# ------------------------------------------------------------------------------------------------- torchrun
+
+
+def torch_argv(run_dir: Path, cache: Path, *extra: str) -> list[str]:
+    return smoke_argv(run_dir, cache, *QUIET, "--training.batch_size", "4", *extra)
+
+
+@pytest.fixture(scope="module")
+def torch_straight(tmp_path_factory, data_cache) -> Path:
+    """Two nodes, one process each at batch_size 4, TORCH_STEPS steps without a break."""
+    run_dir = tmp_path_factory.mktemp("torch-straight")
+    argv = torch_argv(run_dir, data_cache, "--training.max_steps", str(TORCH_STEPS))
+    run_nodes(run_dir, start_torch_nodes, argv, argv)
+    return run_dir
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_train_like_one_process(torch_straight, tmp_path, data_cache):
+    """Each node's one process is LOCAL_RANK 0 and global rank 0 or 1: they split the batch like one process
+    with batch_size 8 (gloo's all-reduce rounds differently: 1e-4), and only rank 0 writes."""
+    train_cuda.main(smoke_argv(tmp_path, data_cache, *QUIET, "--hardware.accelerator", "cpu",
+                               "--training.batch_size", "8", "--training.max_steps", str(TORCH_STEPS)))  # fmt: skip
+    one, two = train_losses(tmp_path), train_losses(torch_straight)
+    assert sorted(two) == list(range(1, TORCH_STEPS + 1))
+    assert all(abs(one[s] - two[s]) < 1e-4 for s in one), (one, two)
+    assert max_weight_diff(tmp_path / "ckpt/final.ckpt", torch_straight / "ckpt/final.ckpt") < 1e-4
+    assert read_trainer_state(torch_straight / "ckpt/final.ckpt")["world_size"] == 2
+    assert [p.name for p in list_checkpoints(torch_straight / "ckpt")] == ["final.ckpt"]
+    node0, node1 = ((torch_straight / f"node{i}.log").read_text() for i in (0, 1))
+    assert "2 process(es)" in node0 and "done:" in node0 and "step " not in node1  # rank 0 is node 0's
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_torchrun_node_stops_both_and_resume_matches(torch_straight, tmp_path, data_cache):
+    """SIGTERM to node 1's trainer (not the one that writes): both finish the step, rank 0 saves it, every process
+    exits 0 in time; `--resume auto` on both nodes then ends where the straight run did."""
+    argv = torch_argv(tmp_path, data_cache, "--training.max_steps", "100000")
+    nodes = start_torch_nodes(tmp_path, argv, argv)
+    wait_for_steps(tmp_path, 3, nodes)
+    os.kill(trainer_of_rank(nodes[1], 1), signal.SIGTERM)
+    assert finish(nodes, tmp_path) == [0, 0], logs(tmp_path)
+    saved = list_checkpoints(tmp_path / "ckpt")
+    stopped = max(train_losses(tmp_path))
+    assert [p.name for p in saved] == [f"step-{stopped:06d}.ckpt"] and read_trainer_state(saved[0])["step"] == stopped
+    assert f"stopped at step {stopped}" in (tmp_path / "node0.log").read_text()
+    assert stopped < TORCH_STEPS - 2, f"the signal landed at step {stopped}: too late to compare a resume"
+
+    resume = torch_argv(tmp_path, data_cache, "--training.max_steps", str(TORCH_STEPS), "--resume", "auto")
+    run_nodes(tmp_path, start_torch_nodes, resume, resume)
+    straight, resumed = train_losses(torch_straight), train_losses(tmp_path)
+    assert sorted(resumed) == list(range(1, TORCH_STEPS + 1))
+    assert all(abs(straight[s] - resumed[s]) < 1e-5 for s in straight), (straight, resumed)
+    assert max_weight_diff(torch_straight / "ckpt/final.ckpt", tmp_path / "ckpt/final.ckpt") < 1e-6
+
+
+# ------------------------------------------------------------------------------------- mlx.launch hostfile
+
+
+def mlx_argv(run_dir: Path, cache: Path, *extra: str) -> list[str]:
+    return smoke_argv(run_dir, cache, *QUIET, "--training.batch_size", "4", *extra)
+
+
+@pytest.fixture(scope="module")
+def mlx_straight(tmp_path_factory, data_cache) -> Path:
+    """Two hosts in a hostfile, one process each at batch_size 4, MLX_STEPS steps without a break."""
+    run_dir = tmp_path_factory.mktemp("mlx-straight")
+    run_nodes(run_dir, start_mlx_hosts, mlx_argv(run_dir, data_cache, "--training.max_steps", str(MLX_STEPS)))
+    return run_dir
+
+
+@pytest.mark.slow
+def test_mlx_hostfile_of_two_hosts_trains_like_one_process(mlx_straight, tmp_path, data_cache):
+    train_mlx.main(smoke_argv(tmp_path, data_cache, *QUIET, "--training.batch_size", "8",
+                              "--training.max_steps", str(MLX_STEPS)))  # fmt: skip
+    one, two = train_losses(tmp_path), train_losses(mlx_straight)
+    assert sorted(two) == list(range(1, MLX_STEPS + 1))
+    assert all(abs(one[s] - two[s]) < 1e-4 for s in one), (one, two)
+    assert max_weight_diff(tmp_path / "ckpt/final.ckpt", mlx_straight / "ckpt/final.ckpt") < 1e-4
+    assert read_trainer_state(mlx_straight / "ckpt/final.ckpt")["world_size"] == 2
+    assert [p.name for p in list_checkpoints(mlx_straight / "ckpt")] == ["final.ckpt"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_mlx_host_stops_both_and_resume_matches(mlx_straight, tmp_path, data_cache):
+    nodes = start_mlx_hosts(tmp_path, mlx_argv(tmp_path, data_cache, "--training.max_steps", "100000"))
+    wait_for_steps(tmp_path, 2, nodes)
+    os.kill(trainer_of_rank(nodes[0], 1), signal.SIGTERM)
+    assert finish(nodes, tmp_path) == [0], logs(tmp_path)
+    saved = list_checkpoints(tmp_path / "ckpt")
+    stopped = max(train_losses(tmp_path))
+    assert [p.name for p in saved] == [f"step-{stopped:06d}.ckpt"] and read_trainer_state(saved[0])["step"] == stopped
+    assert f"stopped at step {stopped}" in logs(tmp_path)
+    assert stopped < MLX_STEPS - 2, f"the signal landed at step {stopped}: too late to compare a resume"
+
+    run_nodes(tmp_path, start_mlx_hosts, mlx_argv(tmp_path, data_cache, "--training.max_steps", str(MLX_STEPS),
+                                                  "--resume", "auto"))  # fmt: skip
+    straight, resumed = train_losses(mlx_straight), train_losses(tmp_path)
+    assert sorted(resumed) == list(range(1, MLX_STEPS + 1))
+    assert all(abs(straight[s] - resumed[s]) < 1e-5 for s in straight), (straight, resumed)
+    assert max_weight_diff(mlx_straight / "ckpt/final.ckpt", tmp_path / "ckpt/final.ckpt") < 1e-6

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,11 +17,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
-from helpers import ROOT, max_weight_diff, smoke_argv, train_losses
+from helpers import ROOT, SMOKE, file_hashes, max_weight_diff, smoke_argv, train_losses
 
 from tinyllama import train_cuda, train_mlx
 from tinyllama.core.checkpoint import list_checkpoints, read_trainer_state
+from tinyllama.core.cli import UserError
+from tinyllama.core.config import load_config
+from tinyllama.core.loop import Device, Run, start_together
+from tinyllama.core.training import Start
 
 # lr constant after warmup (min_lr = lr): the schedule does not depend on max_steps, so a run stopped by a signal
 # (max_steps far away) and resumed to STEPS follows the same learning rates as a straight STEPS-step run
@@ -199,6 +205,34 @@ def test_sigterm_to_one_torchrun_node_stops_both_and_resume_matches(torch_straig
     assert max_weight_diff(torch_straight / "ckpt/final.ckpt", tmp_path / "ckpt/final.ckpt") < 1e-6
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("resume", ["auto", "path"])
+def test_a_resume_one_node_cannot_see_is_refused_on_every_node(resume, torch_straight, tmp_path, data_cache):
+    """output.dir on node 0's own disk: node 1 finds no checkpoint there. `--resume auto`: without a check rank 0
+    resumed at the last step while rank 1 started afresh at step 0 (averaging gradients of other batches from
+    other optimizer states; rank 0 wrote final.ckpt), then node 0's torchrun waited 5 minutes for node 1's.
+    `--resume PATH`: node 1 failed before the process group formed and node 0 waited in it for 30 minutes."""
+    shutil.copytree(torch_straight / "ckpt", tmp_path / "ckpt")
+    shutil.copytree(torch_straight / "logs", tmp_path / "logs")
+    before = {k: v for k, v in file_hashes(tmp_path / "ckpt").items() if k != ".lock"}  # .lock: the holder's pid
+    other = tmp_path / "node1-disk/ckpt"  # output.dir as node 1 sees it: the same path on another machine
+    how = {"auto": ("auto", "auto"), "path": (str(tmp_path / "ckpt/final.ckpt"), str(other / "final.ckpt"))}[resume]
+    argv = torch_argv(tmp_path, data_cache, "--training.max_steps", str(TORCH_STEPS + 2), "--resume", how[0])
+    blind = torch_argv(tmp_path, data_cache, "--training.max_steps", str(TORCH_STEPS + 2), "--resume", how[1],
+                       "--output.dir", str(other))  # fmt: skip
+    codes = finish(start_torch_nodes(tmp_path, argv, blind), tmp_path, timeout=120)
+    node0, node1 = ((tmp_path / f"node{i}.log").read_text() for i in (0, 1))
+    assert codes[0] != 0 and codes[1] != 0, logs(tmp_path)
+    if resume == "auto":  # both ranks say it
+        for out in (node0, node1):
+            assert f"error: rank 0 starts at step {TORCH_STEPS} ({TORCH_STEPS} updates), rank 1 at step 0 " in out
+            assert "every node must see output.dir and its checkpoints at the same path" in out
+    else:
+        assert f"error: cannot resume from {other / 'final.ckpt'}: not a finished checkpoint" in node1, node1
+        assert "error: rank 1 could not start (its error line says why" in node0, node0
+    assert {k: v for k, v in file_hashes(tmp_path / "ckpt").items() if k != ".lock"} == before  # nothing written
+
+
 # ------------------------------------------------------------------------------------- mlx.launch hostfile
 
 
@@ -244,3 +278,40 @@ def test_sigterm_to_one_mlx_host_stops_both_and_resume_matches(mlx_straight, tmp
     assert sorted(resumed) == list(range(1, MLX_STEPS + 1))
     assert all(abs(straight[s] - resumed[s]) < 1e-5 for s in straight), (straight, resumed)
     assert max_weight_diff(mlx_straight / "ckpt/final.ckpt", tmp_path / "ckpt/final.ckpt") < 1e-6
+
+
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        (0, r"rank 0 starts at step 7 \(7 updates\), rank 1 at step 8 \(7 updates\): every node must see output.dir"),
+        (2, "rank 1 has another run config .* than rank 0: start every node with the same config file"),
+        (3, "rank 1 prepared other data than rank 0 .*: every node needs the same data files"),
+        (4, "rank 1 starts from other weights or optimizer state than rank 0 at step 7"),
+    ],
+)
+def test_ranks_that_would_start_different_runs_all_stop(field, message):
+    """What each rank compares before training (step and updates, run config, data, sampled weights and moments),
+    with a stand-in for the collective that shows rank 1's vector differing in one field."""
+
+    def gather(mine):
+        theirs = mine.copy()
+        theirs[field] += 1
+        return np.stack([mine, theirs])
+
+    def run(gather):
+        run = Run(load_config(SMOKE), "torch", Device("cpu", 0), 0, 2, gather=gather)
+        run.start, run.signature = Start({"w": np.ones(3, np.float32)}, None, step=7, updates=7), {"tokens": 1}
+        return run
+
+    with pytest.raises(UserError, match=message):
+        run(gather)._check_same_start()
+    run(lambda mine: np.stack([mine, mine]))._check_same_start()  # the same start: nothing to say
+
+
+def test_a_rank_that_cannot_start_stops_the_others():
+    """start_together: the failing rank raises its own error, the others one naming it (stand-in collective)."""
+    with pytest.raises(UserError, match="rank 1 could not start"):
+        start_together(lambda: 1, 2, lambda mine: np.stack([mine, mine + 1]))
+    with pytest.raises(UserError, match="no config"):
+        start_together(lambda: (_ for _ in ()).throw(UserError("no config")), 2, lambda mine: np.stack([mine, mine]))
+    assert start_together(lambda: 5, 2, lambda mine: np.stack([mine, mine])) == 5

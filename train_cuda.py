@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         return run.dry_run()
 
     run.claim(args.resume)  # output.dir: locked, checked, never mixed with an earlier run
-    data = run.together(lambda: prepare_data(cfg.data, progress=run.is_main, launch=run.is_main))
+    data = run.together(lambda: prepare_data(cfg.data, progress=run.is_main, launch=run.is_node_main))
     start = run.prepare(data, args.resume)  # where every rank starts (the same, checked), batches, val set
     model = build_model(cfg.model, start.weights, device=device)  # fp32 master weights; bf16 via autocast
     model = wrap_model(model, cfg, device)  # before the optimizer: FSDP2 replaces the parameters

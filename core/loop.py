@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import sys
 import time
@@ -107,6 +108,7 @@ class Run:
                 f"(it launches {devices}), or set --hardware.devices 0 to train on as many as are launched"
             )
         self.is_main = rank == 0
+        self.is_node_main = first_on_its_machine(rank, world)  # starts the machine's own data.prepare: ahead
         self.total = total_steps(self.t, world)
         self.tokens_per_step = self.t.batch_size * self.t.grad_accum * self.t.seq_len * world
         self.stopped = False
@@ -401,6 +403,25 @@ def _tensor_digest(*groups: dict[str, np.ndarray] | None) -> int:
             flat = np.ascontiguousarray(group[name]).reshape(-1)
             digest.update(name.encode() + str(flat.dtype).encode() + flat[:: max(1, flat.size // 4096)].tobytes())
     return int.from_bytes(digest.digest()[:7], "little")
+
+
+def first_on_its_machine(rank: int, world: int) -> bool:
+    """Whether this process is the first of its machine, which starts that machine's own work (data.prepare: ahead's
+    background prepare: each machine may have its own data.cache_dir). torchrun says it in LOCAL_RANK; mlx.launch
+    only in its ring hostfile (MLX_HOSTFILE: each rank's "ip:port" list), where the first rank at this rank's address
+    is that machine's. When neither says, every process counts as first: the cache's lock makes the others wait."""
+    if world == 1:
+        return True
+    if os.environ.get("LOCAL_RANK", "").isdigit():
+        return int(os.environ["LOCAL_RANK"]) == 0
+    try:
+        ring = json.loads(Path(os.environ["MLX_HOSTFILE"]).read_text())
+        hosts = [sorted(address.rpartition(":")[0] for address in entry) for entry in ring]
+        if len(hosts) == world:
+            return hosts[rank] not in hosts[:rank]
+    except (KeyError, OSError, ValueError, TypeError, AttributeError):
+        pass
+    return True
 
 
 class StopSignal:

@@ -25,7 +25,7 @@ from tinyllama import train_cuda, train_mlx
 from tinyllama.core.checkpoint import list_checkpoints, read_trainer_state
 from tinyllama.core.cli import UserError
 from tinyllama.core.config import load_config
-from tinyllama.core.loop import Device, Run, start_together
+from tinyllama.core.loop import Device, Run, first_on_its_machine, start_together
 from tinyllama.core.training import Start
 
 # lr constant after warmup (min_lr = lr): the schedule does not depend on max_steps, so a run stopped by a signal
@@ -233,6 +233,20 @@ def test_a_resume_one_node_cannot_see_is_refused_on_every_node(resume, torch_str
     assert {k: v for k, v in file_hashes(tmp_path / "ckpt").items() if k != ".lock"} == before  # nothing written
 
 
+@pytest.mark.slow
+def test_ahead_data_on_a_node_with_its_own_cache(tmp_path, data_cache):
+    """data.prepare: ahead where node 1 has its own data cache (not shared): the background prepare must run on
+    every node's first process, not on global rank 0 alone, or node 1 waits for shards that never come."""
+    ahead = ("--data.prepare", "ahead", "--data.shard_tokens", "100000", "--training.max_steps", "6")
+    train_cuda.main(smoke_argv(tmp_path / "one", data_cache, *QUIET, *ahead, "--hardware.accelerator", "cpu"))
+    argv = torch_argv(tmp_path / "two", data_cache, *ahead)
+    own_cache = torch_argv(tmp_path / "two", tmp_path / "node1-cache", *ahead)
+    run_nodes(tmp_path / "two", start_torch_nodes, argv, own_cache, timeout=120)
+    one, two = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
+    assert sorted(two) == list(range(1, 7)) and all(abs(one[s] - two[s]) < 1e-4 for s in one), (one, two)
+    assert any((tmp_path / "node1-cache/prepared").glob("*/meta.json"))  # node 1 prepared its own copy
+
+
 # ------------------------------------------------------------------------------------- mlx.launch hostfile
 
 
@@ -278,6 +292,30 @@ def test_sigterm_to_one_mlx_host_stops_both_and_resume_matches(mlx_straight, tmp
     assert sorted(resumed) == list(range(1, MLX_STEPS + 1))
     assert all(abs(straight[s] - resumed[s]) < 1e-5 for s in straight), (straight, resumed)
     assert max_weight_diff(mlx_straight / "ckpt/final.ckpt", tmp_path / "ckpt/final.ckpt") < 1e-6
+
+
+@pytest.mark.parametrize(
+    ("env", "rank", "first"),
+    [
+        ({"LOCAL_RANK": "0"}, 3, True),  # torchrun: node 1's first process is global rank 3
+        ({"LOCAL_RANK": "1"}, 1, False),
+        ({"ring": [["10.0.0.1:5000"], ["10.0.0.2:5001"]]}, 1, True),  # two Macs
+        ({"ring": [["127.0.0.1:5000"], ["127.0.0.1:5001"]]}, 1, False),  # mlx.launch -n 2: one machine
+        ({"ring": [["10.0.0.1:5000", "10.0.1.1:5002"], ["10.0.0.1:5001", "10.0.1.1:5003"]]}, 1, False),
+        ({}, 1, True),  # no launcher says: every process starts its own, the cache's lock serialises them
+    ],
+)
+def test_the_first_process_of_each_machine(env, rank, first, tmp_path, monkeypatch):
+    """Who starts a machine's background data.prepare: torchrun's LOCAL_RANK 0, or the first rank at an address
+    of mlx.launch's ring hostfile."""
+    for name in ("LOCAL_RANK", "MLX_HOSTFILE"):
+        monkeypatch.delenv(name, raising=False)
+    if "ring" in env:
+        (tmp_path / "ring.json").write_text(json.dumps(env.pop("ring")))
+        env["MLX_HOSTFILE"] = str(tmp_path / "ring.json")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert first_on_its_machine(rank, 4 if "LOCAL_RANK" in env else 2) is first
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,8 @@
     python train_cuda.py --config configs/gpt2-124m.yaml
     torchrun --nproc-per-node 8 train_cuda.py --config configs/gpt2-124m.yaml        # DDP
     torchrun --nproc-per-node 8 train_cuda.py --config ... --hardware.distributed fsdp  # FSDP2
+    # several machines: the same line on each (docs/training.md)
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint gpu-a:29500 --rdzv-id r1 train_cuda.py
     python train_cuda.py --config config.yaml --resume auto     # also resumes a train_mlx.py checkpoint
 
 Same skeleton, log lines and checkpoints as train_mlx.py. Any config key: --section.key value.

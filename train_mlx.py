@@ -3,7 +3,7 @@
     python train_mlx.py --config config.yaml
     python train_mlx.py --config config.yaml --resume auto --training.max_steps 4000
     python train_mlx.py --config config.yaml --dry-run
-    mlx.launch -n 2 --hostfile hosts.json train_mlx.py --config config.yaml   # data parallel over Macs
+    mlx.launch --hostfile hosts.json --backend ring train_mlx.py --config config.yaml   # over Macs (docs/training.md)
 
 Any config key can be overridden: --section.key value (see --help).
 """

@@ -31,7 +31,7 @@ from tinyllama.core.training import Start
 # lr constant after warmup (min_lr = lr): the schedule does not depend on max_steps, so a run stopped by a signal
 # (max_steps far away) and resumed to STEPS follows the same learning rates as a straight STEPS-step run
 QUIET = ("--training.eval_every", "0", "--training.save_every", "0", "--training.min_lr", "3e-3")
-TORCH_STEPS, MLX_STEPS = 30, 10
+TORCH_STEPS = MLX_STEPS = 30  # far beyond the step a signal lands at, even when a busy machine delays it
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 TIMEOUT = 180  # a hang fails here instead of blocking the suite
 

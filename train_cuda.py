@@ -3,6 +3,8 @@
     python train_cuda.py --config configs/gpt2-124m.yaml
     torchrun --nproc-per-node 8 train_cuda.py --config configs/gpt2-124m.yaml        # DDP
     torchrun --nproc-per-node 8 train_cuda.py --config ... --hardware.distributed fsdp  # FSDP2
+    # several machines: the same line on each (docs/training.md)
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint gpu-a:29500 --rdzv-id r1 train_cuda.py
     python train_cuda.py --config config.yaml --resume auto     # also resumes a train_mlx.py checkpoint
 
 Same skeleton, log lines and checkpoints as train_mlx.py. Any config key: --section.key value.
@@ -26,7 +28,7 @@ from tinyllama.core.backend import pick
 from tinyllama.core.cli import UserError, run_cli
 from tinyllama.core.generate import mean_loss
 from tinyllama.core.hardware import cpu_name, peak_flops, rss_bytes, system_memory_bytes
-from tinyllama.core.loop import Device, Run
+from tinyllama.core.loop import Device, Run, start_together
 from tinyllama.core.training import load_train_config, parse_train_args
 from tinyllama.data.prepare import prepare_data
 from tinyllama.torch_model.generate import as_backend, peak_memory
@@ -46,27 +48,39 @@ def runtime_rss() -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args, overrides = parse_train_args(__doc__, argv, "train_cuda.py")
-    cfg = load_train_config(args.config, overrides, args.resume)
-    t = cfg.training
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    if world > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    nccl = torch.cuda.is_available()
+    comm = torch.device("cuda", local_rank) if nccl else torch.device("cpu")  # where collectives' tensors live
+    if world > 1:  # first: a rank that fails to start below must reach the others, not leave them in the rendezvous
+        if nccl:
+            torch.cuda.set_device(comm)
+        dist.init_process_group("nccl" if nccl else "gloo")
+
+    def any_rank(flag: bool) -> bool:
+        if world == 1:
+            return flag
+        value = torch.tensor([int(flag)], device=comm)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def gather(values):  # every rank's small int64 vector, in rank order
+        local = torch.from_numpy(values).to(comm)
+        every = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(every, local)
+        return torch.stack(every).cpu().numpy()
+
+    cfg = start_together(lambda: load_train_config(args.config, overrides, args.resume), world, gather)
+    t = cfg.training
     if cfg.hardware.accelerator == "mlx":
         raise UserError("hardware.accelerator is mlx: train with train_mlx.py (or train.py), or pass auto/cuda/mps/cpu")
     _, request = pick(cfg.hardware.accelerator)
-    device = resolve_device(request, int(os.environ.get("LOCAL_RANK", 0)))
+    device = resolve_device(request, local_rank)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-
-    def any_rank(flag: bool) -> bool:
-        if world == 1:
-            return flag
-        value = torch.tensor([int(flag)], device=device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
 
     name = torch.cuda.get_device_name(device) if cuda else cpu_name()
     memory = torch.cuda.get_device_properties(device).total_memory if cuda else system_memory_bytes()
@@ -76,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     runtime = 0 if cuda else runtime_rss()  # off CUDA the mem figure is the process's RSS
     traits = memory_traits(cfg, device, runtime)
     device_info = Device(f"{device} ({name})", memory, peak, measured, memory_traits=traits)
-    run = Run(cfg, "torch", device_info, rank, world, any_rank)
+    run = Run(cfg, "torch", device_info, rank, world, any_rank, gather)
     if t.optimizer == "muon" and t.muon_precision == "bfloat16" and slow_bf16_matmul(device):
         run.say(f"warning: this CPU ({name}) has no bf16 matmul instructions (AMX, AVX512-BF16): Newton-Schulz in "
                 "bf16 runs many times slower than in fp32 here; set training.muon_precision float32")  # fmt: skip
@@ -84,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
         return run.dry_run()
 
     run.claim(args.resume)  # output.dir: locked, checked, never mixed with an earlier run
-    start = run.prepare(prepare_data(cfg.data, progress=run.is_main, launch=run.is_main), args.resume)
+    data = run.together(lambda: prepare_data(cfg.data, progress=run.is_main, launch=run.is_node_main))
+    start = run.prepare(data, args.resume)  # where every rank starts (the same, checked), batches, val set
     model = build_model(cfg.model, start.weights, device=device)  # fp32 master weights; bf16 via autocast
     model = wrap_model(model, cfg, device)  # before the optimizer: FSDP2 replaces the parameters
     optimizer = make_optimizer(model, t)

@@ -3,7 +3,7 @@
     python train_mlx.py --config config.yaml
     python train_mlx.py --config config.yaml --resume auto --training.max_steps 4000
     python train_mlx.py --config config.yaml --dry-run
-    mlx.launch -n 2 --hostfile hosts.json train_mlx.py --config config.yaml   # data parallel over Macs
+    mlx.launch --hostfile hosts.json --backend ring train_mlx.py --config config.yaml   # over Macs (docs/training.md)
 
 Any config key can be overridden: --section.key value (see --help).
 """
@@ -24,12 +24,13 @@ if __name__ == "__main__":
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
+import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
 from tinyllama.core.cli import UserError, run_cli
 from tinyllama.core.generate import mean_loss
 from tinyllama.core.hardware import peak_flops
-from tinyllama.core.loop import Device, Run
+from tinyllama.core.loop import Device, Run, start_together
 from tinyllama.core.training import MemoryTraits, load_train_config, parse_train_args
 from tinyllama.data.prepare import prepare_data
 from tinyllama.mlx_model.generate import as_backend
@@ -81,15 +82,19 @@ def build_step(model, optimizer, cfg, world_size: int):
 
 def main(argv: list[str] | None = None) -> None:
     args, overrides = parse_train_args(__doc__, argv, "train_mlx.py")
-    cfg = load_train_config(args.config, overrides, args.resume)
-    t = cfg.training
-    if cfg.hardware.accelerator not in ("auto", "mlx"):
-        raise UserError(f"hardware.accelerator is {cfg.hardware.accelerator}: train with train_cuda.py (or train.py)")
-    group = mx.distributed.init()
+    group = mx.distributed.init()  # first: a rank that fails to start below must reach the others
     world = group.size()
 
     def any_rank(flag: bool) -> bool:
         return flag if world == 1 else mx.distributed.all_sum(mx.array(int(flag))).item() > 0
+
+    def gather(values):  # every rank's small int64 vector, in rank order
+        return np.array(mx.distributed.all_gather(mx.array(values)[None]))
+
+    cfg = start_together(lambda: load_train_config(args.config, overrides, args.resume), world, gather)
+    t = cfg.training
+    if cfg.hardware.accelerator not in ("auto", "mlx"):
+        raise UserError(f"hardware.accelerator is {cfg.hardware.accelerator}: train with train_cuda.py (or train.py)")
 
     chip = device_name()
     peak = peak_flops(chip, t.dtype)
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         peak_measured=measured,
         memory_traits=MemoryTraits(lazy_graph=True, logit_copies=logit_copies()),
     )
-    run = Run(cfg, "mlx", device, group.rank(), world, any_rank)
+    run = Run(cfg, "mlx", device, group.rank(), world, any_rank, gather)
     if t.optimizer == "muon" and t.muon_precision == "bfloat16" and mx.default_device().type == mx.cpu:
         run.say("warning: MLX's CPU backend has no fast bf16 matmul: Newton-Schulz in bf16 runs many times slower than "
                 "in fp32 there; set training.muon_precision float32 (bf16 pays on Apple's GPU)")  # fmt: skip
@@ -110,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         return run.dry_run()
 
     run.claim(args.resume)  # output.dir: locked, checked, never mixed with an earlier run
-    start = run.prepare(prepare_data(cfg.data, progress=run.is_main, launch=run.is_main), args.resume)
+    data = run.together(lambda: prepare_data(cfg.data, progress=run.is_main, launch=run.is_node_main))
+    start = run.prepare(data, args.resume)  # where every rank starts (the same, checked), batches, val set
     model = build_model(cfg.model, start.weights, dtype=t.dtype)
     optimizer = make_optimizer(t, cfg.model)
     load_optimizer_state(optimizer, model, start.optimizer, start.updates)

@@ -15,13 +15,16 @@ optimizer, the compiled step, the eval forward, capturing state for a checkpoint
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -78,18 +81,29 @@ class Device:
 
 
 Capture = Callable[[], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]  # -> (weights, optimizer moments)
+T = TypeVar("T")
+Gather = Callable[[np.ndarray], np.ndarray]  # this rank's int64 vector (n,) -> every rank's, (world, n) in rank order
 
 
 class Run:
     """One training run's framework-free state: data, schedule, progress, metrics, checkpoints."""
 
     def __init__(
-        self, cfg: Config, backend: str, device: Device, rank: int, world: int, any_rank: Callable[[bool], bool] = bool
+        self,
+        cfg: Config,
+        backend: str,
+        device: Device,
+        rank: int,
+        world: int,
+        any_rank: Callable[[bool], bool] = bool,
+        gather: Gather | None = None,
     ):
         """`any_rank(flag)`: True on every process when any process passes True (a collective, so that all
-        ranks decide together and none is left waiting for a stopped one)."""
+        ranks decide together and none is left waiting for a stopped one). `gather`: every rank's copy of a
+        small int64 vector (a collective; needed when world > 1), to check that all ranks start the same run."""
         self.cfg, self.t = cfg, cfg.training
         self.backend, self.device, self.rank, self.world, self.any_rank = backend, device, rank, world, any_rank
+        self.gather = gather or (lambda values: values[None])
         devices = cfg.hardware.devices
         if devices and devices != world:
             raise UserError(
@@ -101,6 +115,7 @@ class Run:
                 "training.time_budget times one process's steps; with several processes set training.max_steps"
             )
         self.is_main = rank == 0
+        self.is_node_main = first_on_its_machine(rank, world)  # starts the machine's own data.prepare: ahead
         self.total = total_steps(self.t, world)
         self.tokens_per_step = self.t.batch_size * self.t.grad_accum * self.t.seq_len * world
         self.stopped = False
@@ -158,7 +173,8 @@ class Run:
         self.data = data
         data.check_model_vocab(self.cfg.model.vocab_size)
         self.signature = data.signature()
-        self.start = resolve_start(self.cfg, resume, self.world, self.signature)
+        self.start = self.together(lambda: resolve_start(self.cfg, resume, self.world, self.signature))
+        self._check_same_start()
         self.loader = data.train_batches(t.seq_len, t.batch_size, t.seed, self.rank, self.world, t.grad_accum)
         self.val = data.val_windows(t.seq_len, t.eval_batches * t.batch_size)
         self.val_targets, self.val_bytes = target_bytes(self.val, data.token_bytes(self.cfg.model.vocab_size))
@@ -182,6 +198,49 @@ class Run:
             self.budget = TimeBudget(t.time_budget * 60, self.start.step, t.warmup_steps, t.eval_every)
         self.loss, self.lr_now = float("nan"), lr_at(self.start.step, t, self.total)
         return self.start
+
+    def together(self, setup: Callable[[], T]) -> T:
+        """`setup()` on every rank; if it fails on any, every rank stops (start_together)."""
+        return start_together(setup, self.world, self.gather)
+
+    def _check_same_start(self) -> None:
+        """Every rank must start the same run at the same step. Each machine reads its own output.dir, config and
+        data: a node that cannot see the checkpoint (output.dir on another machine's disk) would start at step 0
+        while rank 0 resumes, averaging gradients of other batches from other optimizer states. All ranks compare
+        and all stop with the same error, before anything is written."""
+        if self.world == 1:
+            return
+        start = self.start
+        config = self.cfg.to_dict()
+        config["data"].pop("cache_dir", None)  # where this machine keeps its prepared data: may differ
+        run = {section: config[section] for section in ("model", "training", "data")}
+        weights = _tensor_digest(start.weights, start.optimizer)
+        mine = np.array([start.step, start.updates, _digest(run), _digest(self.signature), weights], np.int64)
+        every = np.asarray(self.gather(mine)).reshape(self.world, len(mine))
+        other = next((r for r in range(self.world) if not np.array_equal(every[r], every[0])), None)
+        if other is None:
+            return
+        (step, updates, config_id, data_id, _), theirs = every[0], every[other]
+        if (theirs[0], theirs[1]) != (step, updates):
+            raise UserError(
+                f"rank 0 starts at step {step} ({updates} updates), rank {other} at step {theirs[0]} ({theirs[1]} "
+                f"updates): every node must see output.dir and its checkpoints at the same path to resume; put "
+                f"output.dir on a file system all nodes share, or copy the checkpoint to that path on each node"
+            )
+        if theirs[2] != config_id:
+            raise UserError(
+                f"rank {other} has another run config (model, training or data section) than rank 0: start every "
+                f"node with the same config file and --section.key arguments (on a resume: the same checkpoint)"
+            )
+        if theirs[3] != data_id:
+            raise UserError(
+                f"rank {other} prepared other data than rank 0 (dataset {self.cfg.data.dataset}): every node needs "
+                f"the same data files and tokenizer, or one data.cache_dir they share"
+            )
+        raise UserError(
+            f"rank {other} starts from other weights or optimizer state than rank 0 at step {step}: every node must "
+            f"read the same checkpoint (--resume) or training.init_from"
+        )
 
     def attach(
         self,
@@ -352,6 +411,61 @@ class Run:
         return write_checkpoint(
             self.cfg, name, weights, moments, state, self.data.tokenizer_dir, tokenizer.eos_id, tokenizer.bos_id
         )
+
+
+def start_together(setup: Callable[[], T], world: int, gather: Gather) -> T:
+    """`setup()` (reading the config, the checkpoint to resume) on every rank; when it fails on some, every rank
+    stops: the failing ones with their own error line, the others naming them. On several machines a rank that
+    just exits leaves the others waiting for it (torchrun's agent on another node never learns of it)."""
+    error = None
+    try:
+        result = setup()
+    except Exception as exc:  # a UserError's line, an OSError, a bug's traceback: raised again below
+        error = exc
+    if world > 1:
+        failed = [r for r, row in enumerate(np.asarray(gather(np.array([error is not None], np.int64)))) if row[0]]
+        if failed and error is None:
+            ranks = ", ".join(map(str, failed))
+            raise UserError(f"rank {ranks} could not start (its error line says why, in its node's output)")
+    if error is not None:
+        raise error
+    return result
+
+
+def _digest(value: Any) -> int:
+    """A 56-bit digest of a JSON-able value (fits an int64 on every backend)."""
+    text = json.dumps(value, sort_keys=True, default=str)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "little")
+
+
+def _tensor_digest(*groups: dict[str, np.ndarray] | None) -> int:
+    """A digest of named tensors from ~4096 evenly spaced elements of each: cheap at any model size, and two
+    different checkpoints (or inits) differ in it."""
+    digest = hashlib.sha256()
+    for group in groups:
+        for name in sorted(group or {}):
+            flat = np.ascontiguousarray(group[name]).reshape(-1)
+            digest.update(name.encode() + str(flat.dtype).encode() + flat[:: max(1, flat.size // 4096)].tobytes())
+    return int.from_bytes(digest.digest()[:7], "little")
+
+
+def first_on_its_machine(rank: int, world: int) -> bool:
+    """Whether this process is the first of its machine, which starts that machine's own work (data.prepare: ahead's
+    background prepare: each machine may have its own data.cache_dir). torchrun says it in LOCAL_RANK; mlx.launch
+    only in its ring hostfile (MLX_HOSTFILE: each rank's "ip:port" list), where the first rank at this rank's address
+    is that machine's. When neither says, every process counts as first: the cache's lock makes the others wait."""
+    if world == 1:
+        return True
+    if os.environ.get("LOCAL_RANK", "").isdigit():
+        return int(os.environ["LOCAL_RANK"]) == 0
+    try:
+        ring = json.loads(Path(os.environ["MLX_HOSTFILE"]).read_text())
+        hosts = [sorted(address.rpartition(":")[0] for address in entry) for entry in ring]
+        if len(hosts) == world:
+            return hosts[rank] not in hosts[:rank]
+    except (KeyError, OSError, ValueError, TypeError, AttributeError):
+        pass
+    return True
 
 
 class StopSignal:

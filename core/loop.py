@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tinyllama.core.architecture import flops_per_token
-from tinyllama.core.cli import UserError, human_bytes, human_flops
+from tinyllama.core.cli import UserError, human_bytes, human_flops, progress
 from tinyllama.core.config import Config
 from tinyllama.core.fs import release_lock
 from tinyllama.core.metrics import MetricsLog
@@ -213,10 +213,8 @@ class Run:
         """The 0-based steps still to run, under a progress bar (on rank 0, only when stdout and stderr are both a
         terminal: piped, the log line every log_every steps is the progress). After SIGINT / SIGTERM the step in
         flight finishes, a checkpoint is written and the iteration ends (exit 0; --resume auto continues)."""
-        from tqdm import tqdm
-
-        shown = self.is_main and sys.stdout.isatty() and sys.stderr.isatty()
-        self.bar = tqdm(total=self.total, initial=self.start.step, disable=not shown, unit="step", dynamic_ncols=True)
+        shown = self.is_main and sys.stdout.isatty()  # and stderr (core.cli.progress): else the log line
+        self.bar = progress(total=self.total, initial=self.start.step, shown=shown, unit="step", dynamic_ncols=True)
         try:
             with StopSignal() as stop:
                 for step in range(self.start.step, self.total):

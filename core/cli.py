@@ -152,6 +152,12 @@ def run_cli(main: Callable[[], object]) -> None:
         raise SystemExit(130) from None
 
 
+def install_extra(extra: str) -> str:
+    """The command that installs one of this package's extras (pyproject.toml's optional-dependencies), spelled
+    as docs/install.md spells it: an editable install of the clone, run from its root."""
+    return f'pip install -e ".[{extra}]"'
+
+
 def human_count(n: float) -> str:
     """41300 -> '41.3k', 1.2e6 -> '1.2M'."""
     for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):

@@ -125,10 +125,31 @@ def test_missing_package_is_one_line_before_any_output(tmp_path, data_cache, cap
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        f"error: output.report_to {package} needs the {package} package: pip install 'tiny-llama[logging]' "
+        f'error: output.report_to {package} needs the {package} package: pip install -e ".[logging]" in the clone '
         f"(or pip install {package}), or set --output.report_to none"
     ]
     assert not (tmp_path / "ckpt").exists() and not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("package", ["tensorboard", "wandb"])
+def test_the_install_hint_names_an_extra_that_holds_the_package_as_the_docs_spell_it(package, monkeypatch):
+    """The hint's command installs an extra pyproject.toml has, holding the missing package, spelled as the docs
+    spell it (it said pip install 'tiny-llama[logging]', a name no index serves this project under)."""
+    import re
+    import tomllib
+
+    from tinyllama.core.cli import UserError
+    from tinyllama.core.report import check
+
+    monkeypatch.setitem(sys.modules, package, None)
+    with pytest.raises(UserError) as error:
+        check(package)
+    command = re.search(r"pip install -e \"\.\[(\w+)\]\"", str(error.value))
+    assert command, str(error.value)
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(re.match(rf"{package}\b", requirement) for requirement in extras[command.group(1)])
+    docs = (ROOT / "docs" / "training.md").read_text() + (ROOT / "docs" / "install.md").read_text()
+    assert command.group(0) in docs and f"`{command.group(1)}`" in (ROOT / "docs" / "install.md").read_text()
 
 
 # ------------------------------------------------------------------------------------- wandb

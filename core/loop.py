@@ -72,6 +72,7 @@ class Device:
     peak_flops: float | None = None  # for MFU (None: MFU not shown)
     peak_measured: bool = False  # peak_flops is this machine's measured GEMM rate, not a published peak
     memory_traits: MemoryTraits = field(default_factory=MemoryTraits)  # for the memory estimate
+    absent: str = ""  # --dry-run only: this machine lacks the device planned for; why, and what it needs
 
 
 Capture = Callable[[], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]  # -> (weights, optimizer moments)
@@ -108,7 +109,8 @@ class Run:
     # ------------------------------------------------------------------------------------- setup
 
     def dry_run(self) -> None:
-        """--dry-run: size, FLOPs and the memory estimate against the device; exit 1 when it cannot fit."""
+        """--dry-run: size, FLOPs and the memory estimate against the device; exit 1 when the run cannot start
+        here: it does not fit the device, or the device planned for is not on this machine (`Device.absent`)."""
         d = self.device
         report, fits = dry_run_report(
             self.cfg,
@@ -119,7 +121,9 @@ class Run:
             d.memory_traits,
         )
         print(report)
-        if not fits:
+        if d.absent:
+            print(f"not here: {d.absent}")
+        if d.absent or not fits:
             raise SystemExit(1)
 
     def claim(self, resume: str) -> None:

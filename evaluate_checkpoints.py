@@ -28,7 +28,14 @@ from tinyllama.convert.model_source import resolve_model
 from tinyllama.core.backend import BACKENDS, load_backend, pick
 from tinyllama.core.cases import case_tokens, load_cases
 from tinyllama.core.checkpoint import read_train_config, read_trainer_state
-from tinyllama.core.cli import ArgumentParser, UserError, exit_without_teardown, human_count, run_cli
+from tinyllama.core.cli import (
+    ArgumentParser,
+    UserError,
+    exit_without_teardown,
+    human_count,
+    progress,
+    run_cli,
+)
 from tinyllama.core.config import Config, config_from_dict
 from tinyllama.core.dtypes import dtype_arg
 from tinyllama.core.fs import atomic_path, check_writable, write_text
@@ -269,8 +276,6 @@ def plot(records: list[dict[str, Any]], path: Path, k: int) -> None:
 
 
 def main(argv: list[str] | None = None, fast_blas: bool = False) -> list[dict[str, Any]]:
-    from tqdm import tqdm
-
     args = parse_args(argv)
     if fast_blas and pick(args.backend)[0] == "mlx":
         from tinyllama.mlx_model.blas import ensure_fast_blas
@@ -286,7 +291,7 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> list[dict[st
         read_model_config(local[path])  # every checkpoint readable before the long part starts
     memo: dict = {}
     records, notes = [], Counter()
-    for path in tqdm(paths, desc="checkpoints", unit="ckpt", file=sys.stderr, disable=None):
+    for path in progress(paths, desc="checkpoints", unit="ckpt"):
         record = {**evaluate(local[path], args, cases, memo), "checkpoint": str(path)}
         note = record.pop("_note")
         if note:

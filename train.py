@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tinyllama.core.backend import pick
 from tinyllama.core.cli import UserError, exit_on_interrupt, run_cli
-from tinyllama.core.config import load_config
+from tinyllama.core.config import find_config, load_config
 from tinyllama.core.training import parse_train_args
 
 ROOT = Path(__file__).resolve().parent
@@ -44,11 +44,25 @@ def command(backend: str, devices: int, argv: list[str]) -> list[str]:
     return [str(launcher), "-n", str(devices), "--backend", "ring", "--python", sys.executable, trainer, *argv]
 
 
+def with_config(argv: list[str], config: Path) -> list[str]:
+    """argv with --config naming `config`: the trainer reads the file found here and does not look for it (and
+    say so) again."""
+    out, rest = [], list(argv)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--config" and rest:
+            rest.pop(0)
+        elif not arg.startswith("--config="):
+            out.append(arg)
+    return ["--config", str(config), *out]
+
+
 def main(argv: list[str]) -> None:
     args, overrides = parse_train_args(__doc__, argv, "train.py")
-    cfg = load_config(args.config, overrides)  # fail here, once, on a bad config
+    config = find_config(args.config)  # a bundled config's name: said once, here
+    cfg = load_config(config, overrides)  # fail here, once, on a bad config
     backend, _ = pick(cfg.hardware.accelerator)
-    cmd = command(backend, cfg.hardware.devices, argv)
+    cmd = command(backend, cfg.hardware.devices, with_config(argv, config) if config != Path(args.config) else argv)
     print(f"hardware.accelerator {cfg.hardware.accelerator} -> {' '.join(cmd[1:3])}", file=sys.stderr)
     os.execv(cmd[0], cmd)
 

@@ -25,11 +25,11 @@ import torch
 import torch.distributed as dist
 
 from tinyllama.core.backend import pick
-from tinyllama.core.cli import UserError, run_cli
+from tinyllama.core.cli import UserError, human_bytes, run_cli
 from tinyllama.core.generate import mean_loss
 from tinyllama.core.hardware import cpu_name, peak_flops, rss_bytes, system_memory_bytes
 from tinyllama.core.loop import Device, Run, start_together
-from tinyllama.core.training import load_train_config, parse_train_args
+from tinyllama.core.training import estimate_memory, load_train_config, parse_train_args
 from tinyllama.data.prepare import prepare_data
 from tinyllama.torch_model.generate import as_backend, peak_memory
 from tinyllama.torch_model.muon import slow_bf16_matmul
@@ -44,6 +44,24 @@ def runtime_rss() -> int:
     import torch._dynamo  # noqa: F401
 
     return rss_bytes()
+
+
+ABSENT = {"cuda": ("no CUDA GPU is visible", "a CUDA GPU"), "mps": ("MPS is not available", "MPS")}
+
+
+def not_here(cfg, request: str, traits) -> str:
+    """--dry-run on a machine without the device the config asks for (planning a GPU run from a laptop): what
+    that device needs for the plan, and what this machine's CPU would need instead."""
+    need = estimate_memory(cfg, traits)["total"]
+    here = estimate_memory(cfg, memory_traits(cfg, torch.device("cpu"), runtime_rss()))["total"]
+    have = system_memory_bytes()
+    lacking, device = ABSENT[request]
+    return (
+        f"{lacking} on this machine, so the run cannot start here. On {device} it needs about {human_bytes(need)}: "
+        f"{human_bytes(need / 0.9)} or more of memory per process. On this machine's CPU ({cpu_name()}, "
+        f"{human_bytes(have)}), with --hardware.accelerator cpu: about {human_bytes(here)} "
+        f"({'fits' if here <= 0.9 * have else 'does not fit'})"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,8 +93,14 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.hardware.accelerator == "mlx":
         raise UserError("hardware.accelerator is mlx: train with train_mlx.py (or train.py), or pass auto/cuda/mps/cpu")
     _, request = pick(cfg.hardware.accelerator)
-    device = resolve_device(request, local_rank)
-    cuda = device.type == "cuda"
+    try:
+        device = resolve_device(request, local_rank)
+        absent = False
+    except UserError:
+        if not args.dry_run:
+            raise
+        device, absent = torch.device(request), True  # --dry-run plans for the device asked for, from any machine
+    cuda = device.type == "cuda" and not absent
     if cuda:
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -87,9 +111,12 @@ def main(argv: list[str] | None = None) -> None:
     peak = peak_flops(name, t.dtype, tf32=True) if cuda else None  # TF32 matmuls are on (above)
     measured = peak is None and not args.dry_run
     peak = measured_gemm_flops(device, t.dtype) if measured else peak  # a CPU or an unlisted GPU: ~1 s
-    runtime = 0 if cuda else runtime_rss()  # off CUDA the mem figure is the process's RSS
+    runtime = 0 if device.type == "cuda" else runtime_rss()  # off CUDA the mem figure is the process's RSS
     traits = memory_traits(cfg, device, runtime)
-    device_info = Device(f"{device} ({name})", memory, peak, measured, memory_traits=traits)
+    if absent:
+        device_info = Device(f"{device} (none here)", 0, memory_traits=traits, absent=not_here(cfg, request, traits))
+    else:
+        device_info = Device(f"{device} ({name})", memory, peak, measured, memory_traits=traits)
     run = Run(cfg, "torch", device_info, rank, world, any_rank, gather)
     if t.optimizer == "muon" and t.muon_precision == "bfloat16" and slow_bf16_matmul(device):
         run.say(f"warning: this CPU ({name}) has no bf16 matmul instructions (AMX, AVX512-BF16): Newton-Schulz in "

@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from tinyllama.convert.common import (
     FP16_MAX,
@@ -34,6 +33,7 @@ from tinyllama.convert.common import (
 from tinyllama.convert.gguf_layout import gguf_names, permute_qk, qk_heads
 from tinyllama.convert.gguf_tokenizer import GGUFVocab, vocab_from_tokenizer_dir
 from tinyllama.core.architecture import architecture, head_name
+from tinyllama.core.cli import progress
 from tinyllama.core.config import ModelConfig
 from tinyllama.core.dtypes import numpy_dtype
 from tinyllama.core.model_files import read_hf_config, read_model_config
@@ -119,7 +119,7 @@ def gguf_tensors(cfg: ModelConfig, weights: dict[str, np.ndarray], dtype: str) -
     """(GGUF name, encoded data, GGML type) for every weight, q/k rows in llama.cpp's order."""
     out = []
     head = head_name(cfg)
-    for gguf_name, name in tqdm(gguf_names(cfg).items(), desc=f"encode {dtype}", unit="tensor", disable=None):
+    for gguf_name, name in progress(gguf_names(cfg).items(), desc=f"encode {dtype}", unit="tensor"):
         heads = qk_heads(cfg, name)
         value = permute_qk(weights[name], heads) if heads else weights[name]
         data, qtype = encode_tensor(name, value, dtype, head=name == head)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from tinyllama.convert.common import (
     ConvertError,
@@ -28,6 +27,7 @@ from tinyllama.convert.common import (
 from tinyllama.convert.gguf_layout import gguf_names, qk_heads, unpermute_qk
 from tinyllama.convert.gguf_tokenizer import GGUFVocab, write_tokenizer_dir
 from tinyllama.core.architecture import FORMATS, implied_by, parameter_shapes
+from tinyllama.core.cli import progress
 from tinyllama.core.config import ModelConfig
 
 
@@ -165,7 +165,7 @@ def read_gguf_weights(reader, cfg: ModelConfig, source: str) -> dict[str, np.nda
                 f"re-export the model"
             )
     weights: dict[str, np.ndarray] = {}
-    for gguf_name, name in tqdm(by_gguf.items(), desc="dequantize", unit="tensor", disable=None):
+    for gguf_name, name in progress(by_gguf.items(), desc="dequantize", unit="tensor"):
         t = tensors[gguf_name]
         try:
             value = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)

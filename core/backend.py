@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from tinyllama.core import generate as driver
-from tinyllama.core.cli import UserError
+from tinyllama.core.cli import UserError, install_extra
 from tinyllama.core.config import ModelConfig
 from tinyllama.core.hardware import is_apple_silicon
 from tinyllama.core.sampling import SamplingParams
@@ -98,7 +98,7 @@ def pick(accelerator: str) -> tuple[str, str]:
     raise UserError(f"unknown backend or accelerator '{accelerator}': use auto, mlx, torch, cuda, mps or cpu")
 
 
-INSTALL = {"mlx": "pip install 'tiny-llama[mlx]' (mlx[cpu] on Linux)", "torch": "pip install torch"}
+INSTALL = {"mlx": f"{install_extra('mlx')} in the clone (mlx[cpu] on Linux)", "torch": "pip install torch"}
 
 
 def load_backend(name: str, path: str | Path, dtype: str | None, device: str) -> Backend:

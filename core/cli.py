@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 
 class UserError(ValueError):
@@ -98,10 +98,36 @@ def os_error_message(exc: OSError) -> str:
     return f"cannot use{where}: {reason}; {fix}"
 
 
+def progress(iterable: Any = None, shown: bool = True, **kwargs: Any) -> Any:
+    """A tqdm progress bar on stderr, drawn only when stderr is a terminal (and `shown`): redirected into a file or
+    a pipe (CI, `2> log`, `| tee`) a bar is a stream of carriage-return redraws, so there it writes nothing and
+    the command's own lines are the progress. Every bar of this project is made here: the decision is ours, not
+    tqdm's `disable=None`, which looks at whatever `file` the bar was given and has not meant the same in every
+    tqdm release."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, file=sys.stderr, disable=not (shown and sys.stderr.isatty()), **kwargs)
+
+
+def quiet_other_progress_bars() -> None:
+    """Other libraries' bars (huggingface_hub's downloads, datasets' loading) follow the same rule as ours: none
+    when stderr is not a terminal. Their switches are environment variables read at import (an explicit setting
+    wins), and a function for a hub already imported."""
+    if sys.stderr.isatty():
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    hub = sys.modules.get("huggingface_hub.utils")
+    if hub is not None and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
+        hub.disable_progress_bars()
+
+
 def run_cli(main: Callable[[], object]) -> None:
     """Call `main`; a UserError (config, checkpoint, data, ...) or a failed file operation becomes one line
-    on stderr and exit 2 (with --debug / TINYLLAMA_DEBUG=1: the traceback)."""
+    on stderr and exit 2 (with --debug / TINYLLAMA_DEBUG=1: the traceback). Progress bars are drawn only on a
+    terminal (`progress`, `quiet_other_progress_bars`)."""
     debug = debugging()
+    quiet_other_progress_bars()
     if "--debug" in sys.argv:
         sys.argv.remove("--debug")
     try:
@@ -124,6 +150,12 @@ def run_cli(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def install_extra(extra: str) -> str:
+    """The command that installs one of this package's extras (pyproject.toml's optional-dependencies), spelled
+    as docs/install.md spells it: an editable install of the clone, run from its root."""
+    return f'pip install -e ".[{extra}]"'
 
 
 def human_count(n: float) -> str:

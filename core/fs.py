@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,12 +71,45 @@ def _fsync_tree(path: Path) -> None:
             os.close(fd)
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where the system shows it (Linux: /proc/self/status);
+    elsewhere set and put back at once."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _default_modes(path: Path) -> None:
+    """Give a file, or every file and directory of a tree, the permissions a file the user creates gets:
+    0666 (0777 for directories and executables) less the umask. Writers that go through a temporary file of
+    their own (safetensors' save_file: 0600) would otherwise publish files other users cannot read, unlike the
+    rest of the same checkpoint."""
+    mask = umask()
+    paths = [path]
+    if path.is_dir() and not path.is_symlink():
+        for root, dirs, files in os.walk(path):
+            paths += [Path(root) / name for name in (*files, *dirs)]
+    for item in paths:
+        st = item.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            continue
+        full = 0o777 if stat.S_ISDIR(st.st_mode) or st.st_mode & 0o111 else 0o666
+        if stat.S_IMODE(st.st_mode) != full & ~mask:
+            os.chmod(item, full & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `final` for the caller to create (a file or a directory); when the
-    block succeeds it is fsynced and renamed onto `final`, otherwise removed. A file replaces the old one in
-    one rename; a directory cannot, so the old one is renamed aside first and put back if the swap fails
-    (a kill between the two renames leaves it as `.<name>.old-<pid>`, which `remove_debris` restores).
+    block succeeds its permissions are made a normal file's (the umask's: `_default_modes`), it is fsynced and
+    renamed onto `final`, otherwise removed. A file replaces the old one in one rename; a directory cannot,
+    so the old one is renamed aside first and put back if the swap fails (a kill between the two renames
+    leaves it as `.<name>.old-<pid>`, which `remove_debris` restores).
     One writer per path at a time: temporary names carry the process id, not the thread."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -83,6 +117,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     remove(tmp)
     try:
         yield tmp
+        _default_modes(tmp)
         _fsync_tree(tmp)
         if final.is_dir() and not final.is_symlink():
             old = _hidden(final, OLD_MARK)

@@ -30,7 +30,7 @@ import numpy as np
 
 from tinyllama.core.architecture import flops_per_token
 from tinyllama.core.budget import TimeBudget
-from tinyllama.core.cli import UserError, human_bytes, human_flops
+from tinyllama.core.cli import UserError, human_bytes, human_flops, progress
 from tinyllama.core.config import Config
 from tinyllama.core.fs import release_lock
 from tinyllama.core.generate import target_bytes
@@ -78,6 +78,7 @@ class Device:
     peak_flops: float | None = None  # for MFU (None: MFU not shown)
     peak_measured: bool = False  # peak_flops is this machine's measured GEMM rate, not a published peak
     memory_traits: MemoryTraits = field(default_factory=MemoryTraits)  # for the memory estimate
+    absent: str = ""  # --dry-run only: this machine lacks the device planned for; why, and what it needs
 
 
 Capture = Callable[[], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]  # -> (weights, optimizer moments)
@@ -130,7 +131,8 @@ class Run:
     # ------------------------------------------------------------------------------------- setup
 
     def dry_run(self) -> None:
-        """--dry-run: size, FLOPs and the memory estimate against the device; exit 1 when it cannot fit."""
+        """--dry-run: size, FLOPs and the memory estimate against the device; exit 1 when the run cannot start
+        here: it does not fit the device, or the device planned for is not on this machine (`Device.absent`)."""
         d = self.device
         report, fits = dry_run_report(
             self.cfg,
@@ -141,7 +143,9 @@ class Run:
             d.memory_traits,
         )
         print(report)
-        if not fits:
+        if d.absent:
+            print(f"not here: {d.absent}")
+        if d.absent or not fits:
             raise SystemExit(1)
 
     def claim(self, resume: str) -> None:
@@ -288,10 +292,8 @@ class Run:
         """The 0-based steps still to run, under a progress bar (on rank 0, only when stdout and stderr are both a
         terminal: piped, the log line every log_every steps is the progress). After SIGINT / SIGTERM the step in
         flight finishes, a checkpoint is written and the iteration ends (exit 0; --resume auto continues)."""
-        from tqdm import tqdm
-
-        shown = self.is_main and sys.stdout.isatty() and sys.stderr.isatty()
-        self.bar = tqdm(total=self.total, initial=self.start.step, disable=not shown, unit="step", dynamic_ncols=True)
+        shown = self.is_main and sys.stdout.isatty()  # and stderr (core.cli.progress): else the log line
+        self.bar = progress(total=self.total, initial=self.start.step, shown=shown, unit="step", dynamic_ncols=True)
         try:
             with StopSignal() as stop:
                 step = self.start.step

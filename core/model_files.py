@@ -18,7 +18,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from tinyllama.core.architecture import ignored_layers, moment_shapes, parameter_shapes, tensor_count
-from tinyllama.core.cli import UserError
+from tinyllama.core.cli import UserError, progress
 from tinyllama.core.config import ConfigError, ModelConfig
 from tinyllama.core.dtypes import numpy_dtype
 from tinyllama.core.fs import is_temporary
@@ -122,10 +122,8 @@ def _header(file: Path, fix: str) -> dict[str, tuple[str, tuple[int, ...]]]:
 def _read_tensors(file: Path, names: list[str], fix: str) -> dict[str, np.ndarray]:
     try:
         with safe_open(file, framework="numpy") as f:
-            if len(names) >= 100:  # a large sharded model: a progress bar (small ones skip importing tqdm)
-                from tqdm import tqdm
-
-                names = tqdm(names, desc=f"read {file.name}", unit="tensor", leave=False)
+            if len(names) >= 100:  # a large model: a progress bar on a terminal (small ones skip importing tqdm)
+                names = progress(names, desc=f"read {file.name}", unit="tensor", leave=False)
             tensors = {name: f.get_tensor(name) for name in names}
     except (SafetensorError, OSError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{file} is corrupt or truncated ({exc}); {fix}") from None

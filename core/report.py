@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from tinyllama.core.cli import UserError
+from tinyllama.core.cli import UserError, install_extra
 from tinyllama.core.config import Config
 
 _files = itertools.count()  # event file names stay unique for several runs in one process (tests)
@@ -50,7 +50,7 @@ def check(report_to: str) -> None:
             import wandb  # noqa: F401
     except ImportError:
         raise UserError(
-            f"output.report_to {report_to} needs the {report_to} package: pip install 'tiny-llama[logging]' "
+            f"output.report_to {report_to} needs the {report_to} package: {install_extra('logging')} in the clone "
             f"(or pip install {report_to}), or set --output.report_to none"
         ) from None
 

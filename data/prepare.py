@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tinyllama.core.cli import ArgumentParser, UserError, module_prog, run_cli
+from tinyllama.core.cli import ArgumentParser, UserError, module_prog, progress, run_cli
 from tinyllama.core.config import DataConfig, load_config, parse_overrides
 from tinyllama.core.config_help import override_help
 from tinyllama.core.fs import MARKS, OLD_MARK, atomic_path, file_lock, fsync_dir, remove, write_json
@@ -57,10 +57,7 @@ def _limited(source: Source, max_documents: int) -> Iterator[str]:
 
 
 def _progress(enabled: bool, desc: str) -> Any:
-    from tqdm import tqdm
-
-    shown = enabled and sys.stderr.isatty()  # piped (CI, `| tee`): no redraws; the summary line follows
-    return tqdm(desc=desc, unit="tok", unit_scale=True, disable=not shown, file=sys.stderr, dynamic_ncols=True)
+    return progress(shown=enabled, desc=desc, unit="tok", unit_scale=True, dynamic_ncols=True)  # then a summary
 
 
 def _meta(source: Source, tokenizer: Tokenizer, cfg: DataConfig, progress: Progress, extra: dict[str, Any]) -> dict:

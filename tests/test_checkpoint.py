@@ -239,3 +239,28 @@ def test_mlx_model_loads_a_bf16_checkpoint_in_bf16(tmp_path):
     weights = {k: v.astype(ml_dtypes.bfloat16) for k, v in init_weights(cfg).items()}
     model, _ = load_mlx(save_checkpoint(tmp_path / "x.ckpt", weights, cfg))
     assert model.model.embed_tokens.weight.dtype == mx.bfloat16
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027], ids=["umask-022", "umask-027"])
+def test_every_file_of_a_checkpoint_and_of_an_export_has_a_normal_files_mode(tmp_path, mask):
+    """safetensors' save_file makes its file 0600 where the rest of a checkpoint was 0644: every file written through
+    core.fs.atomic_path (checkpoints, converter outputs) gets 0666 less the umask, directories 0777 less it."""
+    from tinyllama.convert.__main__ import main as convert_main
+
+    cfg = TINY_MODELS["gqa8x2-tied"]
+    weights = init_weights(cfg)
+    old = os.umask(mask)
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("a file the user makes")
+        path = save_checkpoint(tmp_path / "final.ckpt", weights, cfg, optimizer=fake_optimizer(weights))
+        convert_main(["export-hf", str(path), str(tmp_path / "release")])
+    finally:
+        os.umask(old)
+    assert oct(plain.stat().st_mode & 0o777) == oct(0o666 & ~mask)
+    for out in (path, tmp_path / "release"):
+        files = sorted(p for p in out.rglob("*") if p.is_file())
+        assert {p.name for p in files} >= {"model.safetensors", "config.json"}
+        assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(0o666 & ~mask) for p in files}
+        assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~mask)
+    assert (path / "optimizer.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from helpers import ROOT, TINY_MODELS
@@ -113,6 +114,27 @@ def test_resolved_config_round_trips(tmp_path):
 @pytest.mark.parametrize("name", ["config.yaml", "configs/smoke.yaml", "configs/gpt2-124m.yaml"])
 def test_shipped_configs_are_valid(name):
     load_config(ROOT / name)
+
+
+@pytest.mark.slow  # two fresh processes
+def test_a_bundled_config_by_name_is_found_and_said_once(tmp_path):
+    """`python train.py --config smoke` from a directory without it: train.py finds the bundled file, says so once,
+    and hands the trainer it execs that file (the trainer said it a second time)."""
+    import subprocess
+    import sys
+
+    from tinyllama.train import with_config
+
+    assert with_config(["--config=smoke", "--dry-run"], Path("/x/smoke.yaml")) == [
+        "--config",
+        "/x/smoke.yaml",
+        "--dry-run",
+    ]
+    argv = [sys.executable, str(ROOT / "train.py"), "--config", "smoke", "--dry-run"]
+    run = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count("config: smoke is not here; using the bundled") == 1, run.stderr
+    assert "-> " in run.stderr and "train_cuda.py --config" in run.stderr and "memory estimate" in run.stdout
 
 
 def test_shipped_model_sizes():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
@@ -124,10 +125,31 @@ def test_missing_package_is_one_line_before_any_output(tmp_path, data_cache, cap
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        f"error: output.report_to {package} needs the {package} package: pip install 'tiny-llama[logging]' "
+        f'error: output.report_to {package} needs the {package} package: pip install -e ".[logging]" in the clone '
         f"(or pip install {package}), or set --output.report_to none"
     ]
     assert not (tmp_path / "ckpt").exists() and not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("package", ["tensorboard", "wandb"])
+def test_the_install_hint_names_an_extra_that_holds_the_package_as_the_docs_spell_it(package, monkeypatch):
+    """The hint's command installs an extra pyproject.toml has, holding the missing package, spelled as the docs
+    spell it (it said pip install 'tiny-llama[logging]', a name no index serves this project under)."""
+    import re
+    import tomllib
+
+    from tinyllama.core.cli import UserError
+    from tinyllama.core.report import check
+
+    monkeypatch.setitem(sys.modules, package, None)
+    with pytest.raises(UserError) as error:
+        check(package)
+    command = re.search(r"pip install -e \"\.\[(\w+)\]\"", str(error.value))
+    assert command, str(error.value)
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(re.match(rf"{package}\b", requirement) for requirement in extras[command.group(1)])
+    docs = (ROOT / "docs" / "training.md").read_text() + (ROOT / "docs" / "install.md").read_text()
+    assert command.group(0) in docs and f"`{command.group(1)}`" in (ROOT / "docs" / "install.md").read_text()
 
 
 # ------------------------------------------------------------------------------------- wandb
@@ -239,6 +261,39 @@ def test_terminal_still_gets_the_progress_bar(tmp_path, data_cache):
     text = b"".join(chunks).decode(errors="replace")
     assert proc.wait(timeout=300) == 0, text[-2000:]
     assert "step/s" in text and text.count("%|") >= 2 and "step 10/10 | loss" in text
+
+
+@pytest.mark.slow
+def test_no_progress_bar_in_output_redirected_to_files(tmp_path):
+    """Reading a model of 100+ tensors drew a `read model.safetensors` bar (tqdm, never disabled) into stderr
+    redirected to a file; every bar of this project is drawn on a terminal only (core.cli.progress)."""
+    import dataclasses
+
+    from helpers import TINY_MODELS, make_checkpoint
+
+    cfg = dataclasses.replace(TINY_MODELS["gqa8x2-tied"], vocab_size=320, n_layers=12)  # 12 * 9 + 2 tensors
+    ckpt = make_checkpoint(tmp_path, cfg)
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    argv = [sys.executable, "infer.py", "--ckpt", str(ckpt), "-p", "The", "--max-new-tokens", "2", "--temp", "0"]
+    with open(out, "w") as o, open(err, "w") as e:
+        assert subprocess.run(argv, cwd=ROOT, stdout=o, stderr=e, timeout=300).returncode == 0, err.read_text()
+    assert "read model.safetensors" not in err.read_text()
+    assert "\r" not in out.read_text() + err.read_text() and "generated 2 tokens" in err.read_text()
+
+
+def test_a_bar_is_drawn_on_a_terminal_only(monkeypatch):
+    from tinyllama.core.cli import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, drawn in ((io.StringIO(), False), (Terminal(), True)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        for _ in progress(range(3), desc="read x", mininterval=0):
+            pass
+        assert ("read x" in stream.getvalue()) is drawn
+        assert progress(range(3), shown=False).disable
 
 
 # ------------------------------------------------------------------------------------- plots

@@ -13,7 +13,7 @@ from helpers import ROOT, assert_same_logits_elsewhere, max_weight_diff, smoke_a
 
 from tinyllama import train_cuda
 from tinyllama.core.checkpoint import list_checkpoints, read_trainer_state
-from tinyllama.core.cli import human_bytes
+from tinyllama.core.cli import UserError, human_bytes
 from tinyllama.core.model_files import is_checkpoint
 
 pytestmark = pytest.mark.slow  # each test trains end to end
@@ -150,3 +150,31 @@ def test_dry_run_counts_the_chunked_loss_not_full_logits(capsys):
     assert held_bytes(16 * 1024, 50304, 768, "cuda", "bfloat16", compiled=True) == pytest.approx(
         16 * 1024 * 50304 * 4 / 4 + 8 * 50304 * 768
     )
+
+
+def test_dry_run_plans_a_gpu_run_on_a_machine_without_one(capsys, monkeypatch, tmp_path):
+    """Planning configs/gpt2-124m.yaml (hardware.accelerator: cuda) from a laptop: the estimate is printed for the
+    GPU (compiled, bf16 chunks), then one line saying it cannot start here, what a GPU needs and what this CPU would
+    need; exit 1 as for any plan that cannot run here. It was refused (`cuda was asked for but no CUDA GPU`)."""
+    import torch
+
+    from tinyllama.core.config import load_config
+    from tinyllama.core.training import estimate_memory
+    from tinyllama.torch_model.wrap import memory_traits
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        train_cuda.main(["--config", str(ROOT / "configs/gpt2-124m.yaml"), "--dry-run"])
+    assert exit_info.value.code == 1
+    out = capsys.readouterr().out.splitlines()
+    cfg = load_config(ROOT / "configs/gpt2-124m.yaml")
+    gpu = estimate_memory(cfg, memory_traits(cfg, torch.device("cuda"), 0))["total"]
+    assert out[0].startswith("model: 123.6M parameters") and out[2].endswith(f"-> about {human_bytes(gpu)}")
+    assert out[3] == "device: torch cuda (none here), memory unknown"
+    assert out[4].startswith("not here: no CUDA GPU is visible on this machine, so the run cannot start here. ")
+    assert f"On a CUDA GPU it needs about {human_bytes(gpu)}: {human_bytes(gpu / 0.9)} or more" in out[4]
+    assert "with --hardware.accelerator cpu: about " in out[4] and len(out) == 5
+    assert list(tmp_path.iterdir()) == []  # a plan writes nothing
+    with pytest.raises(UserError, match="cuda was asked for"):  # training itself still needs the GPU
+        train_cuda.main(["--config", str(ROOT / "configs/gpt2-124m.yaml"), "--training.max_steps", "1"])

@@ -116,6 +116,10 @@ SKIP = {
     "tensorboard --logdir logs": "a server that runs until stopped; tests/test_report.py reads the event files back",
     "mlx.launch --hostfile hosts.json --python /path/to/repo/.venv/bin/python --cwd /path/to/repo train_mlx.py "
     "--config config.yaml": "several Macs over ssh (hosts.json); two local MLX processes run from the command above",
+    "mlx.launch --hostfile hosts.json --backend ring --python /path/to/repo/.venv/bin/python --cwd /path/to/repo "
+    "train_mlx.py --config config.yaml": (
+        "several Macs over ssh (hosts.json); a two-host file on one machine: tests/test_multinode.py"
+    ),
     "torchrun --nproc-per-node 8 train_cuda.py --config configs/gpt2-124m.yaml --hardware.distributed fsdp": TORCHRUN,
     "python train_cuda.py --config configs/gpt2-124m.yaml --resume auto --training.max_steps 10000": CUDA_RUN,
     'hf download HuggingFaceFW/fineweb-edu --repo-type dataset --include "sample/10BT/*" --local-dir fineweb-edu': (

@@ -99,8 +99,10 @@ def test_logprobs_and_seeds(client):
     got = client.completions.create(model="words.ckpt", prompt=PROMPT, max_tokens=5, temperature=0, logprobs=3)
     lp = got.choices[0].logprobs
     assert "".join(lp.tokens).replace(" ", "") == got.choices[0].text.replace(" ", "")
-    assert all(len(top) == 3 and max(top.values()) == pytest.approx(chosen) for top, chosen in
-               zip(lp.top_logprobs, lp.token_logprobs, strict=True))  # fmt: skip  (greedy: the chosen is the top)
+    assert all(
+        len(top) == 3 and max(top.values()) == pytest.approx(chosen)
+        for top, chosen in zip(lp.top_logprobs, lp.token_logprobs, strict=True)
+    )  # fmt: skip  (greedy: the chosen is the top)
     chat = client.chat.completions.create(model="words.ckpt", messages=[{"role": "user", "content": "w3"}],
                                           max_tokens=4, temperature=0, logprobs=True, top_logprobs=2)  # fmt: skip
     content = chat.choices[0].logprobs.content

@@ -11,6 +11,7 @@ clients send them freely.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,7 +81,7 @@ def _integer(body: dict, name: str, low: int, high: int | None = None) -> int | 
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value != int(value):
         raise ApiError(400, f"'{name}' must be a whole number, got {json.dumps(value)[:80]}", name)
     value = int(value)
     if value < low or (high is not None and value > high):

@@ -105,10 +105,24 @@ def backend_choice(args: argparse.Namespace, fast_blas: bool) -> tuple[str, str]
     return name, device
 
 
+def chat_template(tok, file: str | None):
+    """The template and the ids that end an answer, chosen as infer.py --chat chooses them (--chat-template's
+    file, else the tokenizer's, else data.chat's default, with a note); a probe conversation is rendered, so a
+    broken template fails here, before the model loads."""
+    from tinyllama.data.chat import end_of_turn_ids, read_template, template_of, tokenizer_template
+
+    if file is not None:
+        template = read_template(file, "--chat-template")
+    else:
+        template = template_of(tok)
+        if tokenizer_template(tok) is None:
+            print("note: the tokenizer has no chat template; chat uses the default (<|user|> ... <|assistant|>)",
+                  file=sys.stderr)  # fmt: skip
+    return template, end_of_turn_ids(tok, template)
+
+
 def load(args: argparse.Namespace, name: str, device: str):
     """(backend, tokenizer, template, EOS ids, chat end-of-turn ids): what infer.py --chat loads."""
-    from tinyllama.infer import chat_template
-
     path = resolve_model(args.model)
     cfg = read_model_config(path)
     from tinyllama.data.tokenizer import checkpoint_tokenizer

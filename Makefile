@@ -33,14 +33,17 @@ $(DEV_STAMP): $(TRAIN_STAMP)
 	touch $@
 
 # MLX's CPU backend on Linux (the tests run it) needs OpenBLAS (its reference BLAS is ~15x slower) and g++
-# (mx.compile builds its kernels with it). Installed here when we are root with apt; else one line says how.
+# (mx.compile builds its kernels with it); the chat page's test drives Debian's chromium through chromium-driver.
+# Installed here when we are root with apt; else one line says how.
+SYSTEM_PACKAGES := libopenblas0-pthread g++ chromium chromium-driver
 system:
 ifeq ($(UNAME),Linux)
-	@if ! { dpkg -s libopenblas0-pthread >/dev/null 2>&1 && command -v g++ >/dev/null; }; then \
+	@if ! { dpkg -s libopenblas0-pthread >/dev/null 2>&1 && command -v g++ >/dev/null && command -v chromium >/dev/null \
+	        && command -v chromedriver >/dev/null; }; then \
 	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
-	    apt-get update -q && apt-get install -y -q libopenblas0-pthread g++; \
+	    apt-get update -q && apt-get install -y -q $(SYSTEM_PACKAGES); \
 	  else \
-	    echo "error: MLX on Linux needs OpenBLAS and g++: run  sudo apt-get install -y libopenblas0-pthread g++  (or your distribution's packages), then make again" >&2; \
+	    echo "error: the tests on Linux need OpenBLAS, g++ and chromium: run  sudo apt-get install -y $(SYSTEM_PACKAGES)  (or your distribution's packages), then make again" >&2; \
 	    exit 2; \
 	  fi; \
 	fi

@@ -9,7 +9,8 @@ core/ never imports a framework statically: `load_backend` imports the adapter o
 torch never share a process: OpenBLAS is preloaded into MLX processes only).
 
 A `Backend` is a plain dataclass holding one framework's model and the few functions of it only that
-framework can run (a KV-cache decoder, one batch's loss, one batch's scores, peak memory);
+framework can run (a KV-cache decoder, a batch of rows at different positions for serving, one batch's loss,
+one batch's scores, peak memory);
 mlx_model/generate.py and torch_model/generate.py each build one. The loops over those calls live once,
 in core/generate.py.
 """
@@ -44,6 +45,7 @@ class Backend:
     batch_loss: Callable[[Any, np.ndarray, np.ndarray], float]  # (model, x, y) -> mean loss of one batch
     score_batch: Callable[..., tuple[list[int], list[float]]]  # (model, tokens, rows, cols, targets)
     peak_memory: Callable[[], int | None]  # bytes this process peaked at on the device
+    row_batch: Callable[[Any, int], driver.RowBatch] | None = None  # (model, max_rows) -> a serving batch
 
     @property
     def config(self) -> ModelConfig:
@@ -51,6 +53,10 @@ class Backend:
 
     def new_decoder(self, greedy: bool) -> driver.Decoder:
         return self.decoder(self.model, greedy)
+
+    def new_row_batch(self, max_rows: int) -> driver.RowBatch:
+        """An empty continuous batch of up to `max_rows` rows at different positions (serve.py)."""
+        return self.row_batch(self.model, max_rows)
 
     @property
     def label(self) -> str:

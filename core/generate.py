@@ -30,6 +30,26 @@ class Decoder(Protocol):
     def to_host(self, out: Any) -> np.ndarray: ...
 
 
+class RowBatch(Protocol):
+    """Rows at different positions decoded together, rows joining and leaving between steps (a server's
+    continuous batch, server/engine.py): mlx_model/batch.py and torch_model/batch.py. Rows are 0..rows-1."""
+
+    rows: int  # rows held now
+    max_rows: int
+
+    def prefill(self, prompts: np.ndarray) -> Any:
+        """Equal-length prompts (k, T) become new rows rows..rows+k-1; returns their next-token fp32 logits
+        (k, V) on the device."""
+
+    def step(self, tokens: np.ndarray) -> Any:
+        """One new token per row (rows,) -> every row's next-token fp32 logits (rows, V), on the device."""
+
+    def drop(self, row: int) -> None:
+        """Forget `row`; the last row takes its place (its index becomes `row`)."""
+
+    def to_host(self, out: Any) -> np.ndarray: ...
+
+
 NewDecoder = Callable[[bool], Decoder]  # greedy -> a fresh session
 GREEDY = SamplingParams()
 

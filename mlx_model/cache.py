@@ -9,6 +9,7 @@ class KVCache:
     """Keys/values of past positions, grown in steps of 256; `offset` is the number filled."""
 
     step = 256
+    mask = None  # every row holds the same positions (mlx_model/batch.py's RowCache holds a mask)
 
     def __init__(self):
         self.keys: mx.array | None = None

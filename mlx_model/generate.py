@@ -68,9 +68,11 @@ def peak_memory() -> int:
 
 def as_backend(model: Model) -> Backend:
     """`model` behind the framework-free interface that infer, evaluate and the trainers' samples use."""
+    from tinyllama.mlx_model.batch import RowBatch  # it builds on this module's last_logits
+
     dtype = str(model.model.norm.weight.dtype).rsplit(".", 1)[-1]  # the embedding may be quantized (uint32)
     device = mx.default_device().type.name  # gpu (Metal) or cpu
-    return Backend("mlx", device, dtype, model, Decoder, batch_loss, score_batch, peak_memory)
+    return Backend("mlx", device, dtype, model, Decoder, batch_loss, score_batch, peak_memory, RowBatch)
 
 
 def transpose_storage(model: Model) -> Model:

@@ -36,9 +36,9 @@ class RoPE(nn.Module):
         self.base = base
         self.max_seq_len = max_seq_len
 
-    def __call__(self, x: mx.array, offset: int = 0) -> mx.array:
-        T = x.shape[-2]  # x: (B, H, T, hd)
-        if offset + T > self.max_seq_len:
+    def __call__(self, x: mx.array, offset: int | mx.array = 0) -> mx.array:
+        T = x.shape[-2]  # x: (B, H, T, hd); an offset (B,): rows at different positions (mlx_model/batch.py)
+        if isinstance(offset, int) and offset + T > self.max_seq_len:
             raise ValueError(f"sequence position {offset + T} exceeds max_seq_len {self.max_seq_len}")
         return mx.fast.rope(x, self.head_dim, traditional=False, base=self.base, scale=1.0, offset=offset)
 
@@ -69,13 +69,15 @@ class Attention(nn.Module):
         q, k = self.rope(q, offset), self.rope(k, offset)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, KV, S, hd), S = offset + T
+            mask = cache.mask if mask is None else mask  # rows of different lengths: each sees its own keys
         out = attend(q, k, v, self.scale, mask)  # (B, H, T, hd)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, -1))
 
 
 def attend(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None = None) -> mx.array:
     """Causal SDPA; MLX's "causal" mask is aligned bottom-right and takes GQA's fewer KV heads as is. Or
-    with `mask` (B, 1, T, T) bool, packed rows' block-causal mask (segment_mask)."""
+    with `mask` (B, 1, T, T) bool, packed rows' block-causal mask (segment_mask); or, for one query, (B, 1, 1, S):
+    the keys each row of a serving batch holds (mlx_model/batch.py)."""
     if mask is None:
         mask = "causal" if q.shape[2] > 1 else None
     return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)

@@ -292,3 +292,47 @@ def bench_module(name: str):
         sys.modules[spec.name] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(sys.modules[spec.name])
     return sys.modules[f"bench_{name}"]
+
+
+# ------------------------------------------------------------------------------------- serve.py
+
+
+def word_checkpoint(tmp: Path, cfg: ModelConfig, name: str = "words.ckpt") -> Path:
+    """A checkpoint whose tokenizer is whole words (w2, w3, ...; <eos> is 1): its text shows every token, so
+    stop strings and streamed text are easy to check."""
+    tok = write_word_tokenizer(tmp / f"tok-{name}", cfg.vocab_size)
+    state = {"step": 1, "tokens_seen": 1, "backend": "torch", "loss": 1.0, "lr": 1e-3}
+    return save_checkpoint(tmp / name, random_weights(cfg, 0), cfg, tokenizer_dir=tok, trainer_state=state,
+                           bos_token_id=1, eos_token_id=1)  # fmt: skip
+
+
+class Server:
+    """`python serve.py ARGS --port 0` in a subprocess, as a user starts it: `url` once it listens."""
+
+    def __init__(self, *args: str, log: Path, timeout: float = 180, env: dict | None = None):
+        import os
+        import time
+
+        self.log = log
+        command = [sys.executable, str(ROOT / "serve.py"), "--port", "0", *map(str, args)]
+        self.proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True,
+                                     env={**os.environ, **(env or {})})  # fmt: skip
+        deadline = time.monotonic() + timeout
+        line = ""
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            line = self.proc.stdout.readline()
+            if line.startswith("serving "):
+                break
+        if not line.startswith("serving "):
+            self.stop()
+            raise RuntimeError(f"serve.py did not start: {log.read_text()[-2000:]}")
+        self.url = line.split(" at ", 1)[1].split("/ ", 1)[0]
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()

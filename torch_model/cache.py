@@ -10,6 +10,7 @@ class KVCache:
     past `max_len`, the model's max_seq_len) so a decode step writes in place; `offset` is the number filled."""
 
     step = 256
+    mask = None  # every row holds the same positions (torch_model/batch.py's RowCache holds a mask)
 
     def __init__(self, max_len: int | None = None):
         self.keys: torch.Tensor | None = None  # (B, n_kv_heads, capacity, head_dim)

@@ -83,10 +83,12 @@ def peak_memory() -> int:
 def as_backend(model: torch.nn.Module) -> Backend:
     """`model` (or the Model inside a compile/DDP/FSDP wrapper) behind the framework-free interface that
     infer, evaluate and the trainers' samples use."""
+    from tinyllama.torch_model.batch import RowBatch  # it builds on this module's last_logits
+
     model = unwrap(model)
     weight = model.model.embed_tokens.weight
     dtype = str(weight.dtype).rsplit(".", 1)[-1]
-    return Backend("torch", str(weight.device), dtype, model, Decoder, batch_loss, score_batch, peak_memory)
+    return Backend("torch", str(weight.device), dtype, model, Decoder, batch_loss, score_batch, peak_memory, RowBatch)
 
 
 def transpose_storage(model: Model) -> Model:

@@ -68,11 +68,15 @@ class RoPE(nn.Module):
         self.cos, self.sin = cos.to(self.cos.device), sin.to(self.sin.device)
         return self
 
-    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, offset: int | torch.Tensor = 0) -> torch.Tensor:
         T = x.shape[-2]  # x: (B, H, T, hd)
-        if offset + T > self.cos.shape[0]:
-            raise ValueError(f"sequence position {offset + T} exceeds max_seq_len {self.cos.shape[0]}")
-        cos, sin = self.cos[offset : offset + T], self.sin[offset : offset + T]  # (T, hd)
+        if isinstance(offset, torch.Tensor):  # (B,) rows at different positions (a serving batch, torch_model/batch.py)
+            positions = offset[:, None] + torch.arange(T, device=offset.device)  # (B, T)
+            cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # (B, 1, T, hd)
+        else:
+            if offset + T > self.cos.shape[0]:
+                raise ValueError(f"sequence position {offset + T} exceeds max_seq_len {self.cos.shape[0]}")
+            cos, sin = self.cos[offset : offset + T], self.sin[offset : offset + T]  # (T, hd)
         xf = x.float()
         return (xf * cos + xf.roll(x.shape[-1] // 2, dims=-1) * sin).to(x.dtype)  # roll: [x2, x1]
 
@@ -110,19 +114,21 @@ class Attention(nn.Module):
         q, k = self.rope(q, offset), self.rope(k, offset)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, KV, S, hd), S = offset + T
+            mask = cache.mask if mask is None else mask  # rows of different lengths: each sees its own keys
         out = self.attend(q, k, v, self.scale, mask)  # (B, H, T, hd)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None = None):
     """Causal SDPA with the mask aligned bottom-right, so queries at an offset see all past keys; or with
-    `mask` (B, 1, T, T) bool, packed rows' block-causal mask (segment_mask)."""
+    `mask` (B, 1, T, T) bool, packed rows' block-causal mask (segment_mask); or, for one query, (B, 1, 1, S):
+    the keys each row of a serving batch holds (torch_model/batch.py)."""
     T, S = q.shape[2], k.shape[2]
     n_rep = q.shape[1] // k.shape[1]
     if T == 1:  # one query sees every key: no mask; GQA as n_rep queries per KV head, no copy of the cache
         B, H, _, hd = q.shape
         grouped = q.reshape(B, k.shape[1], n_rep, hd)  # (B, KV, n_rep, hd): query head h uses KV head h // n_rep
-        return F.scaled_dot_product_attention(grouped, k, v, scale=scale).reshape(B, H, 1, hd)
+        return F.scaled_dot_product_attention(grouped, k, v, attn_mask=mask, scale=scale).reshape(B, H, 1, hd)
     if n_rep > 1:  # GQA: share each KV head across n_rep query heads (works with every SDPA backend)
         k = k.repeat_interleave(n_rep, dim=1)  # (B, H, S, hd)
         v = v.repeat_interleave(n_rep, dim=1)

@@ -27,7 +27,7 @@ import sys
 
 from tinyllama.convert.model_source import resolve_model
 from tinyllama.core.backend import BACKENDS, load_backend, pick
-from tinyllama.core.cli import ArgumentParser, UserError, run_cli
+from tinyllama.core.cli import ArgumentParser, UserError, install_extra, run_cli
 from tinyllama.core.dtypes import dtype_arg
 from tinyllama.core.model_files import is_mlx_quantized, read_eos_ids, read_model_config
 
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> None:
         from tinyllama.server.app import Service, create_app, served_name, started_at
         from tinyllama.server.engine import Engine
     except ModuleNotFoundError as exc:
-        raise UserError(f"serving needs the {exc.name} package: pip install 'tiny-llama[serve]'") from None
+        raise UserError(f"serving needs the {exc.name} package: {install_extra('serve')} in the clone") from None
     name, device = backend_choice(args, fast_blas)
     sock = listen(args.host, args.port)
     backend, tok, template, eos, chat_eos = load(args, name, device)

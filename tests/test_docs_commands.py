@@ -60,6 +60,7 @@ SHRINK = {
     "--training.sample_tokens": "4",
     "--data.max_documents": "30",
     "--output.overwrite": "true",
+    "--training.time_budget": "0",  # the speedrun's 10 minutes: the 2 steps instead
 }
 INFER = {"--max-new-tokens": "4"}
 MLX_GENERATE = {"--max-tokens": "4"}
@@ -68,7 +69,7 @@ MLX_LORA = {"--iters": "2", "--val-batches": "1"}
 # Programs a doc command may start with to be run; any other command must be in SKIP.
 RUNNABLE = {
     "python", "echo", "printf", "mlx.launch", "mlx_lm.lora", "mlx_lm.generate", "mlx_lm.fuse",
-    "tinyllama-train", "tinyllama-infer", "tinyllama-eval", "tinyllama-convert", "tinyllama-prepare",
+    "tinyllama-train", "tinyllama-infer", "tinyllama-eval", "tinyllama-convert", "tinyllama-prepare", "tinyllama-serve",
 }  # fmt: skip
 OURS = ("train.py", "train_mlx.py", "train_cuda.py", "infer.py", "evaluate_checkpoints.py", "convert", "data.prepare")
 
@@ -78,7 +79,16 @@ LLAMA_CPP = "llama.cpp / Ollama are not installed here (docs/convert.md says so)
 INSTALLS = "installs packages into the environment (network); tests/test_packaging.py builds and installs the wheel"
 MAKE = "`make` itself: creates .venv and installs, then trains or runs the whole suite (CI runs make test)"
 NODES = "two GPU machines (8 GPUs each, NCCL) or a Slurm job; two nodes on one host: tests/test_multinode.py"
+SERVER = "a server that runs until it is stopped; tests/test_serve_*.py start it and talk to it"
 SKIP = {
+    "make speedrun": MAKE,
+    "python bench/ablate.py --budget 3 --only baseline --only qk_norm --seeds 0 1 2": (
+        "three minutes of training per lever and seed; tests/test_bench.py runs bench/ablate.py on the smoke config"
+    ),
+    # the server (README.md, docs/inference.md)
+    "python serve.py --model checkpoints/final.ckpt": SERVER,
+    "python serve.py --model checkpoints/final.ckpt --backend mlx --port 8000": SERVER,
+    "TINYLLAMA_API_KEY=secret python serve.py --model HuggingFaceTB/SmolLM2-135M-Instruct --host 0.0.0.0": SERVER,
     # docs/training.md, several machines
     "torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint gpu-a:29500 --rdzv-id run1 "
     "train_cuda.py --config configs/gpt2-124m.yaml": NODES,

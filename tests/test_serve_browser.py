@@ -5,8 +5,10 @@ appear; New chat clears the conversation."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import sys
+import urllib.request
 
 import pytest
 from helpers import TINY_MODELS, Server, word_checkpoint
@@ -48,10 +50,19 @@ def test_the_chat_page_streams_an_answer(driver, tmp_path):
         driver.find_element(By.ID, "system").send_keys("w9 w9")
         driver.find_element(By.ID, "max-tokens").clear()
         driver.find_element(By.ID, "max-tokens").send_keys("12")
+        driver.find_element(By.ID, "temperature").clear()  # greedy: the same answer every run (a sampled token
+        driver.find_element(By.ID, "temperature").send_keys("0")  # of the random model may be <unk> or the end)
         driver.find_element(By.ID, "input").send_keys("w3 w4 w5")
         driver.find_element(By.ID, "send").click()
         answer = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#answer-1[data-done='true'] .text"))
-        assert answer.text.strip().startswith("w") and not driver.find_elements(By.CSS_SELECTOR, ".msg.error")
+        assert answer.text.strip() and not driver.find_elements(By.CSS_SELECTOR, ".msg.error")
+        messages = [{"role": "system", "content": "w9 w9"}, {"role": "user", "content": "w3 w4 w5"}]
+        body = json.dumps({"model": "words.ckpt", "messages": messages, "temperature": 0, "max_tokens": 12})
+        request = urllib.request.Request(server.url + "/v1/chat/completions", body.encode(),
+                                         {"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=60) as reply:  # the API's own greedy answer, not streamed
+            expected = json.loads(reply.read())["choices"][0]["message"]["content"]
+        assert answer.text.strip() == expected.strip()  # what the page streamed, token by token
         assert [m.text for m in driver.find_elements(By.CSS_SELECTOR, ".msg.user .text")] == ["w3 w4 w5"]
         driver.save_screenshot(str(tmp_path / "chat.png"))
         driver.find_element(By.ID, "new-chat").click()

@@ -54,6 +54,7 @@ def mlx_lm_model(cfg):
     hf = to_hf_config(cfg.model)
     args = ModelArgs.from_dict(hf)
     model = WithLoss(args)
+    model.cfg = cfg.model  # the architecture our step's weight-decay rule reads (core.architecture.optimizer_roles)
     load_state(model, init_weights(cfg.model, 0))
     return model
 

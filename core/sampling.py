@@ -133,12 +133,16 @@ def select_token(
     logits: np.ndarray, params: SamplingParams, rng: np.random.Generator | None, seen: Sequence[int] = ()
 ) -> int:
     """One next token from one position's logits (V,): penalty, then argmax or a seeded draw."""
-    logits = _limits(apply_repetition_penalty(logits, seen, params.repetition_penalty))
+    logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    if params.repetition_penalty != 1.0:
+        logits = _limits(logits)
     if params.temperature == 0:
         return int(np.argmax(logits))
-    with np.errstate(over="ignore"):  # a tiny temperature (float64: it may be below float32's range) sends
-        scaled = (logits - logits.max()).astype(np.float64) / params.temperature  # the others' gaps to -inf
-        logits = top_k_filter(scaled.astype(np.float32), params.top_k)  # <= 0: the top token at 0
+    t32 = np.float32(params.temperature)
+    with np.errstate(over="ignore"):  # a tiny temperature sends every gap to the top token to -inf
+        shifted = logits - logits.max()  # <= 0: the top token at 0, whatever the temperature
+        scaled = shifted / t32 if t32 > 0 else (shifted.astype(np.float64) / params.temperature).astype(np.float32)
+    logits = top_k_filter(scaled, params.top_k)
     logits = min_p_filter(top_p_filter(logits, params.top_p), params.min_p)
     filtered = params.top_k > 0 or params.top_p < 1.0 or params.min_p > 0
     candidates = np.flatnonzero(logits > -np.inf) if filtered else None  # draw among the kept tokens only

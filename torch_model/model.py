@@ -20,6 +20,14 @@ from tinyllama.torch_model.cache import KVCache
 from tinyllama.torch_model.loss import linear_cross_entropy
 
 
+class Leaf(nn.Module):
+    """A module called straight through to its forward: no hook bookkeeping (none is ever set on these), which
+    at one token a step costs as much as the arithmetic of a small layer."""
+
+    def __call__(self, *args):
+        return self.forward(*args)
+
+
 class Linear(nn.Linear):
     """Bias-free, no random init: every weight is loaded (core.architecture's init or a checkpoint)."""
 
@@ -29,12 +37,15 @@ class Linear(nn.Linear):
     def reset_parameters(self) -> None:  # a random init overwritten at once only slows start-up
         pass
 
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # as Leaf: no hook bookkeeping
+        return F.linear(x, self.weight)
+
 
 class Embedding(nn.Embedding):
     reset_parameters = Linear.reset_parameters
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(Leaf):
     def __init__(self, dims: int, eps: float):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dims))
@@ -48,7 +59,7 @@ class RMSNorm(nn.Module):
         return self.weight * normed.to(self.weight.dtype)
 
 
-class RoPE(nn.Module):
+class RoPE(Leaf):
     """Rotate-half rotary embedding (HF / `traditional=False`), cos/sin tables in fp32."""
 
     def __init__(self, head_dim: int, base: float, max_seq_len: int):
@@ -77,8 +88,10 @@ class RoPE(nn.Module):
             if offset + T > self.cos.shape[0]:
                 raise ValueError(f"sequence position {offset + T} exceeds max_seq_len {self.cos.shape[0]}")
             cos, sin = self.cos[offset : offset + T], self.sin[offset : offset + T]  # (T, hd)
+        if x.dtype == torch.float32:  # the same computation without two no-op casts (a one-token step is calls)
+            return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin  # roll: [x2, x1]
         xf = x.float()
-        return (xf * cos + xf.roll(x.shape[-1] // 2, dims=-1) * sin).to(x.dtype)  # roll: [x2, x1]
+        return (xf * cos + xf.roll(x.shape[-1] // 2, dims=-1) * sin).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -101,17 +114,25 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape
-        if self.qkv is None:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        else:  # the same weights in one product: at one token a step is mostly per-call cost
-            q, k, v = F.linear(x, self.qkv).split(self.widths, dim=-1)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
-        if self.q_norm is not None:  # QK-norm: each head's queries and keys at unit RMS before RoPE
-            q, k = self.q_norm(q), self.k_norm(k)
+        H, KV, hd = self.n_heads, self.n_kv_heads, self.head_dim
         offset = cache.offset if cache is not None else 0
-        q, k = self.rope(q, offset), self.rope(k, offset)
+        if self.qkv is not None and self.q_norm is None:
+            # inference layout: one product, RoPE on queries and keys at once (a one-token step is mostly
+            # per-call cost); the same math as below
+            qkv = F.linear(x, self.qkv).view(B, T, H + 2 * KV, hd).transpose(1, 2)  # (B, H + 2 KV, T, hd)
+            qk = self.rope(qkv[:, : H + KV], offset)  # (B, H + KV, T, hd)
+            q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + KV :]
+        else:
+            if self.qkv is None:
+                q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+            else:
+                q, k, v = F.linear(x, self.qkv).split(self.widths, dim=-1)
+            q = q.view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
+            k = k.view(B, T, KV, hd).transpose(1, 2)  # (B, KV, T, hd)
+            v = v.view(B, T, KV, hd).transpose(1, 2)  # (B, KV, T, hd)
+            if self.q_norm is not None:  # QK-norm: each head's queries and keys at unit RMS before RoPE
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = self.rope(q, offset), self.rope(k, offset)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, KV, S, hd), S = offset + T
             mask = cache.mask if mask is None else mask  # rows of different lengths: each sees its own keys

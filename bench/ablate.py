@@ -3,12 +3,15 @@
     python bench/ablate.py                                      # every lever, configs/speedrun.yaml's 10 minutes
     python bench/ablate.py --budget 3 --only baseline --only qk_norm --seeds 0 1 2 --markdown rows.md
     python bench/ablate.py --list                               # the levers and their overrides
+    python bench/ablate.py --budget 3 --model.qk_norm false     # every lever on a changed base
 
 Each lever is a set of config overrides on configs/speedrun.yaml, trained with `train.py` (torch on Linux,
 MLX on a Mac: the same script), `training.time_budget` minutes from the first step to the final evaluation,
 in its own process and output folder; the result is the final val bpb (metrics.jsonl), the steps the budget
-allowed and the epochs they covered. Runs take turns lever by lever within a seed, so a machine whose speed
-drifts hits every lever alike; `--seeds` repeats the whole round (seed = training.seed: init and data order).
+allowed, the epochs they covered and the minutes they took (a budget is kept to the machine's speed in its
+first steps: a machine that slows down later runs over). Runs take turns lever by lever within a seed, so a
+machine whose speed drifts hits every lever alike; `--seeds` repeats the whole round (seed = training.seed:
+init and data order).
 """
 
 from __future__ import annotations
@@ -32,11 +35,13 @@ LEVERS: dict[str, dict[str, str]] = {
     "bpe:1024": {"data.tokenizer": "bpe:1024", "model.vocab_size": "1024"},
     "bpe:4096": {"data.tokenizer": "bpe:4096", "model.vocab_size": "4096"},
     "bpe:8192": {"data.tokenizer": "bpe:8192", "model.vocab_size": "8192"},
+    "bpe:16384": {"data.tokenizer": "bpe:16384", "model.vocab_size": "16384"},
     "d192 x 6 layers": {"model.d_model": "192", "model.n_layers": "6", "model.n_heads": "3", "model.n_kv_heads": "3",
                         "model.d_ff": "512"},
     "d384 x 3 layers": {"model.d_model": "384", "model.n_heads": "6", "model.n_kv_heads": "6", "model.n_layers": "3",
                         "model.d_ff": "1024"},
     "seq 128": {"training.seq_len": "128", "training.batch_size": "16"},
+    "batch 16": {"training.batch_size": "16"},
     "qk_norm": {"model.qk_norm": "true"},
     "relu2": {"model.mlp": "relu2", "model.d_ff": "1032"},
     "logit_softcap 15": {"model.logit_softcap": "15"},
@@ -57,7 +62,7 @@ def run_lever(name: str, seed: int, budget: float, work: Path, extra: list[str],
     overrides = [arg for key, value in LEVERS[name].items() for arg in (f"--{key}", value)]
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(config), "--training.time_budget", str(budget),
            "--training.seed", str(seed), "--output.dir", str(folder / "ckpt"), "--output.logs", str(folder),
-           "--output.run_name", "run", *overrides, *extra]  # fmt: skip
+           "--output.run_name", "run", *extra, *overrides]  # fmt: skip
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode:
         return {"lever": name, "seed": seed, "error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -66,26 +71,28 @@ def run_lever(name: str, seed: int, budget: float, work: Path, extra: list[str],
     train = [r for r in records if r["split"] == "train"]
     return {"lever": name, "seed": seed, "val_bpb": val[-1]["bpb"], "val_loss": val[-1]["loss"],
             "best_val_bpb": min(r["bpb"] for r in val), "steps": val[-1]["step"],
-            "epochs": train[-1].get("epoch"), "train_loss": train[-1]["loss"]}  # fmt: skip
+            "epochs": train[-1].get("epoch"), "train_loss": train[-1]["loss"],
+            "minutes": train[-1]["time"] / 60}  # fmt: skip
 
 
 def table(results: list[dict], budget: float) -> str:
     """A markdown table: one row a lever, the median over seeds (and each seed's figure)."""
-    rows = ["| lever | val bpb (median) | seeds | steps | epochs | command |"]
-    rows.append("| --- | ---: | --- | ---: | ---: | --- |")
+    rows = ["| lever | val bpb (median) | seeds | steps | epochs | minutes | command |"]
+    rows.append("| --- | ---: | --- | ---: | ---: | ---: | --- |")
     for name in dict.fromkeys(r["lever"] for r in results):
         runs = [r for r in results if r["lever"] == name and "val_bpb" in r]
         failed = [r for r in results if r["lever"] == name and "error" in r]
         overrides = " ".join(f"--{k} {v}" for k, v in LEVERS[name].items())
         command = f"`python train.py --config configs/speedrun.yaml --training.time_budget {budget:g} {overrides}`"
         if not runs:
-            rows.append(f"| {name} | failed: {failed[0]['error']} | | | | {command} |")
+            rows.append(f"| {name} | failed: {failed[0]['error']} | | | | | {command} |")
             continue
         bpb = statistics.median(r["val_bpb"] for r in runs)
         seeds = ", ".join(f"{r['val_bpb']:.3f}" for r in runs)
         steps = statistics.median(r["steps"] for r in runs)
         epochs = statistics.median(r["epochs"] or 0 for r in runs)
-        rows.append(f"| {name} | {bpb:.3f} | {seeds} | {steps:.0f} | {epochs:.1f} | {command} |")
+        minutes = statistics.median(r["minutes"] for r in runs)  # first step to the last one logged
+        rows.append(f"| {name} | {bpb:.3f} | {seeds} | {steps:.0f} | {epochs:.1f} | {minutes:.1f} | {command} |")
     return "\n".join(rows)
 
 
@@ -99,7 +106,9 @@ def main() -> None:
     parser.add_argument("--json", metavar="PATH", help="also write every run's figures as JSON")
     parser.add_argument("--markdown", metavar="PATH", help="also write the table as markdown")
     parser.add_argument("--work", metavar="DIR", help="where runs write (default: a temporary folder)")
-    args, extra = parser.parse_known_args()  # anything else goes to every run (e.g. --data.cache_dir X)
+    # anything else goes to every run, before the lever's keys: e.g. --data.cache_dir X, or a base the levers
+    # change (--data.tokenizer bpe:2048 --model.vocab_size 2048 still lets "bpe:4096" set its own)
+    args, extra = parser.parse_known_args()
     if args.list:
         for name, overrides in LEVERS.items():
             print(f"{name:<22} {' '.join(f'--{k} {v}' for k, v in overrides.items()) or '(configs/speedrun.yaml)'}")

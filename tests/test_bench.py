@@ -393,5 +393,6 @@ def test_ablate_runs_each_lever_within_its_budget_and_tables_the_val_bpb(tmp_pat
     results = {r["lever"]: r for r in json.loads(out.read_text())["results"]}
     for name in ("baseline", "qk_norm"):
         assert 0 < results[name]["val_bpb"] < 8 and results[name]["steps"] > 3 and results[name]["epochs"] > 0
+        assert 0 < results[name]["minutes"] < 0.25 * 3  # the time the run took, shown beside its budget
     table = rows.read_text()
-    assert "| qk_norm |" in table and "--model.qk_norm true" in table
+    assert "| qk_norm |" in table and "--model.qk_norm true" in table and "| minutes |" in table

@@ -133,9 +133,7 @@ def select_token(
     logits: np.ndarray, params: SamplingParams, rng: np.random.Generator | None, seen: Sequence[int] = ()
 ) -> int:
     """One next token from one position's logits (V,): penalty, then argmax or a seeded draw."""
-    logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
-    if params.repetition_penalty != 1.0:
-        logits = _limits(logits)
+    logits = _limits(apply_repetition_penalty(logits, seen, params.repetition_penalty))
     if params.temperature == 0:
         return int(np.argmax(logits))
     t32 = np.float32(params.temperature)

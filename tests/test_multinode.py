@@ -153,6 +153,17 @@ def wait_for_steps(run_dir: Path, steps: int, nodes: list[subprocess.Popen]) -> 
 # ------------------------------------------------------------------------------------------------- torchrun
 
 
+def assert_trained_like_one_process(two_nodes: Path, one_process: Path, steps: int) -> None:
+    """The two-node run logged every step with the one-process run's losses and ended at its weights (1e-4:
+    the all-reduce rounds differently), as a world of 2 whose only checkpoint is the final one."""
+    one, two = train_losses(one_process), train_losses(two_nodes)
+    assert sorted(two) == list(range(1, steps + 1))
+    assert all(abs(one[s] - two[s]) < 1e-4 for s in one), (one, two)
+    assert max_weight_diff(one_process / "ckpt/final.ckpt", two_nodes / "ckpt/final.ckpt") < 1e-4
+    assert read_trainer_state(two_nodes / "ckpt/final.ckpt")["world_size"] == 2
+    assert [p.name for p in list_checkpoints(two_nodes / "ckpt")] == ["final.ckpt"]
+
+
 def torch_argv(run_dir: Path, cache: Path, *extra: str) -> list[str]:
     return smoke_argv(run_dir, cache, *QUIET, "--training.batch_size", "4", *extra)
 
@@ -172,12 +183,7 @@ def test_two_torchrun_nodes_train_like_one_process(torch_straight, tmp_path, dat
     with batch_size 8 (gloo's all-reduce rounds differently: 1e-4), and only rank 0 writes."""
     train_cuda.main(smoke_argv(tmp_path, data_cache, *QUIET, "--hardware.accelerator", "cpu",
                                "--training.batch_size", "8", "--training.max_steps", str(TORCH_STEPS)))  # fmt: skip
-    one, two = train_losses(tmp_path), train_losses(torch_straight)
-    assert sorted(two) == list(range(1, TORCH_STEPS + 1))
-    assert all(abs(one[s] - two[s]) < 1e-4 for s in one), (one, two)
-    assert max_weight_diff(tmp_path / "ckpt/final.ckpt", torch_straight / "ckpt/final.ckpt") < 1e-4
-    assert read_trainer_state(torch_straight / "ckpt/final.ckpt")["world_size"] == 2
-    assert [p.name for p in list_checkpoints(torch_straight / "ckpt")] == ["final.ckpt"]
+    assert_trained_like_one_process(torch_straight, tmp_path, TORCH_STEPS)
     node0, node1 = ((torch_straight / f"node{i}.log").read_text() for i in (0, 1))
     assert "2 process(es)" in node0 and "done:" in node0 and "step " not in node1  # rank 0 is node 0's
 
@@ -266,12 +272,7 @@ def mlx_straight(tmp_path_factory, data_cache) -> Path:
 def test_mlx_hostfile_of_two_hosts_trains_like_one_process(mlx_straight, tmp_path, data_cache):
     train_mlx.main(smoke_argv(tmp_path, data_cache, *QUIET, "--training.batch_size", "8",
                               "--training.max_steps", str(MLX_STEPS)))  # fmt: skip
-    one, two = train_losses(tmp_path), train_losses(mlx_straight)
-    assert sorted(two) == list(range(1, MLX_STEPS + 1))
-    assert all(abs(one[s] - two[s]) < 1e-4 for s in one), (one, two)
-    assert max_weight_diff(tmp_path / "ckpt/final.ckpt", mlx_straight / "ckpt/final.ckpt") < 1e-4
-    assert read_trainer_state(mlx_straight / "ckpt/final.ckpt")["world_size"] == 2
-    assert [p.name for p in list_checkpoints(mlx_straight / "ckpt")] == ["final.ckpt"]
+    assert_trained_like_one_process(mlx_straight, tmp_path, MLX_STEPS)
 
 
 @pytest.mark.slow

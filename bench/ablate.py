@@ -56,13 +56,17 @@ LEVERS: dict[str, dict[str, str]] = {
 }  # fmt: skip
 
 
+def lever_args(name: str) -> list[str]:
+    """The lever's config overrides as command-line arguments."""
+    return [arg for key, value in LEVERS[name].items() for arg in (f"--{key}", value)]
+
+
 def run_lever(name: str, seed: int, budget: float, work: Path, extra: list[str], config: Path = CONFIG) -> dict:
     """One training run of `name`; its final figures (or the error it ended with)."""
     folder = work / f"{name.replace(' ', '_').replace(':', '')}-seed{seed}"
-    overrides = [arg for key, value in LEVERS[name].items() for arg in (f"--{key}", value)]
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(config), "--training.time_budget", str(budget),
            "--training.seed", str(seed), "--output.dir", str(folder / "ckpt"), "--output.logs", str(folder),
-           "--output.run_name", "run", *extra, *overrides]  # fmt: skip
+           "--output.run_name", "run", *extra, *lever_args(name)]  # fmt: skip
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode:
         return {"lever": name, "seed": seed, "error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -82,7 +86,7 @@ def table(results: list[dict], budget: float) -> str:
     for name in dict.fromkeys(r["lever"] for r in results):
         runs = [r for r in results if r["lever"] == name and "val_bpb" in r]
         failed = [r for r in results if r["lever"] == name and "error" in r]
-        overrides = " ".join(f"--{k} {v}" for k, v in LEVERS[name].items())
+        overrides = " ".join(lever_args(name))
         command = f"`python train.py --config configs/speedrun.yaml --training.time_budget {budget:g} {overrides}`"
         if not runs:
             rows.append(f"| {name} | failed: {failed[0]['error']} | | | | | {command} |")
@@ -110,8 +114,8 @@ def main() -> None:
     # change (--data.tokenizer bpe:2048 --model.vocab_size 2048 still lets "bpe:4096" set its own)
     args, extra = parser.parse_known_args()
     if args.list:
-        for name, overrides in LEVERS.items():
-            print(f"{name:<22} {' '.join(f'--{k} {v}' for k, v in overrides.items()) or '(configs/speedrun.yaml)'}")
+        for name in LEVERS:
+            print(f"{name:<22} {' '.join(lever_args(name)) or '(configs/speedrun.yaml)'}")
         return
     levers = args.only or list(LEVERS)
     results = []

@@ -109,12 +109,16 @@ class Background:
         lines = self.log.read_text(errors="replace").strip().splitlines() if self.log.is_file() else []
         return lines[-1].removeprefix("error: ") if lines else ""
 
-    def stop(self) -> None:
+    def stop(self, finished: bool = False) -> None:
         """When the run ends: a prepare still at work is stopped (its finished shards stay for the next run), one
-        that failed unnoticed is reported; both in a note."""
+        that failed unnoticed is reported; both in a note. One whose data is `finished` (its meta.json is written)
+        is only exiting: it is given the moment that takes, not stopped."""
         if self.stopped:
             return
         self.stopped = True
+        if finished:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=30)
         code = self.process.poll()
         if code is None:
             self.process.terminate()
@@ -302,7 +306,7 @@ class AheadData:
     def close(self) -> None:
         """The run is over: stop the background prepare if it still works (core.loop.Run.finish)."""
         if self.background is not None:
-            self.background.stop()
+            self.background.stop(finished=self.stream.complete)
 
     def status(self) -> str:
         """The start-up line: how much is ready, and whether the background prepare goes on."""

@@ -181,6 +181,17 @@ def test_a_failed_background_prepare_ends_the_run_even_while_it_has_data(finishe
     background.stop()
 
 
+def test_a_prepare_that_finished_its_data_is_let_exit_and_one_still_at_work_is_stopped(tmp_path, capsys):
+    """Its meta.json is written a moment before its process exits: a run ending in that moment waits for the exit
+    instead of stopping a prepare that is done and saying so."""
+    exiting = Background([sys.executable, "-c", "import time; time.sleep(0.5)"], tmp_path / "a.log", tmp_path)
+    exiting.stop(finished=True)
+    assert exiting.process.returncode == 0 and capsys.readouterr().err == ""
+    working = Background([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "b.log", tmp_path)
+    working.stop()
+    assert working.process.returncode != 0 and "note: stopped the background data.prepare" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_killed_background_prepare_is_started_again_and_resumes(tmp_path, capsys):
     corpus = _corpus(tmp_path / "c.jsonl", 10000, seed=2)  # ~6M tokens: seconds of tokenizing

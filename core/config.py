@@ -119,7 +119,9 @@ class TrainingConfig:
 @dataclass
 class DataConfig:
     dataset: str = opt(
-        "builtin", "builtin | a text file or glob | .jsonl | .parquet | a saved dataset | a Hugging Face dataset name"
+        "builtin",
+        "builtin (Wikipedia) | builtin-shakespeare | builtin-chat | a text file or glob | .jsonl | .parquet | a saved "
+        "dataset | a Hugging Face dataset name",
     )
     tokenizer: str = opt(
         "gpt2", "gpt2 | a Hugging Face tokenizer name or directory | tokenizer.json | bpe:<vocab size>"

@@ -295,7 +295,8 @@ def _resolve(cfg: DataConfig, cache: Path) -> tuple[str, Source]:
             )
         return "chat", builtin_chat_source(str(cache), cfg.max_documents)
     suffix = next((x for x in reversed(Path(cfg.dataset).suffixes) if x.lower() not in OPENERS), "").lower()
-    if cfg.format == "text" or (cfg.format == "auto" and (cfg.dataset == "builtin" or suffix in TEXT_SUFFIXES)):
+    plain = cfg.dataset in ("builtin", "builtin-shakespeare") or suffix in TEXT_SUFFIXES
+    if cfg.format == "text" or (cfg.format == "auto" and plain):
         return "text", resolve_source(cfg.dataset, cfg.text_field, *args)
     records = resolve_source(cfg.dataset, RECORD, *args)
     fmt = cfg.format

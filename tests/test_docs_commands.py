@@ -142,6 +142,12 @@ SKIP = {
     "fineweb-edu/sample/10BT --data.max_documents 0": TORCHRUN,
     "torchrun --nproc-per-node 8 train_cuda.py --config configs/gpt2-124m.yaml --data.dataset fineweb-edu/sample/10BT "
     "--data.max_documents 0 --data.prepare ahead --data.shard_tokens 10000000": TORCHRUN,
+    'hf download HuggingFaceFW/fineweb-edu --repo-type dataset --include "sample/10BT/000_00000.parquet" '
+    "--local-dir fineweb-edu": "a Hub download of one FineWeb-Edu parquet file (~2 GB)",
+    "python train.py --config configs/speedrun.yaml --data.dataset fineweb-edu/sample/10BT --data.max_documents 0 "
+    "--data.prepare ahead --data.shard_tokens 5000000 --data.val_fraction 0.01 --output.run_name speedrun-fineweb": (
+        "trains on the FineWeb-Edu download above; tests/test_data_ahead.py trains with data.prepare ahead"
+    ),
 }
 
 # Runs only where the module is installed (the dev extra leaves it out).

@@ -30,9 +30,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tinyllama.core.fs import atomic_path, file_lock, write_text
+from tinyllama.core.fs import file_lock, write_text
 from tinyllama.core.hardware import user_cache_dir
-from tinyllama.data.util import DataError, stable_hash
+from tinyllama.data.util import DataError, fetched_once, stable_hash
 
 if TYPE_CHECKING:
     from mwparserfromhell.nodes import Template
@@ -160,13 +160,7 @@ def wiki_to_text(wikitext: str) -> str:
 
 def dump_path() -> Path:
     """The bz2 XML dump in the user's cache ($TINYLLAMA_CACHE, else ~/.cache/tinyllama), fetched on first use."""
-    path = user_cache_dir() / Path(DUMP).name
-    if not (path.is_file() and path.stat().st_size == DUMP_SIZE):
-        with file_lock(path.with_name(path.name + ".lock")):
-            if not (path.is_file() and path.stat().st_size == DUMP_SIZE):
-                with atomic_path(path) as tmp:
-                    tmp.write_bytes(_fetch_dump())
-    return path
+    return fetched_once(user_cache_dir() / Path(DUMP).name, DUMP_SIZE, _fetch_dump)
 
 
 # pip resolves a wheel for this machine; if gensim has none for it (a newer Python, say), the Linux one.

@@ -43,7 +43,7 @@ from tinyllama.data.chat import detect_format, template_of
 from tinyllama.data.conversations import builtin_chat_source, configured_template
 from tinyllama.data.encode import Encoder, ValSplit, batch_encoder
 from tinyllama.data.shards import PROGRESS, SPLITS, Progress, ShardWriter, resume_progress
-from tinyllama.data.sources import OPENERS, RECORD, TEXT_SUFFIXES, Source, resolve_source
+from tinyllama.data.sources import BUILTIN_TEXTS, OPENERS, RECORD, TEXT_SUFFIXES, Source, resolve_source
 from tinyllama.data.store import FORMAT, PreparedData, read_meta, token_dtype
 from tinyllama.data.tokenizer import Tokenizer, load_tokenizer
 from tinyllama.data.util import DataError, cache_error, stable_hash
@@ -295,7 +295,7 @@ def _resolve(cfg: DataConfig, cache: Path) -> tuple[str, Source]:
             )
         return "chat", builtin_chat_source(str(cache), cfg.max_documents)
     suffix = next((x for x in reversed(Path(cfg.dataset).suffixes) if x.lower() not in OPENERS), "").lower()
-    plain = cfg.dataset in ("builtin", "builtin-shakespeare") or suffix in TEXT_SUFFIXES
+    plain = cfg.dataset in BUILTIN_TEXTS or suffix in TEXT_SUFFIXES
     if cfg.format == "text" or (cfg.format == "auto" and plain):
         return "text", resolve_source(cfg.dataset, cfg.text_field, *args)
     records = resolve_source(cfg.dataset, RECORD, *args)

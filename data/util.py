@@ -1,4 +1,5 @@
-"""What the data modules share: the one exception type, cache-key hashes, and a fast "is the hub usable?".
+"""What the data modules share: the one exception type, cache-key hashes, a fast "is the hub usable?", and a
+download fetched once into the user's cache (the built-in corpora).
 
 Every failure a user can cause (a bad file, a full or read-only cache, a damaged download) leaves data/ as a
 DataError whose one line names the file or key and the fix; OSErrors are turned into such lines here.
@@ -16,11 +17,13 @@ import hashlib
 import json
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from tinyllama.core.cli import UserError
+from tinyllama.core.fs import atomic_path, file_lock
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -102,3 +105,15 @@ def go_offline() -> None:
         except ImportError:
             continue
         setattr(mod, attr, True)
+
+
+def fetched_once(path: Path, size: int, fetch: Callable[[], bytes]) -> Path:
+    """`path` (a download kept in the user's cache): written from `fetch()`, all or nothing, unless a file of `size`
+    bytes is already there; one process fetches while any other waits on its lock and then reuses the file."""
+    if not (path.is_file() and path.stat().st_size == size):
+        with file_lock(path.with_name(path.name + ".lock")):
+            if not (path.is_file() and path.stat().st_size == size):
+                data = fetch()
+                with atomic_path(path) as tmp:
+                    tmp.write_bytes(data)
+    return path

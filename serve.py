@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 
 from tinyllama.convert.model_source import resolve_model
 from tinyllama.core.backend import BACKENDS, load_backend, pick
@@ -168,29 +169,52 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> None:
         f"(chat page); OpenAI API at http://{shown}:{port}/v1{', API key required' if args.api_key else ''}",
         flush=True,
     )
-    engine.start()
+    failed: list[BaseException] = []
+    web = threading.Thread(target=serve_http, args=(server, sock, engine, failed), name="http")
+    with signals_drain(server):
+        web.start()
+        try:
+            engine.run()  # decoding keeps the main thread (Engine.run says why)
+        finally:
+            server.should_exit = True
+            web.join()
+    if failed:
+        raise failed[0]
+    print("stopped", file=sys.stderr, flush=True)
+
+
+def serve_http(server, sock: socket.socket, engine, failed: list[BaseException]) -> None:
+    """The HTTP side, in a thread of its own: uvicorn until it has drained, then the engine stops."""
     try:
         server.run(sockets=[sock])
+    except BaseException as exc:  # handed to the main thread, which raises it
+        failed.append(exc)
     finally:
         engine.stop()
-    print("stopped", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def signals_drain(server):
+    """Ctrl-C / SIGTERM (delivered to the main thread) drain the server running in another thread."""
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, server.drain) for sig in handled}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def make_server(config):
     """uvicorn's server, whose Ctrl-C / SIGTERM drains and returns (uvicorn itself re-raises the signal after its
-    shutdown, which would end the process with a KeyboardInterrupt or a kill status)."""
+    shutdown, which would end the process with a KeyboardInterrupt or a kill status). It runs outside the main
+    thread, so it installs no handlers: signals_drain does, in the main thread."""
     import uvicorn
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self):
-            handled = (signal.SIGINT, signal.SIGTERM)
-            previous = {sig: signal.signal(sig, self.drain) for sig in handled}
-            try:
-                yield
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
+            yield
 
         def drain(self, sig: int, frame) -> None:
             if self.should_exit:  # a second Ctrl-C: stop waiting for running requests

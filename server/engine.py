@@ -1,4 +1,5 @@
-"""The continuous-batching scheduler: one thread decodes every running request together, one token per step.
+"""The continuous-batching scheduler: one thread (serve.py's main one) decodes every running request together,
+one token per step.
 
 Requests wait in a bounded queue (`submit` raises Busy when it is full: the server answers 503 instead of
 growing without limit). Between two decode steps the engine admits queued requests while rows are free:
@@ -87,7 +88,8 @@ class Busy(Exception):
 
 
 class Engine:
-    """Runs `new_batch(max_rows)`'s rows in a thread of its own; `submit` from any thread."""
+    """Runs `new_batch(max_rows)`'s rows: `run` in the calling thread (serve.py's main thread) or `start` in a
+    thread of its own; `submit` and `stop` from any thread."""
 
     def __init__(self, new_batch: Callable[[int], RowBatch], max_rows: int = 8, max_queue: int = 64):
         self.new_batch, self.max_rows = new_batch, max_rows
@@ -101,6 +103,11 @@ class Engine:
     def start(self) -> None:
         self.thread.start()
 
+    def run(self) -> None:
+        """Decode in this thread until `stop`. serve.py runs it in the main thread: torch's CPU kernels (MKL
+        with OpenMP) ran a decode step ~1.45x slower from a second thread (docs/benchmarks.md, Serving)."""
+        self._run()
+
     def submit(self, job: Job) -> None:
         if self.stopping.is_set():
             raise Busy("the server is shutting down")
@@ -110,19 +117,20 @@ class Engine:
             raise Busy(f"the server is busy ({self.queue.maxsize} requests already wait); retry later") from None
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop after the current step; requests still running or queued end as cancelled."""
+        """Stop after the current step; requests still running or queued end as cancelled. Waits for the
+        engine's own thread (`start`), not for a `run` in another thread."""
         self.stopping.set()
         try:
             self.queue.put_nowait(None)  # wakes an idle engine
         except queue.Full:
             pass
-        if self.thread.is_alive():
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
             self.thread.join(timeout)
 
     def status(self) -> dict:
         return {"running": len(self.active), "queued": self.queue.qsize(), "steps": self.steps, "tokens": self.tokens}
 
-    # ------------------------------------------------------------------------------ the engine's thread
+    # ----------------------------------------------------------------------- the engine's thread (run / start)
 
     def _run(self) -> None:
         batch = self.new_batch(self.max_rows)

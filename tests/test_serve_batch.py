@@ -193,6 +193,35 @@ def test_the_engine_batches_finishes_by_length_stop_id_and_stop_string():
     assert engine.status()["running"] == 0
 
 
+def test_run_decodes_in_the_calling_thread_until_another_thread_stops_it():
+    """serve.py's layout: the engine in the main thread, requests and stop from the HTTP thread."""
+    made_in = []
+
+    def new_batch(n):
+        made_in.append(threading.current_thread())
+        return FakeBatch(n)
+
+    engine = Engine(new_batch, max_rows=2)
+    answered, events, done = job([1, 2], max_tokens=3)
+    left, left_events, left_done = job([5], max_tokens=10**6)
+
+    def client():
+        engine.submit(answered)
+        done.wait(5)
+        engine.submit(left)
+        while engine.status()["running"] < 1:
+            threading.Event().wait(0.01)
+        engine.stop()
+
+    other = threading.Thread(target=client)
+    other.start()
+    engine.run()  # returns once the client thread stops it
+    other.join(5)
+    assert made_in == [threading.current_thread()] and not engine.thread.is_alive()
+    assert text(events) == "<3><4><5>" and events[-1].reason == "length"
+    assert left_done.is_set() and left_events[-1].reason == "cancelled"  # running at the stop: ended, not lost
+
+
 def test_a_cancelled_request_leaves_the_batch_and_a_full_queue_refuses():
     made = []
     engine = Engine(lambda n: made.append(FakeBatch(n)) or made[-1], max_rows=1, max_queue=1)

@@ -89,7 +89,7 @@ def test_a_config_claiming_a_billion_layers_is_counted_without_listing_them():
     huge = dataclasses.replace(TINY_MODELS["gqa8x2-tied"], n_layers=10**9)
     start = time.perf_counter()
     count, tensors = count_parameters(huge), tensor_count(huge)
-    assert time.perf_counter() - start < 0.1
+    assert time.perf_counter() - start < 2  # listing 10**9 blocks would take hours; a busy machine may stall 0.1 s
     per_block = sum(p.size for p in block_parameters(huge).values())
     assert count == 10**9 * per_block + huge.vocab_size * huge.d_model + huge.d_model  # tied: one embedding
     assert tensors == 10**9 * len(block_parameters(huge)) + 2

@@ -25,12 +25,18 @@ import signal
 import socket
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 from tinyllama.convert.model_source import resolve_model
 from tinyllama.core.backend import BACKENDS, load_backend, pick
 from tinyllama.core.cli import ArgumentParser, UserError, install_extra, run_cli
 from tinyllama.core.dtypes import dtype_arg
 from tinyllama.core.model_files import is_mlx_quantized, read_eos_ids, read_model_config
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from tinyllama.server.engine import Engine
 
 KEY_ENV = "TINYLLAMA_API_KEY"
 
@@ -183,7 +189,7 @@ def main(argv: list[str] | None = None, fast_blas: bool = False) -> None:
     print("stopped", file=sys.stderr, flush=True)
 
 
-def serve_http(server, sock: socket.socket, engine, failed: list[BaseException]) -> None:
+def serve_http(server: uvicorn.Server, sock: socket.socket, engine: Engine, failed: list[BaseException]) -> None:
     """The HTTP side, in a thread of its own: uvicorn until it has drained, then the engine stops."""
     try:
         server.run(sockets=[sock])
@@ -194,7 +200,7 @@ def serve_http(server, sock: socket.socket, engine, failed: list[BaseException])
 
 
 @contextlib.contextmanager
-def signals_drain(server):
+def signals_drain(server: uvicorn.Server):
     """Ctrl-C / SIGTERM (delivered to the main thread) drain the server running in another thread."""
     handled = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, server.drain) for sig in handled}

@@ -104,8 +104,8 @@ class Engine:
         self.thread.start()
 
     def run(self) -> None:
-        """Decode in this thread until `stop`. serve.py runs it in the main thread: torch's CPU kernels (MKL
-        with OpenMP) ran a decode step ~1.45x slower from a second thread (docs/benchmarks.md, Serving)."""
+        """Decode in this thread until `stop`. serve.py runs it in the main thread: torch's CPU kernels ran a
+        decode step ~1.45x slower from a second thread (measured: docs/benchmarks.md, Serving)."""
         self._run()
 
     def submit(self, job: Job) -> None:

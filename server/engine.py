@@ -124,7 +124,7 @@ class Engine:
             self.queue.put_nowait(None)  # wakes an idle engine
         except queue.Full:
             pass
-        if self.thread.is_alive() and self.thread is not threading.current_thread():
+        if self.thread.is_alive():
             self.thread.join(timeout)
 
     def status(self) -> dict:

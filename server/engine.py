@@ -105,7 +105,7 @@ class Engine:
 
     def run(self) -> None:
         """Decode in this thread until `stop`. serve.py runs it in the main thread: torch's CPU kernels ran a
-        decode step ~1.45x slower from a second thread (measured: docs/benchmarks.md, Serving)."""
+        decode step 1.14-1.5x slower from a second thread (bench/serve_step.py)."""
         self._run()
 
     def submit(self, job: Job) -> None:

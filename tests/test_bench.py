@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -400,3 +401,21 @@ def test_ablate_runs_each_lever_within_its_budget_and_tables_the_val_bpb(tmp_pat
         assert results[name]["minutes"] == pytest.approx(last["time"] / 60) and last["time"] > 0
     table = rows.read_text()
     assert "| qk_norm |" in table and "--model.qk_norm true" in table and "| minutes |" in table
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_serve_step_times_the_batch_step_in_both_threads_and_the_head(backend):
+    """bench/serve_step.py on the smoke model: a line per row count, with the step in the main thread and in a
+    second one, their ratio, and the LM head alone."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = ["--backend", backend, "--config", "configs/smoke.yaml", "--rows", "1", "3", "--steps", "3"]
+    done = subprocess.run([sys.executable, "bench/serve_step.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = r"(\d+) rows: step ([\d.]+) ms in the main thread, ([\d.]+) ms in a second thread \(([\d.]+)x\); LM head"
+    rows = [re.match(line, text) for text in done.stdout.splitlines()[1:]]
+    assert [int(m.group(1)) for m in rows if m] == [1, 3], done.stdout
+    for m in rows:
+        main, other, ratio = (float(m.group(i)) for i in (2, 3, 4))
+        assert main > 0 and other > 0 and ratio == pytest.approx(other / main, abs=0.02), m.group(0)
+    assert done.stdout.startswith(f"{backend} cpu float32, smoke.yaml's model")

@@ -6,7 +6,8 @@
 The decode loop, sampling and stopping are core/generate.py's. Here: the prompt prefilled in one pass,
 then one token per step through the KV cache (a loaded model with its projections fused,
 model.fuse_projections), under `torch.inference_mode`; greedy argmax stays on the device, so on CUDA the
-next step is queued before the host waits for the previous one.
+next step is queued before the host waits for the previous one. A loaded fp32 model on the CPU takes greedy
+ids from torch_model/greedy.py's screened head (the same ids, a quarter of the head's bytes read).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 
 from tinyllama.core.backend import Backend
 from tinyllama.core.hardware import peak_rss_bytes
+from tinyllama.torch_model.greedy import GreedyHead, int8_kernel_available
 from tinyllama.torch_model.model import Model, fuse_projections
 from tinyllama.torch_model.state import load_model, resolve_device, unwrap
 
@@ -29,10 +31,17 @@ def last_logits(model: Model, tokens: torch.Tensor, cache: list) -> torch.Tensor
 
 
 class Decoder:
-    """One KV-cache session (core.generate.Decoder): the last position's argmax ids or fp32 logits."""
+    """One KV-cache session (core.generate.Decoder): the last position's argmax ids or fp32 logits;
+    `greedy_head` (GreedyHead), when given, finds the greedy ids: from the first token once its int8 copy
+    exists, else from the session's SCREEN_FROM-th token on, which makes the copy. Making it costs what the
+    screen saves over ~100 tokens (docs/benchmarks.md), so a process that only ever gives short answers
+    never makes it."""
 
-    def __init__(self, model: Model, greedy: bool):
+    SCREEN_FROM = 16
+
+    def __init__(self, model: Model, greedy: bool, greedy_head: GreedyHead | None = None):
         self.model, self.greedy, self.cache = model, greedy, model.make_cache()
+        self.greedy_head, self.steps = greedy_head if greedy else None, 0
         self.device = next(model.parameters()).device
 
     @torch.inference_mode()
@@ -41,7 +50,11 @@ class Decoder:
             tokens = tokens[:, None]  # (B, 1): the previous step's ids, still on the device
         else:
             tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device)  # (B, T)
-        logits = last_logits(self.model, tokens, self.cache)  # (B, V)
+        hidden = self.model.model(tokens, self.cache)[:, -1, :]  # (B, d)
+        self.steps += 1
+        if self.greedy_head is not None and (self.greedy_head.q is not None or self.steps >= self.SCREEN_FROM):
+            return self.greedy_head.argmax(hidden)  # (B,) int64
+        logits = self.model.logits(hidden)  # (B, V)
         if not self.greedy:
             return logits.float()
         if logits.device.type == "cpu":  # numpy's argmax (same first-max rule) is faster than torch's on CPU
@@ -80,15 +93,24 @@ def peak_memory() -> int:
     return peak_rss_bytes()
 
 
-def as_backend(model: torch.nn.Module) -> Backend:
+def as_backend(model: torch.nn.Module, screen_greedy: bool = False) -> Backend:
     """`model` (or the Model inside a compile/DDP/FSDP wrapper) behind the framework-free interface that
-    infer, evaluate and the trainers' samples use."""
+    infer, evaluate and the trainers' samples use. `screen_greedy`: greedy ids from a GreedyHead where it
+    applies (an fp32 head on the CPU, no soft-capping: tanh can round distinct logits to equal ones)."""
     from tinyllama.torch_model.batch import RowBatch  # it builds on this module's last_logits
 
     model = unwrap(model)
     weight = model.model.embed_tokens.weight
     dtype = str(weight.dtype).rsplit(".", 1)[-1]
-    return Backend("torch", str(weight.device), dtype, model, Decoder, batch_loss, score_batch, peak_memory, RowBatch)
+    head = model.head_layer.weight
+    screens = screen_greedy and head.device.type == "cpu" and head.dtype == torch.float32
+    screens = screens and not model.cfg.logit_softcap and int8_kernel_available()
+    greedy_head = GreedyHead(head) if screens else None  # its int8 copy is made at its first use
+
+    def decoder(model: Model, greedy: bool) -> Decoder:
+        return Decoder(model, greedy, greedy_head)
+
+    return Backend("torch", str(weight.device), dtype, model, decoder, batch_loss, score_batch, peak_memory, RowBatch)
 
 
 def transpose_storage(model: Model) -> Model:
@@ -108,6 +130,7 @@ def transpose_storage(model: Model) -> Model:
 
 def load_backend(path: str | Path, dtype: str | None = None, device: str = "auto") -> Backend:
     """Any Llama model directory (ours, transformers', mlx_lm's) on `device` (auto: CUDA, MPS, CPU), laid out
-    for inference: transposed storage on the CPU, fused projections (model.fuse_projections)."""
+    for inference: transposed storage on the CPU, fused projections (model.fuse_projections), greedy ids from
+    a screened head on the CPU (torch_model/greedy.py)."""
     model, _ = load_model(path, dtype, resolve_device(device))
-    return as_backend(fuse_projections(transpose_storage(model.eval())))
+    return as_backend(fuse_projections(transpose_storage(model.eval())), screen_greedy=True)

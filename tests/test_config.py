@@ -111,7 +111,10 @@ def test_resolved_config_round_trips(tmp_path):
     assert again.to_dict() == cfg.to_dict()
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "configs/smoke.yaml", "configs/gpt2-124m.yaml"])
+SHIPPED = ["config.yaml", *(f"configs/{name}.yaml" for name in ("smoke", "gpt2-124m", "speedrun", "sprint"))]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_configs_are_valid(name):
     load_config(ROOT / name)
 

@@ -89,18 +89,25 @@ def expand(patterns: list[str]) -> list[Path]:
     return list(found)
 
 
-def val_data(run: Config, fingerprint: str | None, build: bool) -> tuple[Any, str | None]:
+def val_data(run: Config, fingerprint: str | None, build: bool, tokens: dict | None = None) -> tuple[Any, str | None]:
     """The run's prepared data (for its val split), or None and why not. Only reads a prepared cache unless
-    `build`."""
+    `build`. `tokens`: the split sizes the run trained on (its checkpoint's data signature), which the val
+    split must have: data prepared by an earlier version split text by tokens, not bytes."""
     from tinyllama.data.prepare import prepare_data
     from tinyllama.data.store import PreparedData, find_prepared
 
     try:
-        if build:  # in full, also for a data.prepare: ahead run (its val set is read from the finished data)
-            return prepare_data(
-                dataclasses.replace(run.data, prepare="full"), progress=False, log=lambda *_: None
-            ), None
-        path = find_prepared(dataclasses.asdict(run.data), fingerprint)
+        path = find_prepared(dataclasses.asdict(run.data), fingerprint, tokens)
+        if path is None and build:  # in full, also for a data.prepare: ahead run (its val set is read from the
+            # finished data)
+            built = prepare_data(dataclasses.replace(run.data, prepare="full"), progress=False, log=lambda *_: None)
+            if tokens is None or built.meta["tokens"] == tokens:
+                return built, None
+            return None, (
+                f"the run trained on a split of {tokens['train']:,} / {tokens['val']:,} tokens that is no longer "
+                f"prepared here (this version prepares {built.meta['tokens']['train']:,} / "
+                f"{built.meta['tokens']['val']:,}): no val split to score it on"
+            )
         if path is None:
             return None, f"dataset '{run.data.dataset}' is not prepared here (add --prepare-val)"
         return PreparedData.open(path), None
@@ -117,9 +124,12 @@ def validation(path: Path, fingerprint: str, args: argparse.Namespace, memo: dic
     if not raw or "data" not in raw:
         return None, "no train_config.yaml with a data section"
     run = config_from_dict(raw)
-    key = (json.dumps(raw.get("data"), sort_keys=True), fingerprint)
+    signature = read_trainer_state(path).get("data_signature")
+    tokens = signature.get("tokens") if isinstance(signature, dict) and run.data.prepare != "ahead" else None
+    tokens = tokens if isinstance(tokens, dict) else None
+    key = (json.dumps(raw.get("data"), sort_keys=True), fingerprint, json.dumps(tokens, sort_keys=True))
     if key not in memo:
-        memo[key] = val_data(run, fingerprint, args.prepare_val)
+        memo[key] = val_data(run, fingerprint, args.prepare_val, tokens)
     data, note = memo[key]
     if data is None:
         return None, note

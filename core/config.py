@@ -126,7 +126,9 @@ class DataConfig:
     tokenizer: str = opt(
         "gpt2", "gpt2 | a Hugging Face tokenizer name or directory | tokenizer.json | bpe:<vocab size>"
     )
-    val_fraction: float = opt(0.02, "share of documents held out for validation, in (0, 1)")
+    val_fraction: float = opt(
+        0.02, "share of the text held out for validation (whole documents, by UTF-8 bytes), in (0, 1)"
+    )
     text_field: str = opt("text", "the text column of .jsonl / .parquet / Hugging Face datasets")
     dataset_config: str = opt("", "Hugging Face dataset config name (e.g. wikitext-103-raw-v1)")
     split: str = opt("train", "Hugging Face dataset split to read")

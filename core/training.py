@@ -190,7 +190,9 @@ def _check_same_data(path: Path, state: dict[str, Any], data: dict[str, Any] | N
     if old.get("tokens") != data["tokens"] or old.get("sample") != data["sample"]:
         raise UserError(
             f"cannot resume from {path}: its data differs (dataset '{old.get('dataset')}', {old.get('tokens')} "
-            f"tokens; now '{data['dataset']}', {data['tokens']}); use the run's own data.dataset"
+            f"tokens; now '{data['dataset']}', {data['tokens']}); use the run's own data.dataset (data an earlier "
+            f"version prepared, whose split counted tokens, is still in data.cache_dir/prepared: pass its "
+            f"directory as --data.dataset)"
         )
 
 

@@ -11,6 +11,10 @@ ids equal whole-document encoding.
 
 The stream can be checkpointed after any batch that ends on a document boundary: what the resume
 needs then is only how many documents were read and the val split's two counters (data/shards.py).
+
+The split counts a document's UTF-8 bytes, not its tokens, so it sends the same documents to val whatever
+the tokenizer: bits per byte of two tokenizers compare on the same text, and a BPE trained on the corpus
+learns from the train documents only (`train_documents`), never from the text it is scored on.
 """
 
 from __future__ import annotations
@@ -53,8 +57,25 @@ def pieces(doc: str, chunk: int | None = None) -> Iterator[str]:
     yield doc[start:]
 
 
+def text_bytes(text: str) -> int:
+    """UTF-8 length of `text` (lone surrogates from data.encoding_errors count as their 3-byte form)."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def train_documents(docs: Iterable[str], fraction: float) -> Iterator[str]:
+    """The documents prepare sends to train, in order (the split is by bytes, so it is known before any
+    tokenizer exists): what a BPE trained on the corpus learns from. A corpus with no document in val (one
+    file) takes val from its tail after encoding; its tokenizer sees all of it."""
+    split = ValSplit(fraction)
+    for doc in docs:
+        if doc and not split.is_val(text_bytes(doc)):
+            yield doc
+
+
 class ValSplit:
-    """Sends whole documents to val so the val share of tokens stays as close as possible to `fraction`.
+    """Sends whole documents to val so the val share of the corpus stays as close as possible to `fraction`.
+
+    Sizes are UTF-8 bytes for text corpora (Encoder) and tokens for conversations (data/conversations.py).
 
     Deterministic and single-pass (works on streams of unknown length): a document goes to val when
     that leaves |val - fraction * total| smaller than sending it to train would. Its state is two
@@ -64,10 +85,10 @@ class ValSplit:
     def __init__(self, fraction: float, total: int = 0, val: int = 0) -> None:
         self.fraction, self.total, self.val = fraction, total, val
 
-    def is_val(self, n_tokens: int) -> bool:
-        self.total += n_tokens
-        to_val = self.val + n_tokens / 2 < self.fraction * self.total
-        self.val += n_tokens if to_val else 0
+    def is_val(self, size: int) -> bool:
+        self.total += size
+        to_val = self.val + size / 2 < self.fraction * self.total
+        self.val += size if to_val else 0
         return to_val
 
 
@@ -177,8 +198,10 @@ class Encoder:
         self.read = 0  # documents taken from the stream so far (empty ones too)
         self.texts: list[str] = []
         self.ends: list[bool] = []  # does piece i end its document?
+        self.sizes: list[int] = []  # UTF-8 bytes of piece i (what the split counts)
         self.chars = 0
         self.carry: list[np.ndarray] = []  # tokens of a document whose last piece is in a later batch
+        self.carry_bytes = 0  # and its bytes so far
         self.pool: ThreadPoolExecutor | None = None
         self.in_flight: tuple[Future[tuple[np.ndarray, np.ndarray]], list[bool], int] | None = None
 
@@ -187,6 +210,7 @@ class Encoder:
         for i, part in enumerate(parts):
             self.texts.append(part)
             self.ends.append(i == len(parts) - 1)
+            self.sizes.append(text_bytes(part))
             self.chars += len(part)
             if self.chars >= BATCH_CHARS or len(self.texts) >= BATCH_PIECES:
                 self.flush()
@@ -208,21 +232,21 @@ class Encoder:
         if self.texts:
             if self.pool is None:
                 raise RuntimeError("Encoder.flush outside add_all")
-            started = (self.pool.submit(self.encode, self.texts), self.ends, self.read)
-            self.texts, self.ends, self.chars = [], [], 0
+            started = (self.pool.submit(self.encode, self.texts), self.ends, self.sizes, self.read)
+            self.texts, self.ends, self.sizes, self.chars = [], [], [], 0
         if self.in_flight is not None:
-            future, ends, read = self.in_flight
-            self._write(*future.result(), ends)
+            future, ends, sizes, read = self.in_flight
+            self._write(*future.result(), ends, sizes)
             if ends[-1]:
                 self.checkpoint(read)
         self.in_flight = started
 
-    def _write(self, flat: np.ndarray, lengths: np.ndarray, ends: list[bool]) -> None:
+    def _write(self, flat: np.ndarray, lengths: np.ndarray, ends: list[bool], sizes: list[int]) -> None:
         ended = np.flatnonzero(np.asarray(ends))
         flat = np.insert(flat, np.cumsum(lengths)[ended], self.eos_id)  # EOS after each document's last piece
         lengths = lengths.copy()
         lengths[ended] += 1
-        labels = self._labels(lengths, ends)
+        labels = self._labels(ends, sizes)
         per_token = np.repeat(labels, lengths)
         for code, split in enumerate(("train", "val")):
             self.writers[split].write(flat[per_token == code])
@@ -230,19 +254,20 @@ class Encoder:
             self.carry.append(flat[per_token == 2])
         self.bar.update(int(flat.size))
 
-    def _labels(self, lengths: np.ndarray, ends: list[bool]) -> np.ndarray:
+    def _labels(self, ends: list[bool], sizes: list[int]) -> np.ndarray:
         """Per piece: 0 train, 1 val, 2 held back (its document continues in the next batch)."""
-        labels = np.full(len(lengths), 2, np.int8)
-        first, doc_tokens = 0, sum(len(c) for c in self.carry)
+        labels = np.full(len(ends), 2, np.int8)
+        first, doc_bytes = 0, self.carry_bytes
         for i, end in enumerate(ends):
-            doc_tokens += int(lengths[i])
+            doc_bytes += sizes[i]
             if not end:
                 continue
-            code = int(self.split.is_val(doc_tokens))
+            code = int(self.split.is_val(doc_bytes))
             labels[first : i + 1] = code
             self.documents["val" if code else "train"] += 1
             if self.carry:  # the first document of this batch began earlier: its head goes first
                 self.writers["val" if code else "train"].write(np.concatenate(self.carry))
                 self.carry = []
-            first, doc_tokens = i + 1, 0
+            first, doc_bytes = i + 1, 0
+        self.carry_bytes = doc_bytes
         return labels

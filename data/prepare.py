@@ -41,10 +41,10 @@ from tinyllama.data import conversations
 from tinyllama.data.ahead import AheadData
 from tinyllama.data.chat import detect_format, template_of
 from tinyllama.data.conversations import builtin_chat_source, configured_template
-from tinyllama.data.encode import Encoder, ValSplit, batch_encoder
+from tinyllama.data.encode import Encoder, ValSplit, batch_encoder, train_documents
 from tinyllama.data.shards import PROGRESS, SPLITS, Progress, ShardWriter, resume_progress
 from tinyllama.data.sources import BUILTIN_TEXTS, OPENERS, RECORD, TEXT_SUFFIXES, Source, resolve_source
-from tinyllama.data.store import FORMAT, PreparedData, read_meta, token_dtype
+from tinyllama.data.store import FORMAT, SPLIT_RULE, PreparedData, read_meta, token_dtype
 from tinyllama.data.tokenizer import Tokenizer, load_tokenizer
 from tinyllama.data.util import DataError, cache_error, stable_hash
 
@@ -152,6 +152,7 @@ def _build(work: Path, source: Source, tokenizer: Tokenizer, cfg: DataConfig, ke
     new_tokens = sum(w.tokens for w in writers.values()) - resumed_tokens
     progress.shards = {s: w.shards for s, w in writers.items()}
     extra = {
+        "split": SPLIT_RULE,
         "val_from_tail": val_from_tail,
         "tokens": {s: writers[s].tokens for s in SPLITS},
         "seconds": round(seconds, 3),
@@ -311,8 +312,12 @@ def _resolve(cfg: DataConfig, cache: Path) -> tuple[str, Source]:
 
 def _plan(source: Source, cache: Path, data_cfg: DataConfig, fmt: str) -> tuple[Tokenizer, str, Path]:
     """(tokenizer, cache key, prepared directory) for these inputs; builds nothing but a bpe tokenizer."""
-    corpus_key = stable_hash([source.fingerprint, data_cfg.max_documents])
     docs = _limited(source, data_cfg.max_documents)
+    if fmt == "text":  # a trained BPE learns from the train documents only: the val split stays unseen text
+        docs = train_documents(docs, data_cfg.val_fraction)
+        corpus_key = stable_hash([source.fingerprint, data_cfg.max_documents, SPLIT_RULE, data_cfg.val_fraction])
+    else:
+        corpus_key = stable_hash([source.fingerprint, data_cfg.max_documents])
     tokenizer = load_tokenizer(data_cfg.tokenizer, docs, cache / "tokenizers", corpus_key, source.description)
     inputs = {
         "format": FORMAT,
@@ -321,7 +326,9 @@ def _plan(source: Source, cache: Path, data_cfg: DataConfig, fmt: str) -> tuple[
         "tokenizer": tokenizer.fingerprint(),
         "val_fraction": data_cfg.val_fraction,
     }
-    if fmt != "text":  # conversations: how they are rendered and masked decides the tokens too
+    if fmt == "text":
+        inputs["split"] = SPLIT_RULE
+    else:  # conversations: how they are rendered and masked decides the tokens too
         template = template_of(tokenizer, configured_template(data_cfg.chat_template))
         inputs["rows"] = [fmt, data_cfg.mask_prompt, template.text]
         tokenizer.chat_template = template.text  # PreparedData.open below may reuse this tokenizer

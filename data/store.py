@@ -32,6 +32,9 @@ from tinyllama.data.util import DataError, json_type, os_reason, stable_hash
 
 FORMAT = 1
 MATCH_KEYS = ("dataset", "max_documents", "tokenizer", "val_fraction")  # what makes a prepared val split ours
+# how prepare splits text corpora (meta.json "split"): whole documents by their UTF-8 bytes, so every tokenizer
+# gets the same val text; directories made before it ("split" absent) counted tokens
+SPLIT_RULE = "document bytes"
 DTYPES = ("uint16", "uint32")
 # meta.json keys whose type the code relies on (prepare's summary, signature(), find_prepared, open())
 META_FIELDS = {
@@ -302,11 +305,13 @@ def check_model_vocab(model_vocab_size: int, vocab_size: int, spec: str) -> None
         )
 
 
-def find_prepared(data: dict[str, Any], fingerprint: str | None) -> Path | None:
+def find_prepared(data: dict[str, Any], fingerprint: str | None, tokens: dict[str, int] | None = None) -> Path | None:
     """The newest prepared directory in data.cache_dir made from this dataset/tokenizer/split (never builds).
 
     `data` is a run's data config as a dict (train_config.yaml); `fingerprint`, when given, must be the
-    tokenizer's. A prepared directory given as data.dataset is taken whatever its split.
+    tokenizer's; `tokens`, when given (a checkpoint's data signature), the split sizes, so a run prepared by an
+    earlier version (whose split counted tokens) is scored on its own val split. A prepared directory given as
+    data.dataset is taken whatever its split.
     """
     given = Path(str(data.get("dataset", ""))).expanduser()
     metas = [given / "meta.json"] if (given / "meta.json").is_file() else []
@@ -317,6 +322,7 @@ def find_prepared(data: dict[str, Any], fingerprint: str | None) -> Path | None:
             meta = json.loads(file.read_text(encoding="utf-8"))
             made = (meta["source"]["spec"], meta["source"]["max_documents"], meta["tokenizer"]["spec"])
             same = file.parent == given or (*made, meta["val_fraction"]) == tuple(data.get(k) for k in MATCH_KEYS)
+            same = same and (tokens is None or file.parent == given or meta["tokens"] == tokens)
         except (OSError, ValueError, KeyError, TypeError):
             continue
         if same and (fingerprint is None or meta["tokenizer"]["fingerprint"] == fingerprint):

@@ -79,6 +79,35 @@ def test_parquet_source(tmp_path):
     assert sorted(split_docs(prepared, "train") + split_docs(prepared, "val")) == sorted(DOCS[:20])
 
 
+def test_the_split_counts_bytes_so_every_tokenizer_gets_the_same_val_documents(tmp_path):
+    # documents whose tokens per byte differ a lot between tokenizers: a token-count split would pick others
+    docs = [("Ωμέγα " * (5 + i % 7)) + ("plain words " * (3 + (i * 5) % 11)) for i in range(40)]
+    corpus = write_docs(tmp_path / "c", docs)
+    vals = {}
+    for spec in ("gpt2", "bpe:300"):
+        prepared = prepare_data(cfg(tmp_path / spec, str(corpus / "*.txt"), tokenizer=spec, val_fraction=0.2), False)
+        vals[spec] = split_docs(prepared, "val")
+        assert prepared.meta["split"] == "document bytes"
+    assert vals["gpt2"] == vals["bpe:300"] and vals["gpt2"]
+    held = encode.ValSplit(0.2)
+    assert vals["gpt2"] == [d for d in docs if held.is_val(len(d.encode("utf-8")))]
+
+
+def test_a_trained_tokenizer_never_sees_the_val_documents(tmp_path):
+    def word(i: int) -> str:  # one made-up word per document, found nowhere else
+        return "".join(chr(ord("a") + (i * 7 + k * (i % 5 + 1)) % 26) for k in range(7)) + "q"
+
+    docs = [f"Document {i}. " + f" {word(i)}" * 40 + "." for i in range(30)]
+    corpus = write_docs(tmp_path / "c", docs)
+    prepared = prepare_data(cfg(tmp_path, str(corpus / "*.txt"), tokenizer="bpe:2000", val_fraction=0.2), False)
+    val = split_docs(prepared, "val")
+    assert 3 <= len(val) <= 9
+    tok = prepared.tokenizer
+    pieces = {i: len(tok.encode(" " + word(i))) for i in range(30)}
+    assert all(pieces[i] == 1 for i, d in enumerate(docs) if d not in val)  # a train word is one token
+    assert all(pieces[i] > 1 for i, d in enumerate(docs) if d in val)  # a val word was never learnt
+
+
 def test_single_document_takes_val_from_the_tail(tmp_path):
     text = " ".join(DOCS)
     (tmp_path / "one.txt").write_text(text)
@@ -243,3 +272,7 @@ def test_find_prepared_matches_dataset_tokenizer_and_split(tmp_path):
     assert find_prepared(data, "0123456789abcdef") is None  # another tokenizer's fingerprint
     assert find_prepared({"dataset": str(prepared.path)}, fingerprint) == prepared.path  # given directly
     assert find_prepared({"dataset": str(prepared.path)}, "0123456789abcdef") is None
+    sizes = prepared.meta["tokens"]
+    assert find_prepared(data, fingerprint, sizes) == prepared.path  # the split a checkpoint trained on
+    # a run prepared by a version whose split counted tokens: the same config, other split sizes
+    assert find_prepared(data, fingerprint, {"train": sizes["train"] + 7, "val": sizes["val"] - 7}) is None

@@ -130,7 +130,7 @@ class Progress:
     shard_tokens: int
     dtype: str
     documents_read: int = 0
-    val_split: tuple[int, int] = (0, 0)  # ValSplit's (total, val) token counters
+    val_split: tuple[int, int] = (0, 0)  # ValSplit's (total, val) counters: UTF-8 bytes of the documents
     documents: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
     shards: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"train": [], "val": []})
 

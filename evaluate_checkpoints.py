@@ -103,10 +103,11 @@ def val_data(run: Config, fingerprint: str | None, build: bool, tokens: dict | N
             built = prepare_data(dataclasses.replace(run.data, prepare="full"), progress=False, log=lambda *_: None)
             if tokens is None or built.meta["tokens"] == tokens:
                 return built, None
+            made = built.meta["tokens"]
             return None, (
-                f"the run trained on a split of {tokens['train']:,} / {tokens['val']:,} tokens that is no longer "
-                f"prepared here (this version prepares {built.meta['tokens']['train']:,} / "
-                f"{built.meta['tokens']['val']:,}): no val split to score it on"
+                f"the run trained on a split of {tokens.get('train')} / {tokens.get('val')} tokens that is no "
+                f"longer prepared here (this version prepares {made['train']} / {made['val']}): no val split "
+                f"to score it on"
             )
         if path is None:
             return None, f"dataset '{run.data.dataset}' is not prepared here (add --prepare-val)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -167,6 +168,27 @@ def test_validation_loss_from_the_prepared_split(trained, capsys):
         assert f"{math.exp(losses[backend]):.2f}" in out  # perplexity column
     assert 0 < losses["torch"] < 0.5  # the model knows this text
     assert losses["mlx"] == pytest.approx(losses["torch"], abs=1e-4)
+
+
+def test_a_checkpoint_is_scored_only_on_the_split_it_trained_on(trained, tmp_path, capsys):
+    root, ckpt = trained
+    run_ckpt = tmp_path / "run.ckpt"
+    shutil.copytree(ckpt, run_ckpt)
+    argv = ["--checkpoints", str(run_ckpt), "--cases", str(root / "cases.yaml"), "--backend", "torch", "--prepare-val"]
+
+    def score(split_sizes: dict) -> tuple[float | None, str]:
+        state = json.loads((run_ckpt / "trainer_state.json").read_text())
+        (run_ckpt / "trainer_state.json").write_text(json.dumps({**state, "data_signature": {"tokens": split_sizes}}))
+        code, _, err = run([*argv, "--out", str(tmp_path / "v.json")], capsys)
+        assert code == 0, err
+        return json.loads((tmp_path / "v.json").read_text())[0]["val_loss"], err
+
+    # as if an earlier version had prepared its data: a split of other sizes than today's
+    loss, err = score({"train": 1, "val": 1})
+    assert loss is None and "no longer prepared here" in err
+    (meta,) = (root / "cache" / "prepared").glob("*/meta.json")  # what --prepare-val prepared just now
+    loss, err = score(json.loads(meta.read_text())["tokens"])
+    assert loss is not None and 0 < loss < 0.5 and "prepared here" not in err
 
 
 @pytest.mark.parametrize("backend", ["torch", "mlx"])

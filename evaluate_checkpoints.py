@@ -98,8 +98,7 @@ def val_data(run: Config, fingerprint: str | None, build: bool, tokens: dict | N
 
     try:
         path = find_prepared(dataclasses.asdict(run.data), fingerprint, tokens)
-        if path is None and build:  # in full, also for a data.prepare: ahead run (its val set is read from the
-            # finished data)
+        if path is None and build:  # in full, also for an ahead run (its val set is read from the finished data)
             built = prepare_data(dataclasses.replace(run.data, prepare="full"), progress=False, log=lambda *_: None)
             if tokens is None or built.meta["tokens"] == tokens:
                 return built, None
@@ -116,16 +115,18 @@ def val_data(run: Config, fingerprint: str | None, build: bool, tokens: dict | N
         return None, f"validation data unavailable ({str(exc).splitlines()[0]})"
 
 
-def validation(path: Path, fingerprint: str, args: argparse.Namespace, memo: dict) -> tuple[Any, str | None]:
+def validation(
+    path: Path, fingerprint: str, state: dict[str, Any], args: argparse.Namespace, memo: dict
+) -> tuple[Any, str | None]:
     """(windows of the run's val set (data.loader.val_windows), batch size) or (None, why not); the split
-    is read once per data config."""
+    is read once per data config. `state`: the checkpoint's trainer_state.json (its data signature)."""
     if args.val_tokens is not None and args.val_tokens < 0:
         return None, "skipped (--val-tokens -1)"
     raw = read_train_config(path)
     if not raw or "data" not in raw:
         return None, "no train_config.yaml with a data section"
     run = config_from_dict(raw)
-    signature = read_trainer_state(path).get("data_signature")
+    signature = state.get("data_signature")
     tokens = signature.get("tokens") if isinstance(signature, dict) and run.data.prepare != "ahead" else None
     tokens = tokens if isinstance(tokens, dict) else None
     key = (json.dumps(raw.get("data"), sort_keys=True), fingerprint, json.dumps(tokens, sort_keys=True))
@@ -173,10 +174,10 @@ def evaluate(path: Path, args: argparse.Namespace, cases, memo: dict) -> dict[st
         values = (case.name, case.prompt, case.expect, rank, rank <= args.hit_k, sum(logprobs))
         records.append(dict(zip(CASE_KEYS, (*values, sum(logprobs) / len(logprobs)), strict=True)))
     scored = [r for r in records if r["rank"] is not None] or [{"rank": 0, "hit": False}]
-    val, note = validation(path, tok.fingerprint(), args, memo)
+    state = read_trainer_state(path)
+    val, note = validation(path, tok.fingerprint(), state, args, memo)
     if val is not None and val[0].max() >= backend.config.vocab_size:
         val, note = None, f"validation tokens exceed the model's vocab_size {backend.config.vocab_size}"
-    state = read_trainer_state(path)
     val_loss = val_bpb = None
     if val is not None:
         from tinyllama.data.token_bytes import token_bytes

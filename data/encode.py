@@ -203,7 +203,7 @@ class Encoder:
         self.carry: list[np.ndarray] = []  # tokens of a document whose last piece is in a later batch
         self.carry_bytes = 0  # and its bytes so far
         self.pool: ThreadPoolExecutor | None = None
-        self.in_flight: tuple[Future[tuple[np.ndarray, np.ndarray]], list[bool], int] | None = None
+        self.in_flight: tuple[Future[tuple[np.ndarray, np.ndarray]], list[bool], list[int], int] | None = None
 
     def add(self, doc: str) -> None:
         parts = list(pieces(doc))

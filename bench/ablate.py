@@ -32,17 +32,17 @@ CONFIG = ROOT / "configs" / "speedrun.yaml"
 LEVERS: dict[str, dict[str, str]] = {
     "baseline": {},
     "gpt2 tokenizer": {"data.tokenizer": "gpt2", "model.vocab_size": "50257"},
-    "bpe:1024": {"data.tokenizer": "bpe:1024", "model.vocab_size": "1024"},
+    "bpe:2048": {"data.tokenizer": "bpe:2048", "model.vocab_size": "2048"},
     "bpe:4096": {"data.tokenizer": "bpe:4096", "model.vocab_size": "4096"},
-    "bpe:8192": {"data.tokenizer": "bpe:8192", "model.vocab_size": "8192"},
     "bpe:16384": {"data.tokenizer": "bpe:16384", "model.vocab_size": "16384"},
     "d192 x 6 layers": {"model.d_model": "192", "model.n_layers": "6", "model.n_heads": "3", "model.n_kv_heads": "3",
                         "model.d_ff": "512"},
     "d384 x 3 layers": {"model.d_model": "384", "model.n_heads": "6", "model.n_kv_heads": "6", "model.n_layers": "3",
                         "model.d_ff": "1024"},
-    "seq 128": {"training.seq_len": "128", "training.batch_size": "16"},
-    "batch 16": {"training.batch_size": "16"},
-    "qk_norm": {"model.qk_norm": "true"},
+    "6 layers": {"model.n_layers": "6"},
+    "seq 256": {"training.seq_len": "256", "training.batch_size": "8"},
+    "batch 8": {"training.batch_size": "8"},
+    "no qk_norm": {"model.qk_norm": "false"},
     "relu2": {"model.mlp": "relu2", "model.d_ff": "1032"},
     "logit_softcap 15": {"model.logit_softcap": "15"},
     "z_loss 1e-4": {"training.z_loss": "1e-4"},
@@ -53,6 +53,8 @@ LEVERS: dict[str, dict[str, str]] = {
     "muon_lr 0.04": {"training.muon_lr": "0.04"},
     "lr 4e-3": {"training.lr": "4e-3", "training.min_lr": "4e-4"},
     "weight_decay 0": {"training.weight_decay": "0"},
+    "muon_weight_decay 0.1": {"training.muon_weight_decay": "0.1"},
+    "decay 40%": {"training.decay_fraction": "0.4"},
 }  # fmt: skip
 
 

@@ -379,12 +379,24 @@ def test_cuda_check_sweep_runs_each_batch_with_its_estimate_first(tmp_path):
     assert not (out / "train.log").exists()
 
 
+def test_every_ablate_lever_is_a_valid_change_of_the_speedrun_recipe():
+    """Each lever of bench/ablate.py loads on configs/speedrun.yaml and changes it: a lever the recipe has since
+    adopted (QK-norm, a vocabulary) would be a second baseline row, and a renamed key an error mid-screen."""
+    from tinyllama.core.config import load_config, parse_overrides
+
+    ablate = bench_module("ablate")
+    base = load_config(ablate.CONFIG)
+    for name in ablate.LEVERS:
+        changed = load_config(ablate.CONFIG, parse_overrides(ablate.lever_args(name)))
+        assert (changed == base) == (name == "baseline"), name
+
+
 @pytest.mark.slow
 def test_ablate_runs_each_lever_within_its_budget_and_tables_the_val_bpb(tmp_path, data_cache):
     """bench/ablate.py on the smoke config: each lever trains in its own process under training.time_budget and
     is read back from its metrics.jsonl (final val bpb, steps, epochs) into one table."""
     out, rows = tmp_path / "ablate.json", tmp_path / "rows.md"
-    args = ["--config", "configs/smoke.yaml", "--budget", "0.1", "--only", "baseline", "--only", "qk_norm",
+    args = ["--config", "configs/smoke.yaml", "--budget", "0.1", "--only", "baseline", "--only", "no qk_norm",
             "--json", str(out), "--markdown", str(rows), "--work", str(tmp_path / "runs"),
             "--training.warmup_steps", "3", "--training.eval_every", "10", "--data.cache_dir", str(data_cache),
             "--hardware.accelerator", "cpu"]  # fmt: skip
@@ -393,14 +405,14 @@ def test_ablate_runs_each_lever_within_its_budget_and_tables_the_val_bpb(tmp_pat
                           timeout=600, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     results = {r["lever"]: r for r in json.loads(out.read_text())["results"]}
-    for name in ("baseline", "qk_norm"):
+    for name in ("baseline", "no qk_norm"):
         assert 0 < results[name]["val_bpb"] < 8 and results[name]["steps"] > 3 and results[name]["epochs"] > 0
         # the minutes column is the time the run itself logged (whether a budget is kept is test_time_budget's)
-        metrics = tmp_path / "runs" / f"{name}-seed0" / "run" / "metrics.jsonl"
+        metrics = tmp_path / "runs" / f"{name.replace(' ', '_')}-seed0" / "run" / "metrics.jsonl"
         last = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["split"] == "train"][-1]
         assert results[name]["minutes"] == pytest.approx(last["time"] / 60) and last["time"] > 0
     table = rows.read_text()
-    assert "| qk_norm |" in table and "--model.qk_norm true" in table and "| minutes |" in table
+    assert "| no qk_norm |" in table and "--model.qk_norm false" in table and "| minutes |" in table
 
 
 @pytest.mark.parametrize("backend", ["torch", "mlx"])

@@ -63,9 +63,14 @@ def lever_args(name: str) -> list[str]:
     return [arg for key, value in LEVERS[name].items() for arg in (f"--{key}", value)]
 
 
+def run_folder(work: Path, name: str, seed: int) -> Path:
+    """Where the run of lever `name` with `seed` writes (its logs under run/, checkpoints under ckpt/)."""
+    return work / f"{name.replace(' ', '_').replace(':', '')}-seed{seed}"
+
+
 def run_lever(name: str, seed: int, budget: float, work: Path, extra: list[str], config: Path = CONFIG) -> dict:
     """One training run of `name`; its final figures (or the error it ended with)."""
-    folder = work / f"{name.replace(' ', '_').replace(':', '')}-seed{seed}"
+    folder = run_folder(work, name, seed)
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(config), "--training.time_budget", str(budget),
            "--training.seed", str(seed), "--output.dir", str(folder / "ckpt"), "--output.logs", str(folder),
            "--output.run_name", "run", *extra, *lever_args(name)]  # fmt: skip

@@ -408,7 +408,7 @@ def test_ablate_runs_each_lever_within_its_budget_and_tables_the_val_bpb(tmp_pat
     for name in ("baseline", "no qk_norm"):
         assert 0 < results[name]["val_bpb"] < 8 and results[name]["steps"] > 3 and results[name]["epochs"] > 0
         # the minutes column is the time the run itself logged (whether a budget is kept is test_time_budget's)
-        metrics = tmp_path / "runs" / f"{name.replace(' ', '_')}-seed0" / "run" / "metrics.jsonl"
+        metrics = bench_module("ablate").run_folder(tmp_path / "runs", name, 0) / "run" / "metrics.jsonl"
         last = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["split"] == "train"][-1]
         assert results[name]["minutes"] == pytest.approx(last["time"] / 60) and last["time"] > 0
     table = rows.read_text()

@@ -1,7 +1,7 @@
 """The speedrun's levers, each at equal wall time: validation bits per byte after a fixed budget.
 
     python bench/ablate.py                                      # every lever, configs/speedrun.yaml's 10 minutes
-    python bench/ablate.py --budget 3 --only baseline --only qk_norm --seeds 0 1 2 --markdown rows.md
+    python bench/ablate.py --budget 3 --only baseline --only "no qk_norm" --seeds 0 1 2 --markdown rows.md
     python bench/ablate.py --list                               # the levers and their overrides
     python bench/ablate.py --budget 3 --model.qk_norm false     # every lever on a changed base
 
@@ -52,8 +52,8 @@ LEVERS: dict[str, dict[str, str]] = {
                        "training.min_lr": "1e-4"},
     "muon_lr 0.04": {"training.muon_lr": "0.04"},
     "lr 4e-3": {"training.lr": "4e-3", "training.min_lr": "4e-4"},
-    "weight_decay 0": {"training.weight_decay": "0"},
-    "muon_weight_decay 0.1": {"training.muon_weight_decay": "0.1"},
+    "no weight decay": {"training.weight_decay": "0", "training.muon_weight_decay": "0"},
+    "no muon_weight_decay": {"training.muon_weight_decay": "0"},
     "decay 40%": {"training.decay_fraction": "0.4"},
 }  # fmt: skip
 
